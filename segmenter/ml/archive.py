@@ -1,0 +1,114 @@
+"""Reading a study from a zip archive, safely, without writing anything to disk.
+
+Members are read into memory one at a time after the archive's directory has been
+checked against ``ArchiveLimits``: member count, each member's and the total
+uncompressed size, and the compression ratio are bounded before anything is
+decompressed, and every read is capped again in case a header lies. Paths that climb
+out of the archive (``../x``, absolute paths) and encrypted members make the whole
+archive unreadable. Folders are allowed; macOS ``__MACOSX`` metadata, hidden files and
+``DICOMDIR`` are skipped, as are members that are not PNG, JPEG or DICOM files.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import BinaryIO
+
+from .imaging import CTSlice, UnreadableImage, read_slices, sniff_kind
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ArchiveLimits:
+    max_members: int = 2000  # files in the archive (folders not counted)
+    max_member_bytes: int = 64 * 1024 * 1024  # uncompressed size of one file
+    max_total_bytes: int = 1024 * 1024 * 1024  # uncompressed size of all files together
+    max_ratio: float = 200.0  # uncompressed / compressed size of one file
+    max_slices: int = 1000
+
+
+def natural_key(text: str) -> list:
+    """Sort key that orders 'slice2' before 'slice10'."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", text)]
+
+
+def _is_skipped(path: PurePosixPath) -> bool:
+    parts = path.parts
+    return (
+        any(p.startswith(".") or p == "__MACOSX" for p in parts)
+        or path.name.upper() == "DICOMDIR"
+    )
+
+
+def _check_path(name: str) -> PurePosixPath:
+    normalised = name.replace("\\", "/")
+    path = PurePosixPath(normalised)
+    if normalised.startswith("/") or re.match(r"^[A-Za-z]:", normalised) or ".." in path.parts:
+        raise UnreadableImage(f"the zip contains an unsafe path ({name!r})")
+    return path
+
+
+def order_slices(slices: list[CTSlice]) -> list[CTSlice]:
+    """Order slices along the body axis: by DICOM position when every slice has one,
+    else by InstanceNumber when every slice has one, else naturally by name."""
+    if slices and all(s.position_mm is not None for s in slices):
+        return sorted(slices, key=lambda s: (s.position_mm, natural_key(s.name)))
+    if slices and all(s.instance_number is not None for s in slices):
+        return sorted(slices, key=lambda s: (s.instance_number, natural_key(s.name)))
+    return sorted(slices, key=lambda s: natural_key(s.name))
+
+
+def read_zip(source: bytes | BinaryIO, limits: ArchiveLimits = ArchiveLimits()) -> list[CTSlice]:
+    """A zip archive of slices -> ordered CTSlices (raises UnreadableImage)."""
+    stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
+    try:
+        archive = zipfile.ZipFile(stream)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError) as exc:
+        raise UnreadableImage("not a valid zip archive") from exc
+    with archive:
+        members = []
+        for info in archive.infolist():
+            path = _check_path(info.filename)
+            if info.is_dir() or _is_skipped(path):
+                continue
+            if info.flag_bits & 0x1:
+                raise UnreadableImage("the zip is encrypted; upload an unencrypted archive")
+            members.append((path, info))
+        if len(members) > limits.max_members:
+            raise UnreadableImage(f"the zip holds {len(members)} files; the limit is {limits.max_members}")
+        total = sum(info.file_size for _, info in members)
+        if total > limits.max_total_bytes:
+            raise UnreadableImage(
+                f"the zip unpacks to {total:,} bytes; the limit is {limits.max_total_bytes:,}"
+            )
+        slices: list[CTSlice] = []
+        for path, info in members:
+            if info.file_size > limits.max_member_bytes:
+                raise UnreadableImage(f"{path} unpacks to {info.file_size:,} bytes; the limit is {limits.max_member_bytes:,}")
+            if info.compress_size and info.file_size / info.compress_size > limits.max_ratio:
+                raise UnreadableImage(f"{path} is compressed suspiciously well (a zip bomb?)")
+            try:
+                with archive.open(info) as fh:
+                    data = fh.read(limits.max_member_bytes + 1)
+            except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
+                raise UnreadableImage(f"{path} in the zip is damaged ({exc})") from exc
+            if len(data) > limits.max_member_bytes:
+                raise UnreadableImage(f"{path} unpacks to more than {limits.max_member_bytes:,} bytes")
+            if sniff_kind(data[:132], path.name) is None:
+                log.info("skipping %s: not a PNG, JPEG or DICOM file", path)
+                continue
+            try:
+                slices.extend(read_slices(data, str(path)))
+            except UnreadableImage as exc:
+                raise UnreadableImage(f"{path}: {exc}") from exc
+            if len(slices) > limits.max_slices:
+                raise UnreadableImage(f"the zip holds more than {limits.max_slices} slices")
+    if not slices:
+        raise UnreadableImage("the zip holds no PNG, JPEG or DICOM slices")
+    return order_slices(slices)

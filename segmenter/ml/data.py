@@ -1,0 +1,203 @@
+"""Loading the training data of ``../shared/data`` into model-scale samples with partial labels.
+
+The sources label different things (see the data README):
+
+* medseg-covid: GGO and consolidation against "neither" (no lung mask);
+* kmader-lungs: lung against not-lung (no lesion labels);
+* zenodo-covid-unlabelled: another model's soft infection maps (lesion or not, a guess).
+
+Each sample therefore carries a *target code* per pixel naming the set of classes the
+pixel may belong to (``TARGET_SETS``); the training loss marginalises over that set, so
+no source is asked for a distinction it does not make.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from .constants import BACKGROUND, CONSOLIDATION, GGO, OTHER_LUNG
+from .imaging import calibrate_uncalibrated_ct, window
+from .preprocess import resize_labels_to_model, resize_to_model
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[3] / "shared" / "data"
+
+# Target codes: which classes a pixel may belong to.
+T_GGO, T_CONSOLIDATION, T_OTHER_LUNG, T_BACKGROUND = GGO, CONSOLIDATION, OTHER_LUNG, BACKGROUND
+T_LUNG = 4  # any lung class (kmader lung)
+T_NOT_LESION = 5  # other lung or background (MedSeg unlabelled pixels)
+T_LESION = 6  # GGO or consolidation (pseudo-infection)
+T_IGNORE = 255
+TARGET_SETS: dict[int, tuple[int, ...]] = {
+    T_GGO: (GGO,),
+    T_CONSOLIDATION: (CONSOLIDATION,),
+    T_OTHER_LUNG: (OTHER_LUNG,),
+    T_BACKGROUND: (BACKGROUND,),
+    T_LUNG: (GGO, CONSOLIDATION, OTHER_LUNG),
+    T_NOT_LESION: (OTHER_LUNG, BACKGROUND),
+    T_LESION: (GGO, CONSOLIDATION),
+}
+
+#: Pseudo-infection maps are trusted only away from their decision boundary.
+PSEUDO_LESION_MIN = 192
+PSEUDO_CLEAR_MAX = 64
+
+
+@dataclass
+class Sample:
+    """One training slice at model scale.
+
+    image: uint8 (h, w) lung-windowed; codes: uint8 (h, w) target codes;
+    source: 'medseg' | 'kmader' | 'zenodo'; group: id of the patient-like group;
+    name: file or id; mask: uint8 (H, W) MedSeg mask or bool lung mask at full size
+    (evaluation only, None for pseudo-labelled slices); full: the full-size image.
+    """
+
+    image: np.ndarray
+    codes: np.ndarray
+    source: str
+    group: str
+    name: str
+    full: np.ndarray | None = None
+    mask: np.ndarray | None = None
+
+
+def _natural_key(text: str):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
+
+
+def load_medseg(root: Path) -> list[Sample]:
+    """MedSeg slices: mask 1 -> GGO, 2 -> consolidation, 0 -> not lesion."""
+    folder = Path(root) / "medseg-covid"
+    samples = []
+    for path in sorted((folder / "images").glob("*.jpg"), key=lambda p: _natural_key(p.name)):
+        image = np.asarray(Image.open(path).convert("L"))
+        mask = np.asarray(Image.open(folder / "masks" / f"{path.stem}.png"))
+        if mask.shape != image.shape:
+            raise ValueError(f"{path.name}: mask shape {mask.shape} != image shape {image.shape}")
+        codes = np.full(mask.shape, T_NOT_LESION, np.uint8)
+        codes[mask == 1] = T_GGO
+        codes[mask == 2] = T_CONSOLIDATION
+        samples.append(
+            Sample(resize_to_model(image), resize_labels_to_model(codes), "medseg", "", path.stem, image, mask)
+        )
+    return samples
+
+
+def kmader_to_u8(values: np.ndarray) -> np.ndarray:
+    """kmader's uncalibrated int16 CT numbers -> lung-windowed uint8 (air peak -> -1000 HU)."""
+    return window(calibrate_uncalibrated_ct(values))
+
+
+def load_kmader(root: Path) -> list[Sample]:
+    """kmader slices: lung -> any lung class, elsewhere -> background."""
+    folder = Path(root) / "kmader-lungs"
+    images = np.load(folder / "images.npz")
+    masks = np.load(folder / "lung_masks.npz")
+    if list(images["ids"]) != list(masks["ids"]):
+        raise ValueError("kmader images.npz and lung_masks.npz list different ids")
+    samples = []
+    for ident, values, lung in zip(images["ids"], images["images"], masks["masks"]):
+        image = kmader_to_u8(values)
+        codes = np.where(lung, T_LUNG, T_BACKGROUND).astype(np.uint8)
+        samples.append(
+            Sample(resize_to_model(image), resize_labels_to_model(codes), "kmader", "", str(ident), image, lung)
+        )
+    return samples
+
+
+def load_zenodo(root: Path, limit: int | None = None) -> list[Sample]:
+    """Zenodo slices with pseudo-infection maps: confident lesion / confident clear / ignore."""
+    folder = Path(root) / "zenodo-covid-unlabelled"
+    paths = sorted((folder / "images").glob("*.jpg"), key=lambda p: _natural_key(p.name))
+    if limit is not None:
+        paths = paths[:: max(1, len(paths) // limit)][:limit]
+    samples = []
+    for path in paths:
+        pseudo_path = folder / "pseudo-infection" / f"{path.stem}.png"
+        if not pseudo_path.is_file():
+            continue
+        image = np.asarray(Image.open(path).convert("L"))
+        pseudo = np.asarray(Image.open(pseudo_path).convert("L"))
+        if pseudo.shape != image.shape:
+            pseudo = cv2.resize(pseudo, image.shape[::-1], interpolation=cv2.INTER_LINEAR)
+        codes = np.full(image.shape, T_IGNORE, np.uint8)
+        codes[pseudo >= PSEUDO_LESION_MIN] = T_LESION
+        codes[pseudo <= PSEUDO_CLEAR_MAX] = T_NOT_LESION
+        case = path.stem.rsplit("_", 1)[0]
+        samples.append(Sample(resize_to_model(image), resize_labels_to_model(codes), "zenodo", case, path.stem))
+    return samples
+
+
+# --- Grouping and splitting ---------------------------------------------------------------
+
+
+def thumbnail(image: np.ndarray, size: int = 64) -> np.ndarray:
+    """Zero-mean, unit-norm float32 vector of a size x size thumbnail of the central
+    60 % of the image (which leaves out field-of-view circles and the table)."""
+    h, w = image.shape
+    image = image[int(0.2 * h) : int(0.8 * h), int(0.2 * w) : int(0.8 * w)]
+    t = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32).ravel()
+    t -= t.mean()
+    norm = float(np.linalg.norm(t))
+    return t / norm if norm > 0 else t
+
+
+def similarity_groups(images: list[np.ndarray], threshold: float) -> list[int]:
+    """Group images whose thumbnails correlate above ``threshold`` (transitively).
+
+    Slices of one patient look alike; without patient ids this is the closest we get to
+    a patient-grouped split. Returns a group index per image.
+    """
+    thumbs = np.stack([thumbnail(im) for im in images])
+    corr = thumbs @ thumbs.T
+    parent = list(range(len(images)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in zip(*np.nonzero(np.triu(corr, 1) > threshold)):
+        parent[find(int(i))] = find(int(j))
+    roots = [find(i) for i in range(len(images))]
+    relabel = {r: k for k, r in enumerate(dict.fromkeys(roots))}
+    return [relabel[r] for r in roots]
+
+
+def assign_groups(samples: list[Sample], threshold: float) -> None:
+    """Fill ``group`` of each sample from thumbnail similarity, in place."""
+    for k, g in enumerate(similarity_groups([s.image for s in samples], threshold)):
+        samples[k].group = f"{samples[k].source}-g{g}"
+
+
+def grouped_split(samples: list[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """Split whole groups into (train, val) so that about ``val_fraction`` of slices are val."""
+    groups: dict[str, list[Sample]] = {}
+    for s in samples:
+        groups.setdefault(s.group, []).append(s)
+    names = sorted(groups)
+    rng = np.random.default_rng(seed)
+    rng.shuffle(names)
+    target = val_fraction * len(samples)
+    val_names: set[str] = set()
+    count = 0
+    for name in names:
+        if count >= target:
+            break
+        if count + len(groups[name]) > 1.5 * target and count > 0:
+            continue
+        val_names.add(name)
+        count += len(groups[name])
+    train = [s for s in samples if s.group not in val_names]
+    val = [s for s in samples if s.group in val_names]
+    return train, val

@@ -1,0 +1,413 @@
+"""Reading CT slices from files into the networks' 8-bit input domain.
+
+Every reader returns ``CTSlice`` objects whose ``pixels`` are uint8 arrays of shape
+(H, W), row 0 at the top of the image as it is displayed, in a lung window (see
+``constants.LUNG_WINDOW_*``). How each kind of file gets there:
+
+* 8-bit PNG / JPEG (grey, RGB, RGBA, palette): taken as already windowed; colour is
+  converted to luma (ITU-R 601) after compositing any alpha onto black.
+* 16-bit (or 32-bit) grey PNG / TIFF-like images: values are taken as uncalibrated CT
+  numbers and calibrated with :func:`calibrate_uncalibrated_ct` (air peak -> -1000 HU,
+  soft-tissue peak -> +40 HU), then windowed.
+* DICOM (with or without the ``DICM`` preamble): the modality LUT (RescaleSlope and
+  RescaleIntercept) gives Hounsfield units, which are windowed. Tags other than the
+  pixel module are optional. Compressed transfer syntaxes decode when a pydicom
+  decoder plugin is installed (requirements.txt installs pylibjpeg's) and otherwise
+  fail with ``UnreadableImage``.
+
+Everything that is wrong with a file is reported as ``UnreadableImage`` with a message
+meant for the person who uploaded it.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .constants import AIR_HU, LUNG_WINDOW_LEVEL_HU, LUNG_WINDOW_WIDTH_HU
+
+log = logging.getLogger(__name__)
+
+#: Largest slice accepted, in pixels (width x height). Anything larger is refused before
+#: its pixels are decoded, which also defeats decompression bombs.
+MAX_SLICE_PIXELS = 4096 * 4096
+#: Smallest side accepted, in pixels.
+MIN_SLICE_SIDE = 16
+#: Soft tissue, the second calibration point for uncalibrated CT numbers.
+SOFT_TISSUE_HU = 40.0
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+JPEG_MAGIC = b"\xff\xd8\xff"
+DICOM_SUFFIXES = (".dcm", ".dicom")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+class UnreadableImage(ValueError):
+    """A file that cannot be read as a CT slice; ``str()`` is a message for the user."""
+
+
+@dataclass(frozen=True)
+class CTSlice:
+    """One axial slice in the networks' input domain.
+
+    pixels: uint8 (H, W), lung-windowed grey, row 0 at the top of the displayed image.
+    name: the file name it came from (or ``name[k]`` for one frame of several).
+    calibrated: True when the source carried Hounsfield units (DICOM, NIfTI).
+    pixel_spacing_mm: (row spacing, column spacing) in millimetres, when known.
+    slice_thickness_mm: the distance the slice covers along the body axis, when known.
+    position_mm: where the slice lies along the body axis, when known (for ordering).
+    instance_number: DICOM InstanceNumber, when present (for ordering).
+    """
+
+    pixels: np.ndarray
+    name: str
+    calibrated: bool = False
+    pixel_spacing_mm: tuple[float, float] | None = None
+    slice_thickness_mm: float | None = None
+    position_mm: float | None = None
+    instance_number: int | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.pixels.shape  # type: ignore[return-value]
+
+
+# --- Intensity mapping ---------------------------------------------------------------
+
+
+def window(
+    hu: np.ndarray,
+    width: float = LUNG_WINDOW_WIDTH_HU,
+    level: float = LUNG_WINDOW_LEVEL_HU,
+) -> np.ndarray:
+    """Map Hounsfield units (any shape, any numeric dtype) to uint8 through a window.
+
+    HU ``level - width/2`` becomes 0 and ``level + width/2`` becomes 255; values outside
+    are clipped.
+    """
+    lo = level - width / 2.0
+    scaled = (np.asarray(hu, dtype=np.float32) - lo) * (255.0 / width)
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def _smoothed_histogram(values: np.ndarray, lo: float, hi: float, bins: int = 160):
+    counts, edges = np.histogram(values, bins=bins, range=(lo, hi))
+    smooth = np.convolve(counts.astype(np.float64), np.ones(5) / 5.0, mode="same")
+    return smooth, (edges[:-1] + edges[1:]) / 2.0
+
+
+def _otsu_threshold(values: np.ndarray) -> float:
+    counts, centres = _smoothed_histogram(values, float(values.min()), float(values.max()) + 1e-3, 256)
+    weights = counts / counts.sum()
+    w0 = np.cumsum(weights)
+    m0 = np.cumsum(weights * centres)
+    between = (m0[-1] * w0 - m0) ** 2 / np.maximum(w0 * (1 - w0), 1e-12)
+    return float(centres[int(np.argmax(between[:-1]))])
+
+
+def _drop_padding(values: np.ndarray) -> np.ndarray:
+    """Values without a low cluster cut off by an empty gap (out-of-field padding).
+
+    The gap must span at least 8 % of the value range and the cluster below it hold less
+    than half of the pixels.
+    """
+    lo, hi = float(values.min()), float(values.max())
+    if hi <= lo:
+        return values
+    counts, edges = np.histogram(values, bins=400, range=(lo, hi))
+    empty = counts == 0
+    best_end, best_len, run = -1, 0, 0
+    for k, e in enumerate(empty):
+        run = run + 1 if e else 0
+        if run > best_len:
+            best_len, best_end = run, k
+    if best_len < 0.08 * len(counts):
+        return values
+    cut = float(edges[best_end + 1])
+    below = np.count_nonzero(values < cut)
+    return values[values >= cut] if below < 0.5 * values.size else values
+
+
+def calibrate_uncalibrated_ct(values: np.ndarray) -> np.ndarray:
+    """Turn uncalibrated CT numbers into approximate Hounsfield units, float32 (H, W).
+
+    Some sources store CT numbers with an unknown offset and slope (16-bit PNG exports;
+    the kmader set, whose air sits near -787 and whose out-of-field circle near -2500).
+    Two landmarks fix the line:
+
+    * out-of-field padding, a cluster of values below an empty gap, is set aside;
+    * soft tissue (+40 HU): the histogram peak above an Otsu threshold, i.e. the body;
+    * air (-1000 HU): the lowest clear histogram peak between 1300 and 500 units below
+      the soft-tissue peak, which skips out-of-field padding far below and is outside
+      air on a whole slice (aerated lung, about -850 HU, on a slice cropped to the chest).
+
+    When the landmarks cannot be found (a flat image) the 1st and 99th percentiles are
+    stretched over the lung window instead.
+    """
+    v = np.asarray(values, dtype=np.float32)
+    flat = v.ravel()
+    p1, p99 = (float(x) for x in np.percentile(flat, [1, 99]))
+    lo_window = LUNG_WINDOW_LEVEL_HU - LUNG_WINDOW_WIDTH_HU / 2
+    if p99 - p1 <= 0:
+        return np.full(v.shape, lo_window, dtype=np.float32)
+    sample = _drop_padding(flat[:: max(1, flat.size // 65536)])
+    threshold = _otsu_threshold(sample)
+    body = sample[sample > threshold]
+    tissue = air = None
+    if body.size:
+        counts, centres = _smoothed_histogram(body, threshold, float(body.max()) + 1e-3)
+        tissue = float(centres[int(np.argmax(counts))])
+        low = sample[(sample >= tissue - 1300) & (sample <= tissue - 500)]
+        if low.size > 0.01 * sample.size:
+            counts, centres = _smoothed_histogram(low, tissue - 1300, tissue - 500)
+            peaks = np.flatnonzero(
+                (counts >= 0.25 * counts.max())
+                & (counts >= np.roll(counts, 1))
+                & (counts >= np.roll(counts, -1))
+            )
+            air = float(centres[peaks[0]]) if peaks.size else None
+    if tissue is None or air is None:
+        return (lo_window + (v - p1) * (LUNG_WINDOW_WIDTH_HU / (p99 - p1))).astype(np.float32)
+    slope = (SOFT_TISSUE_HU - AIR_HU) / (tissue - air)
+    return (AIR_HU + (v - air) * slope).astype(np.float32)
+
+
+def to_grey_u8(array: np.ndarray) -> np.ndarray:
+    """Reduce an 8-bit grey (H, W), RGB (H, W, 3) or RGBA (H, W, 4) array to grey uint8.
+
+    Alpha is composited onto black; colour becomes ITU-R 601 luma.
+    """
+    a = np.asarray(array)
+    if a.ndim == 2:
+        return a.astype(np.uint8, copy=False)
+    if a.ndim != 3 or a.shape[2] not in (1, 2, 3, 4):
+        raise UnreadableImage(f"unsupported pixel layout {a.shape}")
+    a = a.astype(np.float32)
+    if a.shape[2] in (2, 4):
+        alpha = a[..., -1:] / 255.0
+        a = a[..., :-1] * alpha
+    if a.shape[2] == 1:
+        grey = a[..., 0]
+    else:
+        grey = a[..., 0] * 0.299 + a[..., 1] * 0.587 + a[..., 2] * 0.114
+    return np.clip(np.rint(grey), 0, 255).astype(np.uint8)
+
+
+# --- Readers --------------------------------------------------------------------------
+
+
+def _check_size(width: int, height: int) -> None:
+    if width * height > MAX_SLICE_PIXELS:
+        raise UnreadableImage(
+            f"image is {width}x{height} pixels; the limit is {MAX_SLICE_PIXELS:,} pixels"
+        )
+    if min(width, height) < MIN_SLICE_SIDE:
+        raise UnreadableImage(
+            f"image is {width}x{height} pixels; each side must be at least {MIN_SLICE_SIDE}"
+        )
+
+
+def _read_raster(data: bytes, name: str) -> CTSlice:
+    """PNG or JPEG bytes -> CTSlice (see module docstring for the intensity rules)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            _check_size(*image.size)
+            image.load()
+    except UnreadableImage:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise UnreadableImage("image is too large to decode safely") from exc
+    except UnidentifiedImageError as exc:
+        raise UnreadableImage("not a PNG or JPEG image") from exc
+    except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data
+        raise UnreadableImage(f"the image file is damaged or incomplete ({exc})") from exc
+    if getattr(image, "n_frames", 1) > 1:
+        log.info("%s has %d frames; reading the first", name, image.n_frames)
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        values = np.asarray(image, dtype=np.float32)
+        return CTSlice(pixels=window(calibrate_uncalibrated_ct(values)), name=name)
+    if mode == "1":
+        image = image.convert("L")
+    elif mode in ("P", "PA"):
+        image = image.convert("RGBA")
+    elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        image = image.convert("RGB")
+    elif mode not in ("L", "LA", "RGB", "RGBA"):
+        raise UnreadableImage(f"unsupported image mode {mode}")
+    return CTSlice(pixels=to_grey_u8(np.asarray(image)), name=name)
+
+
+def _float_or_none(value) -> float | None:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if np.isfinite(out) else None
+
+
+def _dicom_position(ds) -> float | None:
+    """Position along the body axis in mm: ImagePositionPatient projected on the normal."""
+    ipp = getattr(ds, "ImagePositionPatient", None)
+    iop = getattr(ds, "ImageOrientationPatient", None)
+    try:
+        if ipp is not None and iop is not None and len(ipp) == 3 and len(iop) == 6:
+            row, col = np.asarray(iop[:3], float), np.asarray(iop[3:], float)
+            return float(np.dot(np.cross(row, col), np.asarray(ipp, float)))
+    except (TypeError, ValueError):
+        pass
+    return _float_or_none(getattr(ds, "SliceLocation", None))
+
+
+def _read_dicom(data: bytes, name: str, force: bool) -> list[CTSlice]:
+    """DICOM bytes -> one CTSlice per frame, in Hounsfield units through the lung window."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.pixels import apply_modality_lut
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=force)
+    except InvalidDicomError as exc:
+        raise UnreadableImage("not a DICOM file") from exc
+    except Exception as exc:  # pydicom raises many types on damaged files
+        raise UnreadableImage(f"the DICOM file is damaged ({exc.__class__.__name__})") from exc
+    if "PixelData" not in ds and "FloatPixelData" not in ds:
+        raise UnreadableImage("the DICOM file holds no image (no Pixel Data element)")
+    rows, cols = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    _check_size(cols, rows)
+    if rows * cols * frames > MAX_SLICE_PIXELS * 4:
+        raise UnreadableImage("the DICOM image is too large")
+    meta = ds.file_meta
+    if "TransferSyntaxUID" not in meta:
+        # No file meta information: name the syntax the data set was read with.
+        implicit, little = ds.original_encoding
+        meta.TransferSyntaxUID = (
+            pydicom.uid.ImplicitVRLittleEndian
+            if implicit
+            else pydicom.uid.ExplicitVRLittleEndian if little else pydicom.uid.ExplicitVRBigEndian
+        )
+    syntax = ds.file_meta.TransferSyntaxUID
+    try:
+        raw = ds.pixel_array
+    except (NotImplementedError, RuntimeError) as exc:
+        raise UnreadableImage(
+            f"this DICOM is compressed with {syntax.name}, which cannot be decoded here"
+        ) from exc
+    except Exception as exc:
+        raise UnreadableImage(
+            f"the DICOM pixel data could not be decoded ({exc.__class__.__name__})"
+        ) from exc
+
+    samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+    raw = np.asarray(raw)
+    if frames == 1:
+        raw = raw[None]
+    spacing = getattr(ds, "PixelSpacing", None)
+    spacing_mm = None
+    if spacing is not None and len(spacing) == 2:
+        sr, sc = _float_or_none(spacing[0]), _float_or_none(spacing[1])
+        if sr and sc and sr > 0 and sc > 0:
+            spacing_mm = (sr, sc)
+    thickness = _float_or_none(getattr(ds, "SliceThickness", None))
+    instance = getattr(ds, "InstanceNumber", None)
+    instance = int(instance) if isinstance(instance, (int, float)) or str(instance).isdigit() else None
+    position = _dicom_position(ds)
+
+    slices = []
+    for k, frame in enumerate(raw):
+        if samples > 1:
+            rgb = frame
+            if str(getattr(ds, "PhotometricInterpretation", "RGB")).startswith("YBR"):
+                from pydicom.pixels import convert_color_space
+
+                rgb = convert_color_space(frame, ds.PhotometricInterpretation, "RGB")
+            pixels, calibrated = to_grey_u8(_to_u8(rgb)), False
+        else:
+            has_rescale = "RescaleSlope" in ds or "RescaleIntercept" in ds
+            modality = str(getattr(ds, "Modality", "CT") or "CT")
+            if has_rescale or modality == "CT":
+                hu = apply_modality_lut(frame, ds).astype(np.float32)
+                pixels, calibrated = window(hu), True
+            else:
+                values = frame.astype(np.float32)
+                if str(getattr(ds, "PhotometricInterpretation", "")) == "MONOCHROME1":
+                    values = values.max() - values
+                pixels, calibrated = window(calibrate_uncalibrated_ct(values)), False
+        slices.append(
+            CTSlice(
+                pixels=pixels,
+                name=name if frames == 1 else f"{name}[{k}]",
+                calibrated=calibrated,
+                pixel_spacing_mm=spacing_mm,
+                slice_thickness_mm=thickness,
+                position_mm=position if frames == 1 else None,
+                instance_number=instance if frames == 1 else k + 1,
+            )
+        )
+    return slices
+
+
+def _to_u8(array: np.ndarray) -> np.ndarray:
+    a = np.asarray(array)
+    if a.dtype == np.uint8:
+        return a
+    a = a.astype(np.float32)
+    lo, hi = float(a.min()), float(a.max())
+    return np.zeros(a.shape, np.uint8) if hi <= lo else ((a - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+def sniff_kind(head: bytes, name: str) -> str | None:
+    """'png', 'jpeg', 'dicom' or None, from a file's first 132 bytes and its name."""
+    if head.startswith(PNG_MAGIC):
+        return "png"
+    if head.startswith(JPEG_MAGIC):
+        return "jpeg"
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return "dicom"
+    if name.lower().endswith(DICOM_SUFFIXES):
+        return "dicom"
+    return None
+
+
+def read_slices(source: bytes | str | Path, name: str | None = None) -> list[CTSlice]:
+    """Read a PNG, JPEG or DICOM file (bytes or a path) into one or more CTSlices.
+
+    A multi-frame DICOM gives one slice per frame; everything else gives one slice.
+    Raises UnreadableImage with a user-facing message for anything it cannot read.
+    """
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        name = name or path.name
+        data = path.read_bytes()
+    else:
+        data = bytes(source)
+    name = name or "slice"
+    if not data:
+        raise UnreadableImage("the file is empty")
+    kind = sniff_kind(data[:132], name)
+    if kind in ("png", "jpeg"):
+        return [_read_raster(data, name)]
+    if kind == "dicom":
+        return _read_dicom(data, name, force=data[128:132] != b"DICM")
+    raise UnreadableImage(
+        "unsupported file type: expected a PNG, JPEG or DICOM slice"
+    )
+
+
+def read_slice(source: bytes | str | Path, name: str | None = None) -> CTSlice:
+    """Read exactly one slice; a multi-frame file is refused with a clear message."""
+    slices = read_slices(source, name)
+    if len(slices) != 1:
+        raise UnreadableImage(
+            f"the file holds {len(slices)} frames; upload it as a study instead"
+        )
+    return slices[0]

@@ -1,0 +1,110 @@
+"""Overlap metrics for lesion and lung segmentation, pooled and per slice.
+
+Predictions are label maps in the engine's classes (0 GGO, 1 consolidation, 2 other
+lung, 3 background); MedSeg masks use 0 background, 1 GGO, 2 consolidation. Both are
+uint8 (H, W) at the mask's resolution.
+
+* pooled Dice / IoU: true and false positives summed over all pixels of all slices;
+* dice_per_slice: the mean of per-slice Dice over the slices whose mask holds the class;
+* pixel_accuracy: agreement of the three MedSeg values over all pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .constants import CONSOLIDATION, GGO, LUNG_CLASSES
+
+MEDSEG_BACKGROUND, MEDSEG_GGO, MEDSEG_CONSOLIDATION = 0, 1, 2
+
+
+def dice_score(tp: int, fp: int, fn: int) -> float:
+    """2 TP / (2 TP + FP + FN); 1.0 when prediction and truth are both empty."""
+    denom = 2 * tp + fp + fn
+    return 1.0 if denom == 0 else 2.0 * tp / denom
+
+
+def iou_score(tp: int, fp: int, fn: int) -> float:
+    """TP / (TP + FP + FN); 1.0 when prediction and truth are both empty."""
+    denom = tp + fp + fn
+    return 1.0 if denom == 0 else tp / denom
+
+
+def to_medseg(labels: np.ndarray) -> np.ndarray:
+    """Engine label map -> MedSeg values (GGO 1, consolidation 2, everything else 0)."""
+    out = np.zeros(labels.shape, np.uint8)
+    out[labels == GGO] = MEDSEG_GGO
+    out[labels == CONSOLIDATION] = MEDSEG_CONSOLIDATION
+    return out
+
+
+@dataclass
+class _Overlap:
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+    per_slice: list[float] = field(default_factory=list)
+
+    def add(self, pred: np.ndarray, truth: np.ndarray) -> None:
+        tp = int(np.count_nonzero(pred & truth))
+        fp = int(np.count_nonzero(pred & ~truth))
+        fn = int(np.count_nonzero(~pred & truth))
+        self.tp, self.fp, self.fn = self.tp + tp, self.fp + fp, self.fn + fn
+        if tp + fn > 0:
+            self.per_slice.append(dice_score(tp, fp, fn))
+
+    def result(self) -> dict[str, float | int | None]:
+        return {
+            "dice": dice_score(self.tp, self.fp, self.fn),
+            "iou": iou_score(self.tp, self.fp, self.fn),
+            "dice_per_slice": float(np.mean(self.per_slice)) if self.per_slice else None,
+            "slices_with_class": len(self.per_slice),
+        }
+
+
+class LesionScores:
+    """Accumulates lesion metrics over slices; ``result()`` gives the evaluate JSON."""
+
+    def __init__(self) -> None:
+        self.ggo, self.consolidation, self.infection = _Overlap(), _Overlap(), _Overlap()
+        self.correct = self.total = self.slices = 0
+
+    def add(self, labels: np.ndarray, mask: np.ndarray) -> None:
+        """labels: engine classes; mask: MedSeg values; same (H, W)."""
+        if labels.shape != mask.shape:
+            raise ValueError(f"prediction {labels.shape} and mask {mask.shape} differ in shape")
+        pred = to_medseg(labels)
+        self.ggo.add(pred == MEDSEG_GGO, mask == MEDSEG_GGO)
+        self.consolidation.add(pred == MEDSEG_CONSOLIDATION, mask == MEDSEG_CONSOLIDATION)
+        self.infection.add(pred != MEDSEG_BACKGROUND, mask != MEDSEG_BACKGROUND)
+        self.correct += int(np.count_nonzero(pred == mask))
+        self.total += mask.size
+        self.slices += 1
+
+    def result(self) -> dict:
+        return {
+            "slices": self.slices,
+            "ggo": self.ggo.result(),
+            "consolidation": self.consolidation.result(),
+            "infection": self.infection.result(),
+            "pixel_accuracy": self.correct / self.total if self.total else None,
+        }
+
+
+class LungScores:
+    """Accumulates lung Dice (all lung classes against a boolean lung mask)."""
+
+    def __init__(self) -> None:
+        self.lung = _Overlap()
+        self.slices = 0
+
+    def add(self, labels: np.ndarray, lung_mask: np.ndarray) -> None:
+        if labels.shape != lung_mask.shape:
+            raise ValueError(f"prediction {labels.shape} and mask {lung_mask.shape} differ in shape")
+        self.lung.add(np.isin(labels, LUNG_CLASSES), lung_mask.astype(bool))
+        self.slices += 1
+
+    def result(self) -> dict:
+        return {"slices": self.slices, "lung": self.lung.result()}

@@ -1,0 +1,48 @@
+"""The two networks of the ensemble, built by name from segmentation-models-pytorch.
+
+Both take a (N, 1, H, W) float32 tensor scaled to [-1, 1] (see ``preprocess.normalise``),
+with H and W multiples of 32, and return (N, 4, H, W) logits in the class order of
+``constants.CLASS_NAMES``. They are always built with ``encoder_weights=None``: nothing is
+downloaded, trained weights come from ``weights/``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .constants import NUM_CLASSES
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """How to build one member of the ensemble."""
+
+    name: str  # key in the manifest and the weights file stem
+    architecture: str  # smp class name
+    encoder: str  # smp encoder name
+    lite_init: str  # EfficientNet-Lite variant whose ImageNet weights seed the encoder
+
+
+NETWORKS: dict[str, NetworkSpec] = {
+    "unet_b0": NetworkSpec("unet_b0", "Unet", "efficientnet-b0", "lite0"),
+    "pspnet_b2": NetworkSpec("pspnet_b2", "PSPNet", "efficientnet-b2", "lite2"),
+}
+
+
+def build_network(name: str) -> torch.nn.Module:
+    """A randomly initialised network of the ensemble, by name (see NETWORKS)."""
+    import segmentation_models_pytorch as smp
+
+    try:
+        spec = NETWORKS[name]
+    except KeyError:
+        raise ValueError(f"unknown network {name!r}; expected one of {sorted(NETWORKS)}") from None
+    cls = getattr(smp, spec.architecture)
+    return cls(
+        encoder_name=spec.encoder,
+        encoder_weights=None,
+        in_channels=1,
+        classes=NUM_CLASSES,
+    )

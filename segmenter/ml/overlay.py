@@ -1,0 +1,104 @@
+"""Colour layers over a slice, and the label map as a PNG file.
+
+Layers are the three lung classes; each has a visibility, an RGB colour and an opacity.
+A rendered overlay is uint8 (H, W, 3): for each visible layer's pixels,
+out = (1 - opacity) * base + opacity * colour, where base is the grey slice, or black
+in the "mask only" view.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from .constants import CONSOLIDATION, GGO, OTHER_LUNG
+
+LAYERS = {"ggo": GGO, "consolidation": CONSOLIDATION, "other_lung": OTHER_LUNG}
+_HEX = re.compile(r"^#?([0-9a-fA-F]{6})$")
+
+
+@dataclass(frozen=True)
+class LayerStyle:
+    visible: bool
+    colour: str  # "#rrggbb"
+    opacity: float  # 0..1
+
+    @property
+    def rgb(self) -> tuple[int, int, int]:
+        h = self.colour.lstrip("#")
+        return int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16)
+
+
+DEFAULT_STYLES: dict[str, LayerStyle] = {
+    "ggo": LayerStyle(True, "#ffd60a", 0.55),
+    "consolidation": LayerStyle(True, "#ff3b30", 0.65),
+    "other_lung": LayerStyle(True, "#2f80ed", 0.25),
+}
+
+
+def parse_colour(text: str) -> str:
+    """'#rrggbb' or 'rrggbb' -> '#rrggbb' (lower case); ValueError otherwise."""
+    m = _HEX.match(text.strip())
+    if not m:
+        raise ValueError(f"colour {text!r} is not #rrggbb")
+    return "#" + m.group(1).lower()
+
+
+def parse_style(text: str, default: LayerStyle) -> LayerStyle:
+    """'rrggbb,opacity,visible' (each part optional, e.g. 'ff0000,0.4,1') -> LayerStyle."""
+    parts = [p.strip() for p in text.split(",")]
+    colour, opacity, visible = default.colour, default.opacity, default.visible
+    if parts and parts[0]:
+        colour = parse_colour(parts[0])
+    if len(parts) > 1 and parts[1]:
+        opacity = float(parts[1])
+        if not 0.0 <= opacity <= 1.0:
+            raise ValueError(f"opacity {opacity} is not within 0..1")
+    if len(parts) > 2 and parts[2]:
+        if parts[2] not in ("0", "1"):
+            raise ValueError(f"visibility {parts[2]!r} is not 0 or 1")
+        visible = parts[2] == "1"
+    return LayerStyle(visible, colour, opacity)
+
+
+def render_overlay(
+    pixels: np.ndarray,
+    labels: np.ndarray,
+    styles: dict[str, LayerStyle] | None = None,
+    mask_only: bool = False,
+) -> np.ndarray:
+    """uint8 (H, W) slice + uint8 (H, W) label map -> uint8 (H, W, 3) RGB overlay."""
+    if pixels.shape != labels.shape:
+        raise ValueError(f"slice {pixels.shape} and labels {labels.shape} differ in shape")
+    styles = {**DEFAULT_STYLES, **(styles or {})}
+    base = np.zeros(pixels.shape, np.float32) if mask_only else pixels.astype(np.float32)
+    out = np.repeat(base[..., None], 3, axis=2)
+    for name, cls in LAYERS.items():
+        style = styles[name]
+        if not style.visible or style.opacity <= 0:
+            continue
+        where = labels == cls
+        if not where.any():
+            continue
+        colour = np.asarray(style.rgb, np.float32)
+        out[where] = (1.0 - style.opacity) * out[where] + style.opacity * colour
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    """uint8 (H, W) or (H, W, 3) -> PNG file bytes."""
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG", optimize=False, compress_level=6)
+    return buf.getvalue()
+
+
+def read_label_png(data: bytes) -> np.ndarray:
+    """A label map PNG written by ``png_bytes`` -> uint8 (H, W)."""
+    image = Image.open(io.BytesIO(data))
+    if image.mode != "L":
+        raise ValueError(f"label map PNG has mode {image.mode}, expected L")
+    return np.asarray(image)

@@ -1,0 +1,134 @@
+"""From slices to a study result and its reports: the path every front end shares.
+
+The web pages, the JSON API and the command line all call ``analyse`` and write the
+same ``report_rows`` as CSV and JSON, so a result reads the same wherever it came from.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .imaging import CTSlice
+from .severity import Areas, Severity, assess, assess_study, measure
+
+DISCLAIMER = "For research and demonstration only; not for diagnosis."
+
+
+class Segmenter:
+    """Anything with ``segment(uint8 (H, W)) -> uint8 (H, W) labels``; the Ensemble is one."""
+
+    def segment(self, pixels: np.ndarray) -> np.ndarray:  # pragma: no cover - protocol
+        raise NotImplementedError
+
+
+@dataclass
+class SliceAnalysis:
+    source: CTSlice
+    labels: np.ndarray  # uint8 (H, W), see constants
+    areas: Areas
+    severity: Severity
+
+
+@dataclass
+class StudyAnalysis:
+    slices: list[SliceAnalysis]
+    areas: Areas  # summed over slices
+    severity: Severity  # graded from the sums
+
+
+def analyse_slice(ct: CTSlice, segmenter: Segmenter) -> SliceAnalysis:
+    labels = segmenter.segment(ct.pixels)
+    areas = measure(labels, ct.pixel_spacing_mm, ct.slice_thickness_mm)
+    return SliceAnalysis(ct, labels, areas, assess(areas))
+
+
+def analyse(
+    slices: Sequence[CTSlice],
+    segmenter: Segmenter,
+    progress: Callable[[int, int], None] | None = None,
+) -> StudyAnalysis:
+    """Segment and grade each slice in order, then grade the study from summed areas.
+
+    ``progress(done, total)`` is called after each slice.
+    """
+    results = []
+    for k, ct in enumerate(slices):
+        results.append(analyse_slice(ct, segmenter))
+        if progress:
+            progress(k + 1, len(slices))
+    return study_from(results)
+
+
+def study_from(results: list[SliceAnalysis]) -> StudyAnalysis:
+    total, severity = assess_study([r.areas for r in results])
+    return StudyAnalysis(results, total, severity)
+
+
+# --- Reports ----------------------------------------------------------------------------
+
+REPORT_FIELDS = (
+    "index",
+    "name",
+    "grade",
+    "lesion_percent",
+    "ggo_percent",
+    "consolidation_percent",
+    "right_lesion_percent",
+    "left_lesion_percent",
+    "ggo_px",
+    "consolidation_px",
+    "lung_px",
+    "ggo_ml",
+    "consolidation_ml",
+    "lung_ml",
+    "note",
+)
+
+
+def _round(value: float | None, digits: int = 2) -> float | None:
+    return None if value is None else round(float(value), digits)
+
+
+def report_row(index: int | str, name: str, areas: Areas, severity: Severity) -> dict:
+    return {
+        "index": index,
+        "name": name,
+        "grade": severity.grade,
+        "lesion_percent": _round(severity.lesion_percent),
+        "ggo_percent": _round(severity.ggo_percent),
+        "consolidation_percent": _round(severity.consolidation_percent),
+        "right_lesion_percent": _round(severity.right_percent),
+        "left_lesion_percent": _round(severity.left_percent),
+        "ggo_px": areas.ggo,
+        "consolidation_px": areas.consolidation,
+        "lung_px": areas.lung,
+        "ggo_ml": _round(areas.ggo_ml, 3),
+        "consolidation_ml": _round(areas.consolidation_ml, 3),
+        "lung_ml": _round(areas.lung_ml, 3),
+        "note": severity.message,
+    }
+
+
+def report_rows(names: Sequence[str], areas: Sequence[Areas]) -> tuple[list[dict], dict]:
+    """(one row per slice, the study row) from each slice's name and areas."""
+    rows = [report_row(k + 1, n, a, assess(a)) for k, (n, a) in enumerate(zip(names, areas))]
+    total, severity = assess_study(list(areas))
+    return rows, report_row("study", "study total", total, severity)
+
+
+def report_csv(rows: list[dict], total: dict) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=REPORT_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in [*rows, total]:
+        writer.writerow({k: "" if row[k] is None else row[k] for k in REPORT_FIELDS})
+    return buf.getvalue()
+
+
+def report_json(rows: list[dict], total: dict, **extra) -> dict:
+    return {"disclaimer": DISCLAIMER, **extra, "study": total, "slices": rows}

@@ -1,0 +1,123 @@
+"""Pure numpy/OpenCV steps between a CTSlice's pixels and the networks' tensors.
+
+Axis order is (H, W) for single-channel arrays and (C, H, W) for class probabilities;
+row 0 is the top of the displayed image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from .constants import MODEL_SCALE, REFERENCE_SIDE_PX, SIZE_MULTIPLE
+
+#: Grey level (0..255) above which a pixel counts as "not air" when finding the body.
+#: In the lung window, air is about 60 and aerated lung 70-100 -- but the body outline
+#: (skin, fat, muscle) is far above, so the body is found from its bright shell.
+BODY_THRESHOLD = 110
+#: Margin kept around the body box, in model-scale pixels.
+BODY_MARGIN_PX = 16
+
+
+def model_scale(height: int, width: int) -> float:
+    """The factor by which a slice of this size is shrunk before the networks see it.
+
+    Slices up to REFERENCE_SIDE_PX on the long side are shrunk by MODEL_SCALE (a 512 x
+    512 CT becomes 256 x 256); larger ones so that the long side becomes
+    REFERENCE_SIDE_PX * MODEL_SCALE.
+    """
+    return MODEL_SCALE * REFERENCE_SIDE_PX / max(REFERENCE_SIDE_PX, height, width)
+
+
+def resize_to_model(pixels: np.ndarray) -> np.ndarray:
+    """uint8 (H, W) at the slice's size -> uint8 (h, w) at model scale (area-averaged)."""
+    h, w = pixels.shape
+    s = model_scale(h, w)
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
+
+
+def resize_labels_to_model(labels: np.ndarray) -> np.ndarray:
+    """uint8 (H, W) label/code map -> (h, w) at model scale, nearest neighbour."""
+    h, w = labels.shape
+    s = model_scale(h, w)
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    return cv2.resize(labels, size, interpolation=cv2.INTER_NEAREST)
+
+
+def padded_size(n: int, multiple: int = SIZE_MULTIPLE) -> int:
+    """The smallest multiple of ``multiple`` that is >= n (and >= multiple)."""
+    return max(multiple, -(-n // multiple) * multiple)
+
+
+def pad_to_multiple(image: np.ndarray, multiple: int = SIZE_MULTIPLE, value: int = 0) -> np.ndarray:
+    """Pad (H, W) at the bottom and right to multiples of ``multiple``."""
+    h, w = image.shape[:2]
+    ph, pw = padded_size(h, multiple) - h, padded_size(w, multiple) - w
+    if ph == 0 and pw == 0:
+        return image
+    return cv2.copyMakeBorder(image, 0, ph, 0, pw, cv2.BORDER_CONSTANT, value=value)
+
+
+@dataclass(frozen=True)
+class Box:
+    """A rectangle of rows [top, bottom) and columns [left, right)."""
+
+    top: int
+    bottom: int
+    left: int
+    right: int
+
+    @property
+    def height(self) -> int:
+        return self.bottom - self.top
+
+    @property
+    def width(self) -> int:
+        return self.right - self.left
+
+
+def body_box(pixels: np.ndarray, margin: int = BODY_MARGIN_PX) -> Box:
+    """The box around the body on a model-scale uint8 slice, with a margin.
+
+    The body is the largest connected region brighter than BODY_THRESHOLD, closed over
+    the lungs by its bounding box. If nothing qualifies (an unusual image) the whole
+    slice is returned, so cropping can never lose anatomy that is there.
+    """
+    h, w = pixels.shape
+    whole = Box(0, h, 0, w)
+    mask = (pixels > BODY_THRESHOLD).astype(np.uint8)
+    n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if n <= 1:
+        return whole
+    k = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    x, y, bw, bh, area = (int(v) for v in stats[k])
+    if area < 0.02 * h * w:
+        return whole
+    return Box(
+        top=max(0, y - margin),
+        bottom=min(h, y + bh + margin),
+        left=max(0, x - margin),
+        right=min(w, x + bw + margin),
+    )
+
+
+def normalise(pixels: np.ndarray) -> np.ndarray:
+    """uint8 (H, W) -> float32 (H, W) in [-1, 1], the networks' input scaling."""
+    return pixels.astype(np.float32) * (2.0 / 255.0) - 1.0
+
+
+def resize_probabilities(probs: np.ndarray, height: int, width: int) -> np.ndarray:
+    """float32 (C, h, w) -> (C, height, width), bilinear, channel by channel."""
+    c = probs.shape[0]
+    if probs.shape[1:] == (height, width):
+        return probs
+    hwc = np.ascontiguousarray(probs.transpose(1, 2, 0))
+    if c <= 4:
+        out = cv2.resize(hwc, (width, height), interpolation=cv2.INTER_LINEAR)
+        return np.ascontiguousarray(out.reshape(height, width, c).transpose(2, 0, 1))
+    return np.stack(
+        [cv2.resize(p, (width, height), interpolation=cv2.INTER_LINEAR) for p in probs]
+    )

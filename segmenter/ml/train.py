@@ -1,0 +1,460 @@
+"""Train the ensemble: ``python -m segmenter.ml.train [--option value ...]``.
+
+Both networks train in one loop on the same batches, each batch mixing the three
+sources of ``../shared/data`` (see ``data``). The loss per network is
+
+    marginal cross-entropy  -log sum_{c in allowed(pixel)} p(c)   (all sources,
+                            pseudo-labelled pixels weighted by zenodo_weight)
+  + dice_weight * soft Dice of GGO and consolidation on the MedSeg samples
+  + dice_weight * soft Dice of lung (GGO + consolidation + other lung) on the kmader samples
+
+Runs are reproducible (fixed seed; checkpoints carry the RNG states) and resumable:
+the run directory (``--out``, outside the repository) holds ``checkpoint.pt`` every
+``checkpoint_every`` steps, ``log.jsonl`` with losses and validation metrics, and
+``config.json``. Restarting the same command resumes from the checkpoint.
+
+``--holdout`` keeps patient-like groups of MedSeg and kmader slices out of training and
+validates on them (the numbers in the model card come from such a run); without it,
+every labelled slice trains. ``--export DIR`` writes the shipped weights and manifest.
+``--smoke`` runs a few steps on 64 px crops, for CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .augment import AugmentConfig, augment
+from .constants import CONSOLIDATION, GGO, LUNG_CLASSES, NUM_CLASSES
+from .data import (
+    DEFAULT_DATA_ROOT,
+    T_CONSOLIDATION,
+    T_GGO,
+    T_IGNORE,
+    T_LUNG,
+    TARGET_SETS,
+    Sample,
+    assign_groups,
+    grouped_split,
+    load_kmader,
+    load_medseg,
+    load_zenodo,
+)
+from .ensemble import Ensemble, InferenceOptions
+from .metrics import LesionScores, LungScores
+from .networks import NETWORKS, build_network
+from .pretrained import seed_encoder_from_lite
+from .preprocess import normalise
+from .weights import save_weights
+
+log = logging.getLogger("segmenter.train")
+
+
+@dataclass
+class TrainConfig:
+    # where things are
+    data_root: str = str(DEFAULT_DATA_ROOT)  # ../shared/data, or $SEGMENTER_DATA_ROOT
+    out: str = "/tmp/42epochs-train"  # run directory: checkpoints and logs (outside the repo)
+    export: str = ""  # if set, write weights + manifest here when training ends
+    # what trains
+    networks: tuple[str, ...] = ("unet_b0", "pspnet_b2")
+    init: str = "lite"  # "lite": encoders seeded from EfficientNet-Lite ImageNet weights; "random"
+    seed: int = 42
+    # how long and how big
+    steps: int = 3000
+    crop: int = 192  # crop side at model scale (half the pixel scale of a 512 px slice)
+    batch_medseg: int = 8
+    batch_kmader: int = 4
+    batch_zenodo: int = 4
+    zenodo_limit: int = 0  # use at most this many Zenodo slices (0: all)
+    # optimiser
+    lr: float = 1e-3
+    encoder_lr_scale: float = 0.5  # seeded encoders learn at half the decoder's rate
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.01  # cosine decay down to lr * min_lr_ratio
+    # loss
+    dice_weight: float = 1.0
+    zenodo_weight: float = 0.5
+    # validation split
+    holdout: bool = False
+    val_fraction_medseg: float = 0.25
+    val_fraction_kmader: float = 0.2
+    group_threshold_medseg: float = 0.7  # thumbnail correlation that joins slices into a group
+    group_threshold_kmader: float = 0.75
+    # running
+    bf16: bool = True  # autocast the forward pass to bfloat16
+    threads: int = 2
+    log_every: int = 10
+    eval_every: int = 250
+    checkpoint_every: int = 50
+    smoke: bool = False  # tiny run for CI: a few steps on 64 px crops
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def apply_smoke(self) -> None:
+        self.steps, self.crop, self.warmup_steps = 3, 64, 1
+        self.batch_medseg, self.batch_kmader, self.batch_zenodo = 2, 1, 1
+        self.zenodo_limit, self.eval_every, self.checkpoint_every, self.log_every = 8, 3, 2, 1
+        self.threads = min(self.threads, 2)
+
+
+# --- Loss ------------------------------------------------------------------------------
+
+
+def allowed_table(device: torch.device) -> torch.Tensor:
+    """bool (256, C): which classes each target code allows (ignore allows none)."""
+    table = torch.zeros(256, NUM_CLASSES, dtype=torch.bool, device=device)
+    for code, classes in TARGET_SETS.items():
+        table[code, list(classes)] = True
+    return table
+
+
+def marginal_cross_entropy(logits: torch.Tensor, codes: torch.Tensor, pixel_weight: torch.Tensor) -> torch.Tensor:
+    """-log of the probability mass on each pixel's allowed classes, weighted mean.
+
+    logits: float (B, C, H, W); codes: uint8/long (B, H, W); pixel_weight: float (B, H, W).
+    """
+    logp = F.log_softmax(logits.float(), dim=1)
+    allowed = allowed_table(logits.device)[codes.long()].permute(0, 3, 1, 2)
+    ll = torch.logsumexp(logp.masked_fill(~allowed, float("-inf")), dim=1)
+    valid = codes != T_IGNORE
+    w = pixel_weight * valid
+    return -(torch.where(valid, ll, torch.zeros_like(ll)) * w).sum() / w.sum().clamp_min(1.0)
+
+
+def soft_dice_loss(prob: torch.Tensor, truth: torch.Tensor, valid: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """1 - pooled soft Dice of prob (B, H, W) against a 0/1 truth, over valid pixels."""
+    prob, truth = prob * valid, truth * valid
+    inter = (prob * truth).sum()
+    return 1.0 - (2.0 * inter + eps) / (prob.sum() + truth.sum() + eps)
+
+
+def batch_loss(
+    logits: torch.Tensor, codes: torch.Tensor, sources: list[str], cfg: TrainConfig
+) -> tuple[torch.Tensor, dict[str, float]]:
+    device = logits.device
+    weight = torch.tensor(
+        [cfg.zenodo_weight if s == "zenodo" else 1.0 for s in sources], device=device
+    )[:, None, None].expand_as(codes).float()
+    ce = marginal_cross_entropy(logits, codes, weight)
+    prob = torch.softmax(logits.float(), dim=1)
+    parts = {"ce": ce.item()}
+    loss = ce
+    medseg = torch.tensor([s == "medseg" for s in sources], device=device)
+    if cfg.dice_weight and medseg.any():
+        c, p = codes[medseg], prob[medseg]
+        valid = (c != T_IGNORE).float()
+        dice = soft_dice_loss(p[:, GGO], (c == T_GGO).float(), valid) + soft_dice_loss(
+            p[:, CONSOLIDATION], (c == T_CONSOLIDATION).float(), valid
+        )
+        loss = loss + cfg.dice_weight * dice / 2
+        parts["dice_lesion"] = dice.item() / 2
+    kmader = torch.tensor([s == "kmader" for s in sources], device=device)
+    if cfg.dice_weight and kmader.any():
+        c, p = codes[kmader], prob[kmader]
+        lung = p[:, list(LUNG_CLASSES)].sum(dim=1)
+        dice = soft_dice_loss(lung, (c == T_LUNG).float(), (c != T_IGNORE).float())
+        loss = loss + cfg.dice_weight * dice
+        parts["dice_lung"] = dice.item()
+    return loss, parts
+
+
+# --- Data --------------------------------------------------------------------------------
+
+
+@dataclass
+class Datasets:
+    medseg: list[Sample]
+    kmader: list[Sample]
+    zenodo: list[Sample]
+    val_medseg: list[Sample]
+    val_kmader: list[Sample]
+
+
+def load_datasets(cfg: TrainConfig) -> Datasets:
+    root = Path(cfg.data_root)
+    if not root.is_dir():
+        raise SystemExit(f"data root {root} not found; pass --data-root or set SEGMENTER_DATA_ROOT")
+    medseg, kmader = load_medseg(root), load_kmader(root)
+    zenodo = load_zenodo(root, limit=cfg.zenodo_limit or None)
+    assign_groups(medseg, cfg.group_threshold_medseg)
+    assign_groups(kmader, cfg.group_threshold_kmader)
+    val_m: list[Sample] = []
+    val_k: list[Sample] = []
+    if cfg.holdout:
+        medseg, val_m = grouped_split(medseg, cfg.val_fraction_medseg, cfg.seed)
+        kmader, val_k = grouped_split(kmader, cfg.val_fraction_kmader, cfg.seed)
+    if cfg.smoke:
+        medseg, kmader, val_m, val_k = medseg[:4], kmader[:4], val_m[:2], val_k[:2]
+    log.info(
+        "training slices: medseg %d, kmader %d, zenodo %d; validation: medseg %d, kmader %d",
+        len(medseg), len(kmader), len(zenodo), len(val_m), len(val_k),
+    )
+    return Datasets(medseg, kmader, zenodo, val_m, val_k)
+
+
+def make_batch(data: Datasets, cfg: TrainConfig, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    picks: list[Sample] = []
+    for pool, n in ((data.medseg, cfg.batch_medseg), (data.kmader, cfg.batch_kmader), (data.zenodo, cfg.batch_zenodo)):
+        if pool and n:
+            picks.extend(pool[i] for i in rng.integers(len(pool), size=n))
+    images, codes = zip(*(augment(s.image, s.codes, cfg.crop, rng, cfg.augment) for s in picks))
+    x = torch.from_numpy(normalise(np.stack(images)))[:, None].contiguous(memory_format=torch.channels_last)
+    y = torch.from_numpy(np.stack(codes))
+    return x, y, [s.source for s in picks]
+
+
+# --- Validation --------------------------------------------------------------------------
+
+
+def validate(nets: dict[str, torch.nn.Module], data: Datasets) -> dict:
+    """Lesion scores on held-out MedSeg slices and lung scores on held-out kmader slices,
+    for the ensemble and for each network alone, at each mask's full resolution."""
+    results: dict = {}
+    for n in nets.values():
+        n.eval()
+    members = {"ensemble": nets, **{name: {name: net} for name, net in nets.items()}}
+    options = InferenceOptions(channels_last=True, crop_to_body=True, bf16=False)
+    for label, subset in members.items():
+        ens = Ensemble(subset, options=options)
+        lesion, lung = LesionScores(), LungScores()
+        for s in data.val_medseg:
+            lesion.add(ens.segment(s.full), s.mask)
+        for s in data.val_kmader:
+            lung.add(ens.segment(s.full), s.mask)
+        results[label] = {"lesion": lesion.result(), "lung": lung.result()}
+    for n in nets.values():
+        n.train()
+    return results
+
+
+# --- Checkpoints ---------------------------------------------------------------------------
+
+
+def _rng_state(rng: np.random.Generator) -> dict:
+    return json.loads(json.dumps(rng.bit_generator.state))
+
+
+def save_checkpoint(path: Path, step: int, nets, opts, scheds, rng: np.random.Generator, cfg: TrainConfig) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {
+            "step": step,
+            "config": json.dumps(config_to_dict(cfg)),
+            "nets": {k: v.state_dict() for k, v in nets.items()},
+            "opts": {k: v.state_dict() for k, v in opts.items()},
+            "scheds": {k: v.state_dict() for k, v in scheds.items()},
+            "numpy_rng": json.dumps(_rng_state(rng)),
+            "torch_rng": torch.get_rng_state(),
+        },
+        tmp,
+    )
+    os.replace(tmp, path)
+
+
+def config_to_dict(cfg: TrainConfig) -> dict:
+    d = dataclasses.asdict(cfg)
+    d["networks"] = list(cfg.networks)
+    return d
+
+
+# --- Main loop -----------------------------------------------------------------------------
+
+
+def lr_lambda(cfg: TrainConfig):
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+    return f
+
+
+def build_training_networks(cfg: TrainConfig) -> dict[str, torch.nn.Module]:
+    nets = {}
+    for name in cfg.networks:
+        torch.manual_seed(cfg.seed + sorted(NETWORKS).index(name))
+        net = build_network(name)
+        if cfg.init == "lite":
+            seed_encoder_from_lite(net.encoder, NETWORKS[name].lite_init)
+        elif cfg.init != "random":
+            raise SystemExit(f"unknown --init {cfg.init!r}; expected 'lite' or 'random'")
+        nets[name] = net.to(memory_format=torch.channels_last).train()
+    return nets
+
+
+def make_optimiser(net: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    encoder = list(net.encoder.parameters())
+    ids = {id(p) for p in encoder}
+    rest = [p for p in net.parameters() if id(p) not in ids]
+    return torch.optim.AdamW(
+        [
+            {"params": encoder, "lr": cfg.lr * cfg.encoder_lr_scale},
+            {"params": rest, "lr": cfg.lr},
+        ],
+        weight_decay=cfg.weight_decay,
+    )
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Run (or resume) training; returns the last validation results (or {})."""
+    torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2))
+    data = load_datasets(cfg)
+
+    nets = build_training_networks(cfg)
+    opts = {k: make_optimiser(v, cfg) for k, v in nets.items()}
+    scheds = {k: torch.optim.lr_scheduler.LambdaLR(o, lr_lambda(cfg)) for k, o in opts.items()}
+    rng = np.random.default_rng(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    step = 0
+    ckpt_path = out / "checkpoint.pt"
+    if ckpt_path.is_file():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        saved = json.loads(ckpt["config"])
+        if saved.get("steps") != cfg.steps or list(saved.get("networks", [])) != list(cfg.networks):
+            log.warning("resuming a checkpoint made with another config: %s", saved)
+        for k in nets:
+            nets[k].load_state_dict(ckpt["nets"][k])
+            opts[k].load_state_dict(ckpt["opts"][k])
+            scheds[k].load_state_dict(ckpt["scheds"][k])
+        rng.bit_generator.state = json.loads(ckpt["numpy_rng"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        step = int(ckpt["step"])
+        log.info("resumed from %s at step %d", ckpt_path, step)
+
+    log_file = open(out / "log.jsonl", "a")
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16)
+    last_val: dict = {}
+    t0, done_since = time.perf_counter(), 0
+    while step < cfg.steps:
+        x, y, sources = make_batch(data, cfg, rng)
+        record: dict = {"step": step + 1}
+        for name, net in nets.items():
+            with autocast:
+                logits = net(x)
+            loss, parts = batch_loss(logits, y, sources, cfg)
+            opts[name].zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+            opts[name].step()
+            scheds[name].step()
+            if not math.isfinite(float(loss)):
+                raise FloatingPointError(f"{name}: loss is {float(loss)} at step {step + 1}")
+            record[name] = {"loss": float(loss), **parts}
+        step += 1
+        done_since += 1
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            rate = done_since / (time.perf_counter() - t0)
+            record["steps_per_s"] = rate
+            record["lr"] = scheds[cfg.networks[0]].get_last_lr()[-1]
+            losses = " ".join(f"{n}={record[n]['loss']:.3f}" for n in nets)
+            log.info("step %d/%d %s  %.2f steps/s, %.0f min left", step, cfg.steps, losses, rate, (cfg.steps - step) / rate / 60)
+            log_file.write(json.dumps(record) + "\n")
+            log_file.flush()
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            save_checkpoint(ckpt_path, step, nets, opts, scheds, rng, cfg)
+        if (data.val_medseg or data.val_kmader) and (step % cfg.eval_every == 0 or step == cfg.steps):
+            last_val = validate(nets, data)
+            summary = {
+                k: (v["lesion"]["ggo"]["dice"], v["lesion"]["consolidation"]["dice"], v["lung"]["lung"]["dice"])
+                for k, v in last_val.items()
+            }
+            log.info("validation at step %d (GGO, consolidation, lung Dice): %s", step, summary)
+            log_file.write(json.dumps({"step": step, "validation": last_val}) + "\n")
+            log_file.flush()
+            t0, done_since = time.perf_counter(), 0
+    log_file.close()
+    if last_val:
+        (out / "validation.json").write_text(json.dumps(last_val, indent=2))
+    if cfg.export:
+        export(nets, cfg, Path(cfg.export), last_val)
+    return last_val
+
+
+def export(nets: dict[str, torch.nn.Module], cfg: TrainConfig, directory: Path, validation: dict) -> dict:
+    for n in nets.values():
+        n.eval()
+    return save_weights(
+        directory,
+        nets,
+        ensemble_weights={name: 1.0 for name in nets},
+        extra={
+            "training": {"command": "python -m segmenter.ml.train", "config": config_to_dict(cfg)},
+            "data_sources": DATA_SOURCES,
+            "validation": validation,
+            "intended_use": "research and demonstration only; not for diagnosis",
+        },
+    )
+
+
+DATA_SOURCES = [
+    {
+        "name": "medseg-covid",
+        "what": "57 radiologist-labelled axial COVID-19 CT slices (GGO, consolidation), Inf-Net 8-bit conversion",
+        "source": "MedSeg COVID-19 CT segmentation dataset; Fan et al., Inf-Net, IEEE TMI 2020",
+        "licence": "non-commercial use only, with attribution",
+    },
+    {
+        "name": "kmader-lungs",
+        "what": "267 axial CT slices with manual lung masks",
+        "source": "K. Mader, Finding and Measuring Lungs in CT Data",
+        "licence": "none stated; research use with attribution",
+    },
+    {
+        "name": "zenodo-covid-unlabelled",
+        "what": "1,600 COVID-19 CT slices with Semi-Inf-Net pseudo infection maps (used as weak labels)",
+        "source": "Ma Jun et al., COVID-19 CT Lung and Infection Segmentation Dataset, Zenodo 3757476; Radiopaedia",
+        "licence": "CC BY 4.0 (Radiopaedia cases usually CC BY-NC-SA)",
+    },
+]
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    cfg = TrainConfig()
+    env_root = os.environ.get("SEGMENTER_DATA_ROOT")
+    if env_root:
+        cfg.data_root = env_root
+    parser = argparse.ArgumentParser(prog="python -m segmenter.ml.train", description=__doc__.split("\n\n")[0])
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "augment":
+            continue
+        default = getattr(cfg, f.name)
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+        elif isinstance(default, tuple):
+            parser.add_argument(flag, nargs="+", default=list(default))
+        else:
+            parser.add_argument(flag, type=type(default), default=default)
+    args = parser.parse_args(argv)
+    for f in dataclasses.fields(TrainConfig):
+        if f.name != "augment":
+            value = getattr(args, f.name)
+            setattr(cfg, f.name, tuple(value) if isinstance(value, list) else value)
+    if cfg.smoke:
+        cfg.apply_smoke()
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    train(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
