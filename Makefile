@@ -1,0 +1,52 @@
+# Quick start: `make run` serves the app on 127.0.0.1:8000 ($PORT); `make test` runs every test.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PORT ?= 8000
+WORKERS ?= 2
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: install install-dev run serve worker test bench clean
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+## install: create .venv, install the pinned requirements, migrate the database
+install: $(VENV)/.installed
+	$(PY) manage.py migrate --noinput
+
+install-dev: $(VENV)/.installed-dev
+	$(PY) manage.py migrate --noinput
+
+## run: the development server with the bundled weights (DJANGO_DEBUG=1 unless set)
+run: install
+	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(PY) manage.py runserver 127.0.0.1:$(PORT)
+
+## serve: gunicorn with $(WORKERS) workers, each loading the ensemble once after fork
+serve: install
+	$(PY) manage.py collectstatic --noinput -v 0
+	DJANGO_DEBUG=$${DJANGO_DEBUG:-0} DJANGO_STATIC_MANIFEST=1 \
+	DJANGO_SECRET_KEY=$${DJANGO_SECRET_KEY:-$$($(PY) -c 'import secrets; print(secrets.token_urlsafe(50))')} \
+	$(VENV)/bin/gunicorn _42epochs.wsgi --workers $(WORKERS) --threads 4 --bind 127.0.0.1:$(PORT) --timeout 300
+
+## worker: process queued analyses (with DJANGO_TASKS_BACKEND=django_tasks_db.DatabaseBackend)
+worker: install
+	$(PY) manage.py db_worker
+
+## test: install everything, then the whole suite (unit, integration, browser)
+test: install-dev
+	$(PY) -m pytest
+
+## bench: the engine and whole-request benchmarks (results in bench-results/)
+bench: install-dev
+	mkdir -p bench-results
+	$(PY) -m segmenter.ml.bench --json bench-results/engine.json
+
+clean:
+	rm -rf $(VENV) staticfiles

@@ -1,0 +1,203 @@
+"""Django settings, all from the environment, with safe defaults for local use.
+
+Variables (see .env.example): DJANGO_DEBUG, DJANGO_SECRET_KEY (required when debug is
+off), DJANGO_ALLOWED_HOSTS, DJANGO_CSRF_TRUSTED_ORIGINS, DATABASE_URL, DJANGO_MEDIA_ROOT,
+DJANGO_TASKS_BACKEND, SEGMENTER_MAX_UPLOAD_MB, SEGMENTER_WEIGHTS_DIR, SEGMENTER_THREADS.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+from django.utils.translation import gettext_lazy as _
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    if value.strip().lower() in _TRUE:
+        return True
+    if value.strip().lower() in _FALSE:
+        return False
+    raise ImproperlyConfigured(f"{name}={value!r} is not a boolean (use 1/0, true/false)")
+
+
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={value!r} is not an integer") from None
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+# --- Core ---------------------------------------------------------------------------------
+# Debug defaults to on for a local checkout (`make run`); a deployment sets DJANGO_DEBUG=0
+# and must then give its own secret key.
+DEBUG = env_bool("DJANGO_DEBUG", True)
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off")
+    SECRET_KEY = "insecure-local-development-key-do-not-deploy"
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.contenttypes",
+    "django.contrib.auth",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "django_tasks",
+    "django_tasks_db",
+    "segmenter",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.locale.LocaleMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "_42epochs.urls"
+WSGI_APPLICATION = "_42epochs.wsgi.application"
+ASGI_APPLICATION = "_42epochs.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.template.context_processors.i18n",
+                "django.contrib.messages.context_processors.messages",
+                "segmenter.context_processors.segmenter",
+            ],
+        },
+    },
+]
+
+# --- Database -----------------------------------------------------------------------------
+# Embedded SQLite by default; PostgreSQL (or anything dj-database-url reads) via DATABASE_URL.
+DATABASES = {
+    "default": dj_database_url.config(
+        default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}",
+        conn_max_age=env_int("DJANGO_DB_CONN_MAX_AGE", 0),
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL and immediate transactions let the web process and a db_worker write side by side.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {"timeout": 20, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"}
+    )
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Files --------------------------------------------------------------------------------
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+MEDIA_ROOT = Path(os.environ.get("DJANGO_MEDIA_ROOT", BASE_DIR / "media"))
+# Results are never served from MEDIA_URL: views stream them after looking up the UUID.
+MEDIA_URL = None
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": (
+            "whitenoise.storage.CompressedManifestStaticFilesStorage"
+            if env_bool("DJANGO_STATIC_MANIFEST", False)
+            else "django.contrib.staticfiles.storage.StaticFilesStorage"
+        )
+    },
+}
+
+# --- Uploads ------------------------------------------------------------------------------
+SEGMENTER_MAX_UPLOAD_BYTES = env_int("SEGMENTER_MAX_UPLOAD_MB", 512) * 1024 * 1024
+# Zip studies: limits checked on the archive's directory before anything is unpacked.
+SEGMENTER_ZIP_MAX_MEMBERS = env_int("SEGMENTER_ZIP_MAX_MEMBERS", 2000)
+SEGMENTER_ZIP_MAX_MEMBER_MB = env_int("SEGMENTER_ZIP_MAX_MEMBER_MB", 64)
+SEGMENTER_ZIP_MAX_TOTAL_MB = env_int("SEGMENTER_ZIP_MAX_TOTAL_MB", 2048)
+SEGMENTER_MAX_SLICES = env_int("SEGMENTER_MAX_SLICES", 1000)
+# Bodies above this go to a per-request temporary file rather than memory.
+FILE_UPLOAD_MAX_MEMORY_SIZE = 4 * 1024 * 1024
+
+# --- Engine -------------------------------------------------------------------------------
+SEGMENTER_WEIGHTS_DIR = Path(os.environ.get("SEGMENTER_WEIGHTS_DIR", BASE_DIR / "weights"))
+# Dotted path of a callable returning the segmenter (anything with .segment()); tests swap it.
+SEGMENTER_ENGINE = os.environ.get("SEGMENTER_ENGINE", "segmenter.engine.load_ensemble")
+SEGMENTER_THREADS = env_int("SEGMENTER_THREADS", 0)  # torch intra-op threads; 0: torch's default
+# An analysis whose worker has not reported for this long is marked failed.
+SEGMENTER_STALE_AFTER_SECONDS = env_int("SEGMENTER_STALE_AFTER_SECONDS", 300)
+
+# --- Background tasks ---------------------------------------------------------------------
+# The immediate backend runs each analysis inside its request (nothing else to start);
+# django_tasks_db.DatabaseBackend queues it for `python manage.py db_worker`.
+TASKS = {
+    "default": {
+        "BACKEND": os.environ.get("DJANGO_TASKS_BACKEND", "django_tasks.backends.immediate.ImmediateBackend"),
+    }
+}
+
+# --- API ----------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_AUTHENTICATION_CLASSES": [],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
+    "UNAUTHENTICATED_USER": None,
+    "EXCEPTION_HANDLER": "segmenter.api.exception_handler",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "42-EPOCHS API",
+    "DESCRIPTION": "Lung-damage segmentation of chest CT. For research and demonstration only; not for diagnosis.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+# --- Internationalisation -----------------------------------------------------------------
+LANGUAGE_CODE = "en"
+LANGUAGES = [("en", _("English")), ("ru", _("Russian"))]
+LOCALE_PATHS = [BASE_DIR / "locale"]
+USE_I18N = True
+TIME_ZONE = "UTC"
+USE_TZ = True
+
+# --- Security -----------------------------------------------------------------------------
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SESSION_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", False)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("DJANGO_LOG_LEVEL", "INFO")},
+}

@@ -1,0 +1,96 @@
+"""Stored analyses. Arrays never enter the database: images and label maps are PNG files
+in the default storage, under a folder named by the analysis' UUID."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+from django.utils.translation import gettext_lazy as _
+
+
+def analysis_folder(analysis_id: uuid.UUID | str) -> str:
+    """Storage folder of one analysis; everything it owns lives below it."""
+    return f"analyses/{analysis_id}"
+
+
+def _upload_to(instance: "Analysis", filename: str) -> str:
+    return f"{analysis_folder(instance.id)}/upload/{filename}"
+
+
+class Analysis(models.Model):
+    """One upload (a slice, a study or a volume) and, once processed, its study result."""
+
+    class Kind(models.TextChoices):
+        SLICE = "slice", _("slice")
+        STUDY = "study", _("study")
+        VOLUME = "volume", _("volume")
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", _("queued")
+        RUNNING = "running", _("running")
+        DONE = "done", _("done")
+        FAILED = "failed", _("failed")
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    created = models.DateTimeField(auto_now_add=True)
+    finished = models.DateTimeField(null=True, blank=True)
+    heartbeat = models.DateTimeField(null=True, blank=True)  # last progress report of the worker
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.QUEUED)
+    error = models.TextField(blank=True)
+    source_name = models.CharField(max_length=255)  # the uploaded file's (sanitised) name
+    upload = models.FileField(upload_to=_upload_to, max_length=500, blank=True)  # kept until processed
+    slices_total = models.PositiveIntegerField(default=0)
+    slices_done = models.PositiveIntegerField(default=0)
+    areas = models.JSONField(null=True, blank=True)  # severity.Areas summed over slices
+    severity = models.JSONField(null=True, blank=True)  # severity.Severity.as_dict() of the sums
+
+    class Meta:
+        ordering = ("-created",)
+
+    def __str__(self) -> str:
+        return f"{self.source_name} ({self.id})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in (self.Status.DONE, self.Status.FAILED)
+
+    @property
+    def stem(self) -> str:
+        """The uploaded name without its extensions, for download file names."""
+        name = self.source_name
+        for suffix in (".nii.gz", ".zip", ".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".nii"):
+            if name.lower().endswith(suffix):
+                return name[: -len(suffix)] or "analysis"
+        return name or "analysis"
+
+
+class Slice(models.Model):
+    """One segmented slice of an analysis."""
+
+    analysis = models.ForeignKey(Analysis, on_delete=models.CASCADE, related_name="slices")
+    index = models.PositiveIntegerField()  # 1-based position along the study
+    name = models.CharField(max_length=255)
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    image = models.FileField(max_length=500)  # the slice as an 8-bit grey PNG (lung window)
+    labels = models.FileField(max_length=500)  # label map PNG: 0 GGO, 1 consolidation, 2 other lung, 3 background
+    areas = models.JSONField()  # severity.Areas of this slice
+    severity = models.JSONField()  # severity.Severity.as_dict()
+
+    class Meta:
+        ordering = ("index",)
+        constraints = [models.UniqueConstraint(fields=("analysis", "index"), name="unique_slice_index")]
+
+    def __str__(self) -> str:
+        return f"{self.analysis_id}#{self.index} {self.name}"
+
+    @property
+    def stem(self) -> str:
+        base = self.name.replace("\\", "/").rsplit("/", 1)[-1]
+        for suffix in (".png", ".jpg", ".jpeg", ".dcm", ".dicom"):
+            if base.lower().endswith(suffix):
+                base = base[: -len(suffix)]
+                break
+        return base or f"slice-{self.index:04d}"

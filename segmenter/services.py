@@ -1,0 +1,259 @@
+"""Services (functions that change things) and selectors (functions that read).
+
+Upload checks live here, in one place, for the web pages, the API and the command line:
+``upload_read`` decodes every slice of an upload before anything is stored, so bad input
+is refused whole. ``analysis_create`` stores a valid upload and queues its processing;
+``analysis_process`` (run by the task, in the request with the immediate backend or in a
+db_worker) segments it and stores the result all at once, or nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import BinaryIO
+
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.db import transaction
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from .engine import get_segmenter
+from .ml.archive import ArchiveLimits, read_zip
+from .ml.imaging import IMAGE_SUFFIXES, DICOM_SUFFIXES, CTSlice, UnreadableImage, read_slices
+from .ml.overlay import png_bytes
+from .ml.pipeline import analyse_slice
+from .ml.severity import Areas, assess_study
+from .ml.volumes import NIFTI_SUFFIXES, is_nifti_name, read_nifti
+from .models import Analysis, Slice, analysis_folder
+
+log = logging.getLogger(__name__)
+
+ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
+ALLOWED_SUFFIXES = (*IMAGE_SUFFIXES, *DICOM_SUFFIXES, ".zip", *NIFTI_SUFFIXES)
+
+
+class UploadError(ValueError):
+    """An upload that cannot be analysed; ``str()`` says why, for the person who sent it."""
+
+
+@dataclass
+class ParsedUpload:
+    kind: str  # Analysis.Kind value
+    slices: list[CTSlice]
+
+
+def clean_name(name: str) -> str:
+    """The file name without any folder part, at most 200 characters, never empty."""
+    base = os.path.basename((name or "").replace("\\", "/")).strip()
+    base = "".join(ch for ch in base if ch.isprintable())
+    return base[-200:] or "upload"
+
+
+def _suffix_allowed(name: str) -> bool:
+    lower = name.lower()
+    if lower.endswith(ALLOWED_SUFFIXES):
+        return True
+    # DICOM files often carry no extension at all (IM000001): their content decides.
+    return "." not in lower or lower.rsplit(".", 1)[-1].isdigit()
+
+
+def archive_limits() -> ArchiveLimits:
+    mb = 1024 * 1024
+    return ArchiveLimits(
+        max_members=settings.SEGMENTER_ZIP_MAX_MEMBERS,
+        max_member_bytes=settings.SEGMENTER_ZIP_MAX_MEMBER_MB * mb,
+        max_total_bytes=settings.SEGMENTER_ZIP_MAX_TOTAL_MB * mb,
+        max_slices=settings.SEGMENTER_MAX_SLICES,
+    )
+
+
+def upload_read(*, stream: BinaryIO, name: str, size: int) -> ParsedUpload:
+    """Decode an upload completely: a slice, a zip of slices, a multi-frame DICOM or a
+    NIfTI volume. Raises UploadError with a message for the user."""
+    name = clean_name(name)
+    if size <= 0:
+        raise UploadError(_("The file is empty."))
+    if size > settings.SEGMENTER_MAX_UPLOAD_BYTES:
+        raise UploadError(
+            _("The file is %(size)d MB; the limit is %(limit)d MB.")
+            % {"size": size // (1024 * 1024), "limit": settings.SEGMENTER_MAX_UPLOAD_BYTES // (1024 * 1024)}
+        )
+    if not _suffix_allowed(name):
+        raise UploadError(
+            _("Files of type %(suffix)s are not supported: upload PNG, JPEG, DICOM, a zip of slices or NIfTI.")
+            % {"suffix": "." + name.rsplit(".", 1)[-1]}
+        )
+    head = stream.read(132)
+    stream.seek(0)
+    try:
+        if head.startswith(ZIP_MAGICS):
+            slices, kind = read_zip(stream, archive_limits()), Analysis.Kind.STUDY
+        elif is_nifti_name(name):
+            slices, kind = read_nifti(stream.read(), name), Analysis.Kind.VOLUME
+        elif name.lower().endswith(".zip"):
+            raise UnreadableImage(_("not a valid zip archive"))
+        else:
+            slices = read_slices(stream.read(), name)
+            kind = Analysis.Kind.SLICE if len(slices) == 1 else Analysis.Kind.STUDY
+    except UnreadableImage as exc:
+        raise UploadError(_("%(name)s could not be read: %(reason)s.") % {"name": name, "reason": exc}) from exc
+    if len(slices) > settings.SEGMENTER_MAX_SLICES:
+        raise UploadError(
+            _("The upload holds %(n)d slices; the limit is %(limit)d.") % {"n": len(slices), "limit": settings.SEGMENTER_MAX_SLICES}
+        )
+    return ParsedUpload(kind=kind, slices=slices)
+
+
+# --- Services ---------------------------------------------------------------------------
+
+
+def analysis_create(*, stream: BinaryIO, name: str, size: int) -> Analysis:
+    """Validate an upload, store it and queue its processing. Raises UploadError.
+
+    With the immediate task backend the analysis is processed before this returns.
+    """
+    parsed = upload_read(stream=stream, name=name, size=size)
+    stream.seek(0)
+    analysis = Analysis(kind=parsed.kind, source_name=clean_name(name), slices_total=len(parsed.slices))
+    with transaction.atomic():
+        analysis.upload.save(clean_name(name), _as_file(stream, name), save=False)
+        analysis.save()
+        transaction.on_commit(lambda: _enqueue(analysis))
+    analysis.refresh_from_db()
+    return analysis
+
+
+def _as_file(stream: BinaryIO, name: str):
+    from django.core.files import File
+
+    return File(stream, name=clean_name(name))
+
+
+def _enqueue(analysis: Analysis) -> None:
+    from .tasks import process_analysis
+
+    process_analysis.enqueue(str(analysis.id))
+
+
+def _delete_folder(folder: str) -> None:
+    """Delete every file below ``folder`` in the default storage."""
+    try:
+        dirs, files = default_storage.listdir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for f in files:
+        default_storage.delete(f"{folder}/{f}")
+    for d in dirs:
+        _delete_folder(f"{folder}/{d}")
+
+
+def _slice_folder(analysis: Analysis) -> str:
+    return f"{analysis_folder(analysis.id)}/slices"
+
+
+def analysis_process(*, analysis_id: str) -> None:
+    """Segment a stored upload; store every slice's files and rows and the study result,
+    or, if anything fails, nothing (the analysis is then marked failed with the reason)."""
+    try:
+        analysis = Analysis.objects.get(pk=analysis_id)
+    except Analysis.DoesNotExist:
+        log.warning("analysis %s vanished before processing", analysis_id)
+        return
+    if analysis.status == Analysis.Status.DONE:
+        return
+    now = timezone.now()
+    Analysis.objects.filter(pk=analysis.pk).update(status=Analysis.Status.RUNNING, heartbeat=now, slices_done=0, error="")
+    folder = _slice_folder(analysis)
+    _delete_folder(folder)  # leftovers of an interrupted earlier run
+    try:
+        with analysis.upload.open("rb") as fh:
+            parsed = upload_read(stream=fh, name=analysis.source_name, size=analysis.upload.size)
+        segmenter = get_segmenter()
+        rows = []
+        for k, ct in enumerate(parsed.slices, start=1):
+            result = analyse_slice(ct, segmenter)
+            image = default_storage.save(f"{folder}/{k:04d}-image.png", ContentFile(png_bytes(ct.pixels)))
+            labels = default_storage.save(f"{folder}/{k:04d}-labels.png", ContentFile(png_bytes(result.labels)))
+            h, w = ct.pixels.shape
+            rows.append(
+                Slice(
+                    analysis=analysis,
+                    index=k,
+                    name=ct.name[:255],
+                    width=w,
+                    height=h,
+                    image=image,
+                    labels=labels,
+                    areas=result.areas.as_dict(),
+                    severity=result.severity.as_dict(),
+                )
+            )
+            Analysis.objects.filter(pk=analysis.pk).update(slices_done=k, heartbeat=timezone.now())
+        total, severity = assess_study([Areas.from_dict(r.areas) for r in rows])
+        with transaction.atomic():
+            Slice.objects.filter(analysis=analysis).delete()
+            Slice.objects.bulk_create(rows)
+            Analysis.objects.filter(pk=analysis.pk).update(
+                status=Analysis.Status.DONE,
+                finished=timezone.now(),
+                slices_total=len(rows),
+                slices_done=len(rows),
+                areas=total.as_dict(),
+                severity=severity.as_dict(),
+            )
+    except Exception as exc:
+        if isinstance(exc, UploadError):
+            message = str(exc)
+        else:
+            log.exception("analysis %s failed", analysis.pk)
+            message = _("Processing failed because of an internal error; please try again.")
+        _delete_folder(folder)
+        Slice.objects.filter(analysis=analysis).delete()
+        Analysis.objects.filter(pk=analysis.pk).update(
+            status=Analysis.Status.FAILED, error=message, finished=timezone.now(), slices_done=0
+        )
+        _discard_upload(analysis)
+        return
+    _discard_upload(analysis)
+
+
+def _discard_upload(analysis: Analysis) -> None:
+    """The upload is kept only until it has been processed."""
+    if analysis.upload:
+        _delete_folder(f"{analysis_folder(analysis.id)}/upload")
+        Analysis.objects.filter(pk=analysis.pk).update(upload="")
+
+
+def analysis_delete(*, analysis: Analysis) -> None:
+    """Remove an analysis with all its files."""
+    folder = analysis_folder(analysis.id)
+    analysis.delete()
+    _delete_folder(folder)
+
+
+# --- Selectors --------------------------------------------------------------------------
+
+
+def analysis_get(*, analysis_id) -> Analysis:
+    """The analysis with this id (raises Analysis.DoesNotExist). A running analysis whose
+    worker stopped reporting is marked failed first, so it is never shown as running
+    forever nor, half done, as complete."""
+    analysis = Analysis.objects.get(pk=analysis_id)
+    if analysis.status == Analysis.Status.RUNNING and analysis.heartbeat:
+        limit = timedelta(seconds=settings.SEGMENTER_STALE_AFTER_SECONDS)
+        if timezone.now() - analysis.heartbeat > limit:
+            _delete_folder(_slice_folder(analysis))
+            Analysis.objects.filter(pk=analysis.pk, status=Analysis.Status.RUNNING).update(
+                status=Analysis.Status.FAILED,
+                error=_("Processing stopped before it finished; please upload the file again."),
+                finished=timezone.now(),
+                slices_done=0,
+            )
+            _discard_upload(analysis)
+            analysis.refresh_from_db()
+    return analysis
