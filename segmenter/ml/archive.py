@@ -11,6 +11,7 @@ archive unreadable. Folders are allowed; macOS ``__MACOSX`` metadata, hidden fil
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import re
@@ -18,6 +19,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import BinaryIO
+
+import numpy as np
 
 from .imaging import CTSlice, UnreadableImage, read_slices, sniff_kind
 
@@ -55,13 +58,28 @@ def _check_path(name: str) -> PurePosixPath:
 
 
 def order_slices(slices: list[CTSlice]) -> list[CTSlice]:
-    """Order slices along the body axis: by DICOM position when every slice has one,
-    else by InstanceNumber when every slice has one, else naturally by name."""
+    """Order slices along the body axis: head to feet by DICOM position when every slice
+    has one (the position grows towards the head), else by InstanceNumber when every
+    slice has one, else naturally by name."""
     if slices and all(s.position_mm is not None for s in slices):
-        return sorted(slices, key=lambda s: (s.position_mm, natural_key(s.name)))
+        return sorted(slices, key=lambda s: (-s.position_mm, natural_key(s.name)))
     if slices and all(s.instance_number is not None for s in slices):
         return sorted(slices, key=lambda s: (s.instance_number, natural_key(s.name)))
     return sorted(slices, key=lambda s: natural_key(s.name))
+
+
+def with_slice_spacing(slices: list[CTSlice]) -> list[CTSlice]:
+    """Ordered slices of one series, each given the median distance between neighbouring
+    positions as its thickness (the spacing that makes their volumes add up without gaps
+    or overlap), when every slice has a position and the distance is positive."""
+    positions = [s.position_mm for s in slices]
+    if len(slices) < 2 or any(p is None for p in positions):
+        return slices
+    gaps = np.abs(np.diff(np.asarray(positions, dtype=float)))
+    spacing = float(np.median(gaps))
+    if not spacing > 0:
+        return slices
+    return [dataclasses.replace(s, slice_thickness_mm=spacing) for s in slices]
 
 
 def read_zip(source: bytes | BinaryIO, limits: ArchiveLimits = ArchiveLimits()) -> list[CTSlice]:
@@ -111,4 +129,4 @@ def read_zip(source: bytes | BinaryIO, limits: ArchiveLimits = ArchiveLimits()) 
                 raise UnreadableImage(f"the zip holds more than {limits.max_slices} slices")
     if not slices:
         raise UnreadableImage("the zip holds no PNG, JPEG or DICOM slices")
-    return order_slices(slices)
+    return with_slice_spacing(order_slices(slices))

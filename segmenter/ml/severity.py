@@ -229,9 +229,9 @@ def assess(areas: Areas) -> Severity:
 
 def assess_study(slice_areas: list[Areas]) -> tuple[Areas, Severity]:
     """Sum the slices' areas and grade the sum."""
-    total = Areas(sides_known=True)
-    for a in slice_areas:
-        total = total + a
     if not slice_areas:
-        total = Areas()
+        return Areas(), assess(Areas())
+    total = slice_areas[0]
+    for a in slice_areas[1:]:
+        total = total + a
     return total, assess(total)

@@ -353,9 +353,9 @@ def train(cfg: TrainConfig) -> dict:
             torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
             opts[name].step()
             scheds[name].step()
-            if not math.isfinite(float(loss)):
-                raise FloatingPointError(f"{name}: loss is {float(loss)} at step {step + 1}")
-            record[name] = {"loss": float(loss), **parts}
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(f"{name}: loss is {loss.item()} at step {step + 1}")
+            record[name] = {"loss": loss.item(), **parts}
         step += 1
         done_since += 1
         if step % cfg.log_every == 0 or step == cfg.steps:

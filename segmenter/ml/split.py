@@ -1,0 +1,57 @@
+"""Write the held-out validation split to PNG folders that ``evaluate`` reads.
+
+    python -m segmenter.ml.split --out DIR [--data-root ../shared/data]
+
+DIR/medseg/images + DIR/medseg/masks: the held-out MedSeg slices (original JPEG bytes
+and MedSeg masks); DIR/kmader/images + DIR/kmader/masks: the held-out kmader slices as
+lung-windowed 8-bit PNG with their lung masks (255 = lung). The split is the one
+``python -m segmenter.ml.train --holdout`` validates on with the same seed, group
+thresholds and fractions, so the model card's validation numbers can be recomputed:
+
+    python -m segmenter.ml.evaluate --images DIR/medseg/images --masks DIR/medseg/masks
+    python -m segmenter.ml.evaluate --images DIR/kmader/images --masks DIR/kmader/masks --lungs
+
+(with weights trained by a --holdout run; the shipped weights saw these slices).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .train import TrainConfig, load_datasets
+
+
+def write_split(cfg: TrainConfig, out: Path) -> dict[str, int]:
+    cfg.holdout = True
+    cfg.zenodo_limit = 1
+    data = load_datasets(cfg)
+    root = Path(cfg.data_root)
+    for sub in ("medseg/images", "medseg/masks", "kmader/images", "kmader/masks"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    for s in data.val_medseg:
+        shutil.copyfile(root / "medseg-covid" / "images" / f"{s.name}.jpg", out / "medseg/images" / f"{s.name}.jpg")
+        shutil.copyfile(root / "medseg-covid" / "masks" / f"{s.name}.png", out / "medseg/masks" / f"{s.name}.png")
+    for s in data.val_kmader:
+        Image.fromarray(s.full).save(out / "kmader/images" / f"{s.name}.png")
+        Image.fromarray(np.where(s.mask, 255, 0).astype(np.uint8)).save(out / "kmader/masks" / f"{s.name}.png")
+    return {"medseg": len(data.val_medseg), "kmader": len(data.val_kmader)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m segmenter.ml.split", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--data-root", default=os.environ.get("SEGMENTER_DATA_ROOT") or TrainConfig().data_root)
+    parser.add_argument("--seed", type=int, default=TrainConfig().seed)
+    args = parser.parse_args(argv)
+    counts = write_split(TrainConfig(data_root=args.data_root, seed=args.seed), args.out)
+    print(f"wrote {counts['medseg']} MedSeg and {counts['kmader']} kmader validation slices to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

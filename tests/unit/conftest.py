@@ -1,0 +1,42 @@
+"""Fixtures for the engine's unit tests: real data from ../shared/data, built inputs."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from segmenter.ml.data import DEFAULT_DATA_ROOT
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    root = Path(os.environ.get("SEGMENTER_DATA_ROOT") or DEFAULT_DATA_ROOT)
+    if not (root / "dicom-samples" / "0.dcm").is_file():
+        pytest.skip(f"real data not found at {root} (set SEGMENTER_DATA_ROOT)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def dicom_path(data_root) -> Path:
+    return data_root / "dicom-samples" / "0.dcm"
+
+
+@pytest.fixture(scope="session")
+def dicom_hu(dicom_path) -> np.ndarray:
+    """Hounsfield units of the real DICOM sample, float32 (512, 512)."""
+    import pydicom
+    from pydicom.pixels import apply_modality_lut
+
+    ds = pydicom.dcmread(dicom_path)
+    return apply_modality_lut(ds.pixel_array, ds).astype(np.float32)
+
+
+def png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()

@@ -1,0 +1,48 @@
+import numpy as np
+import pytest
+
+from segmenter.ml.constants import BACKGROUND, CONSOLIDATION, GGO, OTHER_LUNG
+from segmenter.ml.overlay import DEFAULT_STYLES, LayerStyle, parse_style, png_bytes, read_label_png, render_overlay
+
+
+@pytest.fixture
+def scene():
+    pixels = np.full((4, 4), 100, np.uint8)
+    labels = np.array([[GGO, CONSOLIDATION, OTHER_LUNG, BACKGROUND]] * 4, np.uint8)
+    return pixels, labels
+
+
+def test_visible_layers_blend_their_colour_at_their_opacity(scene):
+    pixels, labels = scene
+    styles = {"ggo": LayerStyle(True, "#ff0000", 0.5)}
+    out = render_overlay(pixels, labels, styles)
+    assert out[0, 0].tolist() == [178, 50, 50]  # 0.5 * 100 + 0.5 * (255, 0, 0)
+    assert out[0, 3].tolist() == [100, 100, 100]  # background untouched
+
+
+def test_a_hidden_layer_leaves_the_slice_as_it_is(scene):
+    pixels, labels = scene
+    out = render_overlay(pixels, labels, {"consolidation": LayerStyle(False, "#00ff00", 1.0)})
+    assert out[0, 1].tolist() == [100, 100, 100]
+
+
+def test_mask_only_draws_on_black(scene):
+    pixels, labels = scene
+    out = render_overlay(pixels, labels, {"ggo": LayerStyle(True, "#ffffff", 1.0)}, mask_only=True)
+    assert out[0, 0].tolist() == [255, 255, 255] and out[0, 3].tolist() == [0, 0, 0]
+
+
+def test_parse_style_reads_colour_opacity_and_visibility():
+    assert parse_style("00FF00,0.3,0", DEFAULT_STYLES["ggo"]) == LayerStyle(False, "#00ff00", 0.3)
+    assert parse_style("", DEFAULT_STYLES["ggo"]) == DEFAULT_STYLES["ggo"]
+
+
+@pytest.mark.parametrize("text", ["red", "12345", "ff0000,2", "ff0000,0.5,yes", "ff0000,nan"])
+def test_parse_style_refuses_bad_values(text):
+    with pytest.raises(ValueError):
+        parse_style(text, DEFAULT_STYLES["ggo"])
+
+
+def test_label_maps_round_trip_through_png(scene):
+    _, labels = scene
+    assert np.array_equal(read_label_png(png_bytes(labels)), labels)

@@ -1,0 +1,37 @@
+import numpy as np
+
+from segmenter.ml.constants import BACKGROUND, CONSOLIDATION, GGO, MIN_LESION_AREA_PX, OTHER_LUNG
+from segmenter.ml.postprocess import labels_from_probabilities, min_lesion_area, remove_small_lesions
+
+
+def test_small_lesion_specks_become_other_lung_and_large_regions_stay():
+    labels = np.full((64, 64), OTHER_LUNG, np.uint8)
+    labels[0:3, 0:3] = GGO  # 9 px speck
+    labels[20:30, 20:30] = GGO  # 100 px region
+    labels[20:30, 30:32] = CONSOLIDATION  # touching the GGO region: one lesion together
+    labels[50:52, 50:52] = CONSOLIDATION  # 4 px speck
+    out = remove_small_lesions(labels)
+    assert (out[0:3, 0:3] == OTHER_LUNG).all()
+    assert (out[50:52, 50:52] == OTHER_LUNG).all()
+    assert (out[20:30, 20:30] == GGO).all() and (out[20:30, 30:32] == CONSOLIDATION).all()
+    assert labels[0, 0] == GGO  # input untouched
+
+
+def test_a_healthy_slice_with_noise_reads_no_lesion():
+    rng = np.random.default_rng(0)
+    labels = np.full((256, 256), OTHER_LUNG, np.uint8)
+    ys, xs = rng.integers(0, 256, 30), rng.integers(0, 256, 30)
+    labels[ys, xs] = GGO
+    assert not (remove_small_lesions(labels) == GGO).any()
+
+
+def test_the_minimum_area_scales_with_larger_slices():
+    assert min_lesion_area((512, 512)) == MIN_LESION_AREA_PX
+    assert min_lesion_area((300, 200)) == MIN_LESION_AREA_PX
+    assert min_lesion_area((1024, 1024)) == 4 * MIN_LESION_AREA_PX
+
+
+def test_labels_are_the_most_probable_class():
+    probs = np.zeros((4, 1, 3), np.float32)
+    probs[GGO, 0, 0] = probs[BACKGROUND, 0, 1] = probs[CONSOLIDATION, 0, 2] = 1
+    assert labels_from_probabilities(probs).tolist() == [[GGO, BACKGROUND, CONSOLIDATION]]

@@ -1,0 +1,72 @@
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from segmenter.ml.constants import BACKGROUND, CONSOLIDATION, GGO, OTHER_LUNG
+from segmenter.ml.data import T_IGNORE, T_LESION, T_LUNG, T_NOT_LESION, grouped_split, similarity_groups
+from segmenter.ml.ensemble import Ensemble
+from segmenter.ml.train import marginal_cross_entropy, parse_args, train
+
+
+def test_marginal_cross_entropy_is_minus_log_of_the_allowed_mass():
+    logits = torch.log(torch.tensor([0.1, 0.2, 0.3, 0.4]))[None, :, None, None].expand(1, 4, 1, 4).clone()
+    codes = torch.tensor([[[GGO, T_LUNG, T_NOT_LESION, T_IGNORE]]], dtype=torch.uint8)
+    loss = marginal_cross_entropy(logits, codes, torch.ones(1, 1, 4))
+    expected = -(math.log(0.1) + math.log(0.6) + math.log(0.7)) / 3  # the ignored pixel counts for nothing
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_lesion_code_is_satisfied_by_either_lesion_class():
+    probs = torch.tensor([0.5, 0.5, 0.0, 0.0]) + 1e-9
+    logits = torch.log(probs)[None, :, None, None]
+    loss = marginal_cross_entropy(logits, torch.tensor([[[T_LESION]]], dtype=torch.uint8), torch.ones(1, 1, 1))
+    assert loss.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_similar_slices_fall_into_one_group_and_groups_are_never_split():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 255, (64, 64), dtype=np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-5, 5, a.shape), 0, 255).astype(np.uint8)
+    c = rng.integers(0, 255, (64, 64), dtype=np.uint8)
+    groups = similarity_groups([a, b, c], threshold=0.8)
+    assert groups[0] == groups[1] != groups[2]
+
+    class S:
+        def __init__(self, g):
+            self.group = g
+
+    samples = [S("g1"), S("g1"), S("g2"), S("g3"), S("g3"), S("g4")]
+    train_part, val_part = grouped_split(samples, 0.3, seed=1)
+    assert not {s.group for s in train_part} & {s.group for s in val_part}
+    assert len(train_part) + len(val_part) == len(samples)
+
+
+def test_config_flags_come_from_the_dataclass():
+    cfg = parse_args(["--steps", "7", "--no-bf16", "--networks", "unet_b0"])
+    assert (cfg.steps, cfg.bf16, cfg.networks) == (7, False, ("unet_b0",))
+
+
+@pytest.mark.slow
+def test_a_smoke_run_trains_resumes_and_exports_loadable_weights(data_root, tmp_path):
+    out, export = tmp_path / "run", tmp_path / "weights"
+    cfg = parse_args(["--smoke", "--holdout", "--data-root", str(data_root), "--out", str(out), "--export", str(export)])
+    validation = train(cfg)
+    assert (out / "checkpoint.pt").is_file()
+    lines = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    losses = [r["unet_b0"]["loss"] for r in lines if "unet_b0" in r]
+    assert len(losses) == cfg.steps and all(math.isfinite(v) for v in losses)
+    assert set(validation) == {"ensemble", "unet_b0", "pspnet_b2"}
+    manifest = json.loads((export / "manifest.json").read_text())
+    assert manifest["training"]["config"]["steps"] == cfg.steps
+    assert "not for diagnosis" in manifest["intended_use"]
+    ensemble = Ensemble.load(export)
+    labels = ensemble.segment(np.full((100, 120), 80, np.uint8))
+    assert labels.shape == (100, 120) and set(np.unique(labels)) <= {GGO, CONSOLIDATION, OTHER_LUNG, BACKGROUND}
+    # resuming a finished run does no more steps
+    cfg2 = parse_args(["--smoke", "--holdout", "--data-root", str(data_root), "--out", str(out)])
+    train(cfg2)
+    lines2 = (out / "log.jsonl").read_text().splitlines()
+    assert sum(1 for line in lines2 if '"unet_b0": {"loss"' in line) == cfg.steps

@@ -1,0 +1,80 @@
+import gzip
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from segmenter.ml.imaging import UnreadableImage, read_slice, window
+from segmenter.ml.volumes import read_nifti
+
+
+@pytest.fixture(scope="module")
+def stack(data_root):
+    """Two real DICOM slices as an (x, y, z) HU volume in RAS+ voxel order, and the
+    display images the DICOM reader gives for each (head to feet)."""
+    cts = [read_slice(data_root / "dicom-samples" / f"{k}.dcm") for k in (0, 1)]
+    import pydicom
+    from pydicom.pixels import apply_modality_lut
+
+    hu = [apply_modality_lut(pydicom.dcmread(data_root / "dicom-samples" / f"{k}.dcm").pixel_array,
+                             pydicom.dcmread(data_root / "dicom-samples" / f"{k}.dcm")).astype(np.int16) for k in (0, 1)]
+    # DICOM display: rows run anterior->posterior, columns patient right->left. In RAS+
+    # voxel order x runs left->right, y posterior->anterior, z inferior->superior.
+    # Slice 0 is the upper one (z index 1).
+    vol = np.stack([np.flipud(np.fliplr(h)).T for h in reversed(hu)], axis=-1)
+    return vol, [c.pixels for c in cts]
+
+
+def _nifti(vol, affine) -> bytes:
+    img = nib.Nifti1Image(vol, affine)
+    img.header.set_zooms((0.625, 0.625, 1.25))
+    return img.to_bytes()
+
+
+def test_a_ras_volume_reads_as_axial_slices_in_display_orientation(stack):
+    vol, expected = stack
+    affine = np.diag([0.625, 0.625, 1.25, 1.0])
+    slices = read_nifti(_nifti(vol, affine), "ct.nii")
+    assert len(slices) == 2
+    for got, want in zip(slices, expected):
+        assert np.array_equal(got.pixels, want)
+    assert slices[0].calibrated and slices[0].pixel_spacing_mm == (0.625, 0.625)
+    assert slices[0].slice_thickness_mm == 1.25
+
+
+def test_flipped_and_permuted_axes_give_the_same_slices(stack):
+    vol, expected = stack
+    # LPS voxel order (x runs right->left, y anterior->posterior), axes stored as (z, y, x)
+    lps = vol[::-1, ::-1, :].transpose(2, 1, 0)
+    affine = np.array(
+        [[0, 0, -0.625, 0], [0, -0.625, 0, 0], [1.25, 0, 0, 0], [0, 0, 0, 1]], float
+    )
+    img = nib.Nifti1Image(lps, affine)
+    slices = read_nifti(img.to_bytes(), "lps.nii")
+    for got, want in zip(slices, expected):
+        assert np.array_equal(got.pixels, want)
+
+
+def test_scaled_and_gzipped_volumes_keep_hounsfield_units(stack):
+    vol, expected = stack
+    img = nib.Nifti1Image(((vol.astype(np.float32) + 1024) / 2).astype(np.int16), np.diag([0.625, 0.625, 1.25, 1]))
+    img.header.set_slope_inter(2.0, -1024.0)
+    slices = read_nifti(gzip.compress(img.to_bytes()), "ct.nii.gz")
+    diff = np.abs(slices[0].pixels.astype(int) - expected[0].astype(int))
+    assert diff.max() <= 1  # halving the stored values rounds by at most 1 HU
+
+
+def test_a_gzip_bomb_is_refused():
+    with pytest.raises(UnreadableImage, match="unpacks to more"):
+        read_nifti(gzip.compress(b"\0" * (3 * 1024 * 1024)), "bomb.nii.gz", max_bytes=1024 * 1024)
+
+
+def test_a_4d_series_is_refused():
+    img = nib.Nifti1Image(np.zeros((32, 32, 4, 2), np.int16), np.eye(4))
+    with pytest.raises(UnreadableImage, match="4-D"):
+        read_nifti(img.to_bytes(), "fmri.nii")
+
+
+def test_what_is_not_nifti_is_refused():
+    with pytest.raises(UnreadableImage, match="not a NIfTI"):
+        read_nifti(b"\0" * 500, "x.nii")
