@@ -1,0 +1,164 @@
+"""Fixtures shared by every test: a throwaway MEDIA_ROOT, the stand-in engine, real inputs.
+
+Real inputs are built from the real data set (``/work/shared/data``, or the folder named by
+``SEGMENTER_DATA_ROOT``); nothing is copied into the repository. Tests that need it are
+skipped, with the reason, when the folder is missing.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.urls import reverse
+from PIL import Image
+
+from tests import stubs
+from segmenter import engine
+
+DATA_ROOT = Path(os.environ.get("SEGMENTER_DATA_ROOT", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+@pytest.fixture(autouse=True)
+def media_root(settings, tmp_path) -> Path:
+    """Each test stores its files in its own folder, removed with tmp_path."""
+    root = tmp_path / "media"
+    root.mkdir()
+    settings.MEDIA_ROOT = root
+    return root
+
+
+@pytest.fixture
+def stored_files(media_root):
+    """A function listing every file under MEDIA_ROOT, as paths relative to it."""
+
+    def files() -> list[str]:
+        return sorted(str(p.relative_to(media_root)) for p in media_root.rglob("*") if p.is_file())
+
+    return files
+
+
+@pytest.fixture
+def use_engine(settings):
+    """A function that installs a stand-in engine class through SEGMENTER_ENGINE."""
+
+    def install(cls: type) -> None:
+        settings.SEGMENTER_ENGINE = stubs.dotted_path(cls)
+        engine.reset()
+
+    yield install
+    engine.reset()
+
+
+@pytest.fixture
+def stand_in_engine(use_engine):
+    """The deterministic stand-in (tests/stubs.py) instead of the trained ensemble."""
+    use_engine(stubs.StandInSegmenter)
+
+
+# --- Real inputs -----------------------------------------------------------------------
+
+
+class Samples:
+    """Test inputs built in memory from the real data set."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def dicom(self, k: int = 0) -> bytes:
+        """A 512 x 512 chest CT slice with Hounsfield units (dicom-samples/k.dcm)."""
+        return (self.root / "dicom-samples" / f"{k}.dcm").read_bytes()
+
+    def jpeg(self, n: int = 0) -> bytes:
+        """An 8-bit grey, lung-windowed, cropped CT slice (medseg-covid/images/n.jpg)."""
+        return (self.root / "medseg-covid" / "images" / f"{n}.jpg").read_bytes()
+
+    def grey(self, n: int = 0) -> np.ndarray:
+        return np.asarray(Image.open(io.BytesIO(self.jpeg(n))).convert("L"))
+
+    def png(self, n: int = 0) -> bytes:
+        """The same slice as an 8-bit grey PNG."""
+        return _png(Image.fromarray(self.grey(n)))
+
+    def rgb_png(self, n: int = 0) -> bytes:
+        """The same slice as an RGB PNG (grey values in every channel)."""
+        return _png(Image.fromarray(self.grey(n)).convert("RGB"))
+
+    def png16(self, k: int = 0) -> bytes:
+        """The DICOM slice as a 16-bit grey PNG of uncalibrated CT numbers (HU + 2048)."""
+        import pydicom
+        from pydicom.pixels import apply_modality_lut
+
+        ds = pydicom.dcmread(io.BytesIO(self.dicom(k)))
+        hu = apply_modality_lut(ds.pixel_array, ds)
+        values = np.clip(hu + 2048, 0, 65535).astype(np.uint16)
+        image = Image.fromarray(values)
+        assert image.mode.startswith("I;16"), image.mode
+        return _png(image)
+
+    @staticmethod
+    def zip(members: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> bytes:
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", compression) as archive:
+            for name, data in members.items():
+                archive.writestr(name, data)
+        return buf.getvalue()
+
+
+def _png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    if not (DATA_ROOT / "dicom-samples" / "0.dcm").is_file():
+        pytest.skip(f"the real CT data set is not at {DATA_ROOT} (set SEGMENTER_DATA_ROOT)")
+    return DATA_ROOT
+
+
+@pytest.fixture(scope="session")
+def samples(data_root) -> Samples:
+    return Samples(data_root)
+
+
+# --- Requests --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def upload(client, django_capture_on_commit_callbacks):
+    """A function that posts one file to the upload form and returns the response.
+
+    Processing is queued on transaction commit; inside a test's transaction the queued
+    callbacks run when the request is done, as they would after a real commit.
+    """
+
+    def send(name: str, data: bytes, *, xhr: bool = False, **extra):
+        headers = {"Accept": "application/json", "X-Requested-With": "XMLHttpRequest"} if xhr else {}
+        with django_capture_on_commit_callbacks(execute=True):
+            response = client.post(
+                reverse("segmenter:home"), {"file": SimpleUploadedFile(name, data)}, headers=headers, **extra
+            )
+        return response
+
+    return send
+
+
+@pytest.fixture
+def analyse(upload):
+    """A function that uploads one file and returns its Analysis (processed by then)."""
+    from segmenter.models import Analysis
+
+    def run(name: str, data: bytes) -> Analysis:
+        response = upload(name, data, xhr=True)
+        assert response.status_code == 200, response.content
+        analysis_id = response.json()["url"].strip("/").split("/")[-1]
+        return Analysis.objects.get(pk=analysis_id)
+
+    return run
