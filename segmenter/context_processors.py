@@ -1,11 +1,18 @@
-from .ml.pipeline import DISCLAIMER
+from django.conf import settings
+from django.utils.translation import gettext_lazy as _
+
+from .ml.overlay import DEFAULT_STYLES
+
+#: ml.pipeline.DISCLAIMER, translatable (a unit test keeps the English text the same).
+DISCLAIMER = _("For research and demonstration only; not for diagnosis.")
 
 
 def segmenter(request):
     """Values every page needs: the disclaimer and the upload limit."""
-    from django.conf import settings
-
     return {
         "disclaimer": DISCLAIMER,
         "max_upload_mb": settings.SEGMENTER_MAX_UPLOAD_BYTES // (1024 * 1024),
+        "max_upload_bytes": settings.SEGMENTER_MAX_UPLOAD_BYTES,
+        # The default layer colours, for legends (set as CSS variables in base.html).
+        "layer_colours": {name: style.colour for name, style in DEFAULT_STYLES.items()},
     }

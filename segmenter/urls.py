@@ -1,4 +1,24 @@
+"""Pages and downloads of the web front end. Analyses are addressed by UUID; the JSON API
+lives apart, under /api/v1/."""
+
 from django.urls import path
 
+from . import views
+
 app_name = "segmenter"
-urlpatterns: list = []
+
+_slice = "a/<uuid:analysis_id>/slices/<int:index>/"
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("a/<uuid:analysis_id>/", views.analysis, name="analysis"),
+    path("a/<uuid:analysis_id>/status.json", views.analysis_status, name="status"),
+    path("a/<uuid:analysis_id>/report.csv", views.report_csv_download, name="report_csv"),
+    path("a/<uuid:analysis_id>/report.json", views.report_json_download, name="report_json"),
+    path("a/<uuid:analysis_id>/study.zip", views.study_zip, name="study_zip"),
+    path(_slice, views.slice_detail, name="slice"),
+    path(_slice + "image.png", views.slice_image, name="slice_image"),
+    path(_slice + "labels.png", views.slice_labels, name="slice_labels"),
+    path(_slice + "overlay.png", views.slice_overlay, name="slice_overlay"),
+    path(_slice + "thumbnail.png", views.slice_thumbnail, name="slice_thumbnail"),
+]

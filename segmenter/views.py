@@ -1,0 +1,336 @@
+"""Web pages and downloads: thin glue between requests, the services and the templates.
+
+Views fetch what they show through the private helpers below (``_analysis``,
+``_slice``), so unknown ids are a 404 everywhere; uploads go to
+``services.analysis_create``; images, overlays and reports come from the ``ml`` package.
+No file is served from MEDIA_URL: each is streamed here after its UUID was looked up.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+import zipfile
+
+import numpy as np
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
+from django.http import FileResponse, Http404, HttpResponseBadRequest, JsonResponse, UnreadablePostError
+from django.http.multipartparser import MultiPartParserError
+from django.middleware.csrf import CsrfViewMiddleware
+from django.shortcuts import redirect, render
+from django.template.defaultfilters import filesizeformat
+from django.urls import reverse
+from django.utils.cache import patch_cache_control
+from django.utils.translation import gettext as _
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_http_methods
+from PIL import Image
+
+from . import services
+from .forms import LAYER_LABELS, UploadForm, overlay_query, overlay_styles, page_styles
+from .ml.overlay import LAYERS, png_bytes, read_label_png, render_overlay
+from .ml.pipeline import report_csv, report_json, report_rows
+from .ml.severity import Areas
+from .models import Analysis, Slice
+
+#: Room for the multipart framing, headers and the CSRF field around the file itself.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+#: Longest side of a gallery thumbnail, in pixels.
+THUMBNAIL_SIDE_PX = 160
+#: A study zip is built in memory up to this size, in a private temporary file beyond it.
+ZIP_SPOOL_BYTES = 32 * 1024 * 1024
+#: How often the progress page asks for news.
+PROGRESS_POLL_MS = 1000
+#: How long browsers may keep a slice's files (they never change once stored).
+FILE_MAX_AGE_S = 3600
+UNREADABLE_BODY_ERRORS = (
+    MultiPartParserError,
+    RequestDataTooBig,
+    TooManyFieldsSent,
+    TooManyFilesSent,
+    UnreadablePostError,
+)
+
+
+# --- Lookups -------------------------------------------------------------------------------
+
+
+def _analysis(analysis_id) -> Analysis:
+    try:
+        return services.analysis_get(analysis_id=analysis_id)
+    except Analysis.DoesNotExist:
+        raise Http404("no such analysis") from None
+
+
+def _done_analysis(analysis_id) -> Analysis:
+    analysis = _analysis(analysis_id)
+    if analysis.status != Analysis.Status.DONE:
+        raise Http404("the analysis has no result")
+    return analysis
+
+
+def _slice(analysis: Analysis, index: int) -> Slice:
+    try:
+        return analysis.slices.get(index=index)
+    except Slice.DoesNotExist:
+        raise Http404("no such slice") from None
+
+
+# --- Upload --------------------------------------------------------------------------------
+
+
+@csrf_exempt  # checked in _upload once the size is known: the CSRF check reads the whole body
+@require_http_methods(["GET", "POST"])
+def home(request):
+    if request.method == "POST":
+        return _upload(request)
+    return render(request, "segmenter/home.html", _home_context())
+
+
+def _home_context(error: str = "") -> dict:
+    limit = settings.SEGMENTER_MAX_UPLOAD_BYTES
+    return {
+        "form": UploadForm(),
+        "error": error,
+        "upload_config": {
+            "maxBytes": limit,
+            "strings": {
+                "chosen": _("Selected: %(name)s"),
+                "choose": _("Choose a file to upload."),
+                "tooLarge": _("The file is larger than the limit of %(limit)s.") % {"limit": filesizeformat(limit)},
+                "uploading": _("Uploading… %(percent)s"),
+                "analysing": _("Uploaded. Analysing… a large study can take a few minutes."),
+                "failed": _("The upload failed; check the connection and try again."),
+            },
+        },
+    }
+
+
+def _upload(request):
+    if _declared_length(request) > settings.SEGMENTER_MAX_UPLOAD_BYTES + MULTIPART_OVERHEAD_BYTES:
+        limit = filesizeformat(settings.SEGMENTER_MAX_UPLOAD_BYTES)
+        return _refuse(request, _("The file is larger than the limit of %(limit)s.") % {"limit": limit}, 413)
+    try:
+        request.FILES  # noqa: B018 - parse the body here, so that a malformed one is answered here
+    except UNREADABLE_BODY_ERRORS:
+        return _refuse(request, _("The upload could not be read; please choose the file and send it again."))
+    csrf_failure = CsrfViewMiddleware(lambda r: None).process_view(request, None, (), {})
+    if csrf_failure is not None:
+        return csrf_failure
+    form = UploadForm(request.POST, request.FILES)
+    if not form.is_valid():
+        return _refuse(request, form.errors["file"][0])
+    upload = form.cleaned_data["file"]
+    try:
+        analysis = services.analysis_create(stream=upload, name=upload.name, size=upload.size)
+    except services.UploadError as exc:
+        return _refuse(request, str(exc))
+    url = reverse("segmenter:analysis", args=[analysis.id])
+    return JsonResponse({"url": url}) if _wants_json(request) else redirect(url)
+
+
+def _declared_length(request) -> int:
+    try:
+        return int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return 0
+
+
+def _wants_json(request) -> bool:
+    return (
+        request.headers.get("X-Requested-With") == "XMLHttpRequest"
+        or "application/json" in request.headers.get("Accept", "")
+    )
+
+
+def _refuse(request, message: str, status: int = 400):
+    """The upload form again with the reason, or {"error": reason} for a script."""
+    if _wants_json(request):
+        return JsonResponse({"error": message}, status=status)
+    return render(request, "segmenter/home.html", _home_context(message), status=status)
+
+
+# --- Results ---------------------------------------------------------------------------------
+
+
+@require_GET
+def analysis(request, analysis_id):
+    """A study's result, a slice's result (redirect), progress, or the failure."""
+    analysis = _analysis(analysis_id)
+    ctx = {"analysis": analysis}
+    if analysis.status == Analysis.Status.FAILED:
+        return render(request, "segmenter/failed.html", ctx)
+    if analysis.status != Analysis.Status.DONE:
+        ctx["progress"] = _progress(analysis)
+        ctx["progress_config"] = {
+            "statusUrl": reverse("segmenter:status", args=[analysis.id]),
+            "intervalMs": PROGRESS_POLL_MS,
+            "strings": {"count": _("%(done)s of %(total)s slices analysed")},
+        }
+        return render(request, "segmenter/progress.html", ctx)
+    if analysis.kind == Analysis.Kind.SLICE:
+        return redirect("segmenter:slice", analysis_id=analysis.id, index=1)
+    ctx["slices"] = list(analysis.slices.all())
+    return render(request, "segmenter/study.html", ctx)
+
+
+@require_GET
+def analysis_status(request, analysis_id):
+    """Progress as JSON, polled by the progress page."""
+    return JsonResponse(_progress(_analysis(analysis_id)))
+
+
+def _progress(analysis: Analysis) -> dict:
+    return {
+        "status": analysis.status,
+        "status_label": analysis.get_status_display(),
+        "finished": analysis.is_finished,
+        "slices_done": analysis.slices_done,
+        "slices_total": analysis.slices_total,
+        "url": reverse("segmenter:analysis", args=[analysis.id]),
+    }
+
+
+@require_GET
+def slice_detail(request, analysis_id, index):
+    analysis = _analysis(analysis_id)
+    if analysis.status != Analysis.Status.DONE:
+        return redirect("segmenter:analysis", analysis_id=analysis.id)
+    slice_ = _slice(analysis, index)
+    styles, mask_only = page_styles(request.GET)
+    urls = {
+        name: reverse(f"segmenter:slice_{name}", args=[analysis.id, index]) for name in ("image", "labels", "overlay")
+    }
+    ctx = {
+        "analysis": analysis,
+        "slice": slice_,
+        "previous_index": index - 1 if index > 1 else None,
+        "next_index": index + 1 if index < analysis.slices_total else None,
+        "layers": [{"name": n, "label": LAYER_LABELS[n], "value": LAYERS[n], "style": styles[n]} for n in LAYERS],
+        "mask_only": mask_only,
+        # Previous and next keep the layer choices (the script keeps this query in step).
+        "layer_query": f"?{request.GET.urlencode()}" if "layers" in request.GET else "",
+        "overlay_url": f"{urls['overlay']}?{overlay_query(styles, mask_only)}",
+        "urls": urls,
+        "slice_data": {
+            **urls,
+            "width": slice_.width,
+            "height": slice_.height,
+            "labels_of": {n: LAYERS[n] for n in LAYERS},
+        },
+        "slice_strings": {"unavailable": _("The interactive view could not load; the image shows the default layers.")},
+    }
+    return render(request, "segmenter/slice.html", ctx)
+
+
+# --- Downloads -------------------------------------------------------------------------------
+
+
+def _attachment(content, filename: str, **kwargs) -> FileResponse:
+    stream = io.BytesIO(content) if isinstance(content, bytes) else content
+    return FileResponse(stream, as_attachment=True, filename=filename, **kwargs)
+
+
+def _cached(response):
+    patch_cache_control(response, private=True, max_age=FILE_MAX_AGE_S)
+    return response
+
+
+def _grey(slice_: Slice) -> np.ndarray:
+    with slice_.image.open("rb") as fh:
+        return np.asarray(Image.open(fh).convert("L"))
+
+
+def _labels(slice_: Slice) -> np.ndarray:
+    with slice_.labels.open("rb") as fh:
+        return read_label_png(fh.read())
+
+
+@require_GET
+def slice_image(request, analysis_id, index):
+    """The slice as stored: 8-bit grey PNG in the lung window."""
+    slice_ = _slice(_done_analysis(analysis_id), index)
+    return _cached(_attachment(slice_.image.open("rb"), f"{slice_.stem}-slice.png"))
+
+
+@require_GET
+def slice_labels(request, analysis_id, index):
+    """The label map PNG: 0 GGO, 1 consolidation, 2 other lung, 3 outside the lungs."""
+    slice_ = _slice(_done_analysis(analysis_id), index)
+    return _cached(_attachment(slice_.labels.open("rb"), f"{slice_.stem}-labels.png"))
+
+
+@require_GET
+def slice_overlay(request, analysis_id, index):
+    """The coloured overlay with the layers, colours and opacities named in the query."""
+    slice_ = _slice(_done_analysis(analysis_id), index)
+    try:
+        styles, mask_only = overlay_styles(request.GET)
+    except ValueError as exc:
+        return HttpResponseBadRequest(_("Invalid overlay settings: %(reason)s") % {"reason": exc})
+    rgb = render_overlay(_grey(slice_), _labels(slice_), styles, mask_only)
+    return _cached(_attachment(png_bytes(rgb), f"{slice_.stem}-overlay.png"))
+
+
+@require_GET
+def slice_thumbnail(request, analysis_id, index):
+    """A small overlay with the default layers, for the study's gallery."""
+    slice_ = _slice(_done_analysis(analysis_id), index)
+    image = Image.fromarray(render_overlay(_grey(slice_), _labels(slice_)))
+    image.thumbnail((THUMBNAIL_SIDE_PX, THUMBNAIL_SIDE_PX))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    buf.seek(0)
+    return _cached(FileResponse(buf, content_type="image/png"))
+
+
+def _reports(analysis: Analysis) -> tuple[str, dict]:
+    """(report.csv text, report.json object) from the stored slices."""
+    slices = list(analysis.slices.all())
+    rows, total = report_rows([s.name for s in slices], [Areas.from_dict(s.areas) for s in slices])
+    extra = {"analysis": str(analysis.id), "source": analysis.source_name, "kind": analysis.kind}
+    return report_csv(rows, total), report_json(rows, total, **extra)
+
+
+def _json_text(data: dict) -> str:
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
+@require_GET
+def report_csv_download(request, analysis_id):
+    analysis = _done_analysis(analysis_id)
+    text, _report = _reports(analysis)
+    return _attachment(text.encode(), f"{analysis.stem}-report.csv", content_type="text/csv; charset=utf-8")
+
+
+@require_GET
+def report_json_download(request, analysis_id):
+    analysis = _done_analysis(analysis_id)
+    _text, report = _reports(analysis)
+    return _attachment(_json_text(report).encode(), f"{analysis.stem}-report.json", content_type="application/json")
+
+
+@require_GET
+def study_zip(request, analysis_id):
+    """Every slice's overlay (default layers) and label map, with report.csv and report.json."""
+    analysis = _done_analysis(analysis_id)
+    spool = tempfile.SpooledTemporaryFile(max_size=ZIP_SPOOL_BYTES)  # noqa: SIM115 - FileResponse closes it
+    with zipfile.ZipFile(spool, "w") as archive:
+        for slice_ in analysis.slices.all():
+            prefix = f"{slice_.index:04d}-{_safe_name(slice_.stem)}"
+            labels = _labels(slice_)
+            archive.writestr(f"{prefix}-overlay.png", png_bytes(render_overlay(_grey(slice_), labels)))
+            archive.writestr(f"{prefix}-labels.png", png_bytes(labels))
+        text, report = _reports(analysis)
+        archive.writestr("report.csv", text, compress_type=zipfile.ZIP_DEFLATED)
+        archive.writestr("report.json", _json_text(report), compress_type=zipfile.ZIP_DEFLATED)
+    spool.seek(0)
+    return _attachment(spool, f"{analysis.stem}-study.zip", content_type="application/zip")
+
+
+def _safe_name(text: str) -> str:
+    """A file name part made of letters, digits, '-', '_', '.', '[' and ']' only."""
+    kept = "".join(ch if ch.isalnum() or ch in "-_.[]" else "_" for ch in text)
+    return kept.strip(".") or "slice"
