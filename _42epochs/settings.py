@@ -125,8 +125,9 @@ STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 MEDIA_ROOT = Path(os.environ.get("DJANGO_MEDIA_ROOT", BASE_DIR / "media"))
-# Results are never served from MEDIA_URL: views stream them after looking up the UUID.
-MEDIA_URL = None
+# No URL pattern serves MEDIA_URL: views stream results after looking up the UUID. (It
+# must still be a path: Django's live test server wraps it.)
+MEDIA_URL = "/media-not-served/"
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {

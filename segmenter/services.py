@@ -120,10 +120,16 @@ def analysis_create(*, stream: BinaryIO, name: str, size: int) -> Analysis:
     parsed = upload_read(stream=stream, name=name, size=size)
     stream.seek(0)
     analysis = Analysis(kind=parsed.kind, source_name=clean_name(name), slices_total=len(parsed.slices))
-    with transaction.atomic():
-        analysis.upload.save(clean_name(name), _as_file(stream, name), save=False)
-        analysis.save()
-        transaction.on_commit(lambda: _enqueue(analysis))
+    try:
+        with transaction.atomic():
+            analysis.upload.save(clean_name(name), _as_file(stream, name), save=False)
+            analysis.save()
+    except Exception:
+        _delete_folder(analysis_folder(analysis.id))
+        raise
+    # Enqueued once the row is saved (not on commit of an outer transaction, so that the
+    # immediate backend has processed it when this returns, inside tests' transactions too).
+    _enqueue(analysis)
     analysis.refresh_from_db()
     return analysis
 
@@ -166,60 +172,85 @@ def analysis_process(*, analysis_id: str) -> None:
         return
     if analysis.status == Analysis.Status.DONE:
         return
-    now = timezone.now()
-    Analysis.objects.filter(pk=analysis.pk).update(status=Analysis.Status.RUNNING, heartbeat=now, slices_done=0, error="")
-    folder = _slice_folder(analysis)
-    _delete_folder(folder)  # leftovers of an interrupted earlier run
     try:
         with analysis.upload.open("rb") as fh:
             parsed = upload_read(stream=fh, name=analysis.source_name, size=analysis.upload.size)
-        segmenter = get_segmenter()
-        rows = []
-        for k, ct in enumerate(parsed.slices, start=1):
-            result = analyse_slice(ct, segmenter)
-            image = default_storage.save(f"{folder}/{k:04d}-image.png", ContentFile(png_bytes(ct.pixels)))
-            labels = default_storage.save(f"{folder}/{k:04d}-labels.png", ContentFile(png_bytes(result.labels)))
-            h, w = ct.pixels.shape
-            rows.append(
-                Slice(
-                    analysis=analysis,
-                    index=k,
-                    name=ct.name[:255],
-                    width=w,
-                    height=h,
-                    image=image,
-                    labels=labels,
-                    areas=result.areas.as_dict(),
-                    severity=result.severity.as_dict(),
-                )
-            )
-            Analysis.objects.filter(pk=analysis.pk).update(slices_done=k, heartbeat=timezone.now())
-        total, severity = assess_study([Areas.from_dict(r.areas) for r in rows])
-        with transaction.atomic():
-            Slice.objects.filter(analysis=analysis).delete()
-            Slice.objects.bulk_create(rows)
-            Analysis.objects.filter(pk=analysis.pk).update(
-                status=Analysis.Status.DONE,
-                finished=timezone.now(),
-                slices_total=len(rows),
-                slices_done=len(rows),
-                areas=total.as_dict(),
-                severity=severity.as_dict(),
-            )
+        _segment_into(analysis, parsed.slices)
     except Exception as exc:
-        if isinstance(exc, UploadError):
-            message = str(exc)
-        else:
-            log.exception("analysis %s failed", analysis.pk)
-            message = _("Processing failed because of an internal error; please try again.")
-        _delete_folder(folder)
-        Slice.objects.filter(analysis=analysis).delete()
-        Analysis.objects.filter(pk=analysis.pk).update(
-            status=Analysis.Status.FAILED, error=message, finished=timezone.now(), slices_done=0
-        )
+        _fail(analysis, exc)
+    finally:
         _discard_upload(analysis)
-        return
-    _discard_upload(analysis)
+
+
+def analysis_record(*, source_name: str, kind: str, slices: list[CTSlice]) -> Analysis:
+    """Segment slices that are already read and store them as a finished analysis
+    (for the command line's --save; uploads go through analysis_create)."""
+    analysis = Analysis.objects.create(
+        kind=kind, source_name=clean_name(source_name), slices_total=len(slices)
+    )
+    try:
+        _segment_into(analysis, slices)
+    except Exception as exc:
+        _fail(analysis, exc)
+    analysis.refresh_from_db()
+    return analysis
+
+
+def _segment_into(analysis: Analysis, slices: list[CTSlice]) -> None:
+    """Segment ``slices`` in order, writing each slice's PNGs as it goes and reporting
+    progress; then create all Slice rows and mark the analysis done in one transaction."""
+    Analysis.objects.filter(pk=analysis.pk).update(
+        status=Analysis.Status.RUNNING, heartbeat=timezone.now(), slices_done=0, slices_total=len(slices), error=""
+    )
+    folder = _slice_folder(analysis)
+    _delete_folder(folder)  # leftovers of an interrupted earlier run
+    segmenter = get_segmenter()
+    rows = []
+    for k, ct in enumerate(slices, start=1):
+        result = analyse_slice(ct, segmenter)
+        image = default_storage.save(f"{folder}/{k:04d}-image.png", ContentFile(png_bytes(ct.pixels)))
+        labels = default_storage.save(f"{folder}/{k:04d}-labels.png", ContentFile(png_bytes(result.labels)))
+        h, w = ct.pixels.shape
+        rows.append(
+            Slice(
+                analysis=analysis,
+                index=k,
+                name=ct.name[:255],
+                width=w,
+                height=h,
+                image=image,
+                labels=labels,
+                areas=result.areas.as_dict(),
+                severity=result.severity.as_dict(),
+            )
+        )
+        Analysis.objects.filter(pk=analysis.pk).update(slices_done=k, heartbeat=timezone.now())
+    total, severity = assess_study([Areas.from_dict(r.areas) for r in rows])
+    with transaction.atomic():
+        Slice.objects.filter(analysis=analysis).delete()
+        Slice.objects.bulk_create(rows)
+        Analysis.objects.filter(pk=analysis.pk).update(
+            status=Analysis.Status.DONE,
+            finished=timezone.now(),
+            slices_total=len(rows),
+            slices_done=len(rows),
+            areas=total.as_dict(),
+            severity=severity.as_dict(),
+        )
+
+
+def _fail(analysis: Analysis, exc: Exception) -> None:
+    """Remove whatever a failed run wrote and record why it failed."""
+    if isinstance(exc, UploadError):
+        message = str(exc)
+    else:
+        log.error("analysis %s failed", analysis.pk, exc_info=exc)
+        message = _("Processing failed because of an internal error; please try again.")
+    _delete_folder(_slice_folder(analysis))
+    Slice.objects.filter(analysis=analysis).delete()
+    Analysis.objects.filter(pk=analysis.pk).update(
+        status=Analysis.Status.FAILED, error=message, finished=timezone.now(), slices_done=0
+    )
 
 
 def _discard_upload(analysis: Analysis) -> None:

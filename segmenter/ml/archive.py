@@ -17,7 +17,7 @@ import logging
 import re
 import zipfile
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 import numpy as np
@@ -80,6 +80,36 @@ def with_slice_spacing(slices: list[CTSlice]) -> list[CTSlice]:
     if not spacing > 0:
         return slices
     return [dataclasses.replace(s, slice_thickness_mm=spacing) for s in slices]
+
+
+def read_folder(folder: Path, limits: ArchiveLimits = ArchiveLimits()) -> list[CTSlice]:
+    """Every PNG, JPEG and DICOM slice below ``folder`` (hidden files and DICOMDIR skipped),
+    ordered like a zip study. Raises UnreadableImage."""
+    folder = Path(folder)
+    files = [
+        p for p in sorted(folder.rglob("*"))
+        if p.is_file() and not _is_skipped(PurePosixPath(p.relative_to(folder).as_posix()))
+    ]
+    if len(files) > limits.max_members:
+        raise UnreadableImage(f"the folder holds {len(files)} files; the limit is {limits.max_members}")
+    slices: list[CTSlice] = []
+    for path in files:
+        if path.stat().st_size > limits.max_member_bytes:
+            raise UnreadableImage(f"{path} is larger than {limits.max_member_bytes:,} bytes")
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+        name = path.relative_to(folder).as_posix()
+        if sniff_kind(head, name) is None:
+            continue
+        try:
+            slices.extend(read_slices(path.read_bytes(), name))
+        except UnreadableImage as exc:
+            raise UnreadableImage(f"{name}: {exc}") from exc
+        if len(slices) > limits.max_slices:
+            raise UnreadableImage(f"the folder holds more than {limits.max_slices} slices")
+    if not slices:
+        raise UnreadableImage(f"{folder} holds no PNG, JPEG or DICOM slices")
+    return with_slice_spacing(order_slices(slices))
 
 
 def read_zip(source: bytes | BinaryIO, limits: ArchiveLimits = ArchiveLimits()) -> list[CTSlice]:

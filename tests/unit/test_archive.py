@@ -114,3 +114,22 @@ def test_it_refuses_a_zip_without_slices():
 def test_a_damaged_slice_names_itself():
     with pytest.raises(UnreadableImage, match="study/bad.png"):
         read_zip(_zip({"study/good.png": _slice(1), "study/bad.png": _slice(1)[:60]}))
+
+
+def test_a_folder_reads_like_a_zip(tmp_path):
+    from segmenter.ml.archive import read_folder
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "s10.png").write_bytes(_slice(10))
+    (tmp_path / "sub" / "s1.png").write_bytes(_slice(1))
+    (tmp_path / ".hidden.png").write_bytes(_slice(3))
+    (tmp_path / "notes.txt").write_text("x")
+    assert [s.name for s in read_folder(tmp_path)] == ["s10.png", "sub/s1.png"]
+    with pytest.raises(UnreadableImage, match="no PNG"):
+        read_folder(_empty(tmp_path))
+
+
+def _empty(tmp_path):
+    d = tmp_path / "empty"
+    d.mkdir()
+    return d

@@ -1,0 +1,116 @@
+"""`manage.py segment`: slices, zips, folders and volumes, without a server."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import zipfile
+
+import nibabel as nib
+import numpy as np
+import pytest
+from django.core.management import CommandError, call_command
+from PIL import Image
+
+from segmenter.ml.imaging import read_slice
+from segmenter.models import Analysis
+
+
+def _run(*args) -> tuple[str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    call_command("segment", *map(str, args), "--no-progress", stdout=out, stderr=err)
+    return out.getvalue(), err.getvalue()
+
+
+def _labels(path) -> np.ndarray:
+    image = Image.open(path)
+    assert image.mode == "L"
+    return np.asarray(image)
+
+
+@pytest.mark.usefixtures("stand_in_engine")
+def test_it_segments_a_dicom_slice_without_touching_the_database(data_root, tmp_path):
+    # No django_db mark: any database access would fail this test.
+    out, err = _run(data_root / "dicom-samples" / "0.dcm", "--out", tmp_path)
+    target = tmp_path / "0"
+    labels = _labels(target / "0001-0-labels.png")
+    assert labels.shape == (512, 512) and set(np.unique(labels)) <= {0, 1, 2, 3}
+    overlay = Image.open(target / "0001-0-overlay.png")
+    assert overlay.mode == "RGB" and overlay.size == (512, 512)
+    report = json.loads((target / "report.json").read_text())
+    assert report["study"]["grade"] in out and "CT-" in report["study"]["grade"]
+    assert report["slices"][0]["lung_ml"] > 0  # spacing and thickness come from the DICOM
+    assert "not for diagnosis" in err
+
+
+@pytest.mark.usefixtures("stand_in_engine")
+def test_it_segments_a_zip_and_a_folder_as_studies(data_root, tmp_path):
+    images = sorted((data_root / "medseg-covid" / "images").glob("*.jpg"))[:3]
+    archive = tmp_path / "study.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for p in images:
+            zf.writestr(f"slices/{p.name}", p.read_bytes())
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for p in images:
+        (folder / p.name).write_bytes(p.read_bytes())
+    out, _ = _run(archive, folder, "--out", tmp_path / "out")
+    for name in ("study", "folder"):
+        rows = list(csv.DictReader((tmp_path / "out" / name / "report.csv").open()))
+        assert [r["index"] for r in rows] == ["1", "2", "3", "study"]
+        assert len(list((tmp_path / "out" / name).glob("*-labels.png"))) == 3
+    assert out.count("CT-") == 2
+
+
+@pytest.mark.usefixtures("stand_in_engine")
+def test_it_segments_a_nifti_volume_built_from_real_slices(data_root, tmp_path):
+    slices = [read_slice(data_root / "dicom-samples" / f"{k}.dcm") for k in (0, 1)]
+    # RAS+ voxels: x runs to the patient's right... see test_volumes for the mapping
+    vol = np.stack([np.flipud(np.fliplr(s.pixels.astype(np.int16) * 6 - 1350)).T for s in reversed(slices)], -1)
+    path = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(vol, np.diag([0.625, 0.625, 2.0, 1.0])), path)
+    out, _ = _run(path, "--out", tmp_path / "out")
+    report = json.loads((tmp_path / "out" / "ct" / "report.json").read_text())
+    assert len(report["slices"]) == 2
+    assert report["study"]["lung_ml"] == pytest.approx(
+        sum(r["lung_ml"] for r in report["slices"]), rel=1e-3
+    )
+    assert "CT-" in out
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("stand_in_engine")
+def test_save_stores_the_result_as_an_analysis(data_root, tmp_path):
+    out, _ = _run(data_root / "dicom-samples" / "1.dcm", "--out", tmp_path, "--save")
+    analysis = Analysis.objects.get()
+    assert analysis.status == Analysis.Status.DONE and analysis.slices.count() == 1
+    assert str(analysis.id) in out
+
+
+@pytest.mark.usefixtures("stand_in_engine")
+@pytest.mark.parametrize(
+    "name, data, message",
+    [("notes.txt", b"hello", "not supported"), ("empty.png", b"", "empty"), ("bad.zip", b"PK\x03\x04xx", "zip")],
+)
+def test_bad_input_exits_with_a_clear_message(tmp_path, name, data, message):
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(CommandError, match=message):
+        _run(path, "--out", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_path_is_an_error(tmp_path):
+    with pytest.raises(CommandError, match="does not exist"):
+        _run(tmp_path / "nothing.dcm", "--out", tmp_path)
+
+
+@pytest.mark.slow
+def test_the_real_ensemble_finds_lung_on_the_dicom_sample(data_root, tmp_path):
+    out, _ = _run(data_root / "dicom-samples" / "0.dcm", "--out", tmp_path)
+    labels = _labels(tmp_path / "0" / "0001-0-labels.png")
+    lung = np.isin(labels, (0, 1, 2)).mean()
+    assert 0.08 < lung < 0.5, lung
+    report = json.loads((tmp_path / "0" / "report.json").read_text())
+    assert report["study"]["right_lesion_percent"] is not None  # both lungs found, side by side
