@@ -25,7 +25,7 @@ GRADE_LABELS = {
 }
 #: One line per grade: the rule of severity.GRADE_RULES, translatable.
 GRADE_RULES = {
-    "CT-0": _("no ground-glass opacity or consolidation"),
+    "CT-0": _("no ground glass or consolidation"),
     "CT-1": _("up to 25 % of the lung involved"),
     "CT-2": _("over 25 % and up to 50 % of the lung involved"),
     "CT-3": _("over 50 % and under 75 % of the lung involved"),
@@ -64,7 +64,8 @@ def percent(value: float | None) -> str:
 def millilitres(value: float | None) -> str:
     if value is None:
         return MISSING
-    return f"{floatformat(value, 1)}\u00a0{_('mL')}"
+    unit = _("mL")
+    return f"{floatformat(value, 1)}\u00a0{unit}"
 
 
 @register.filter
