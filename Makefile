@@ -5,6 +5,11 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 WORKERS ?= 2
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
+# Local settings (see .env.example), if any.
+ifneq (,$(wildcard .env))
+include .env
+export
+endif
 
 .PHONY: install install-dev run serve worker test bench clean
 
@@ -33,7 +38,7 @@ serve: install
 	$(PY) manage.py collectstatic --noinput -v 0
 	DJANGO_DEBUG=$${DJANGO_DEBUG:-0} DJANGO_STATIC_MANIFEST=1 \
 	DJANGO_SECRET_KEY=$${DJANGO_SECRET_KEY:-$$($(PY) -c 'import secrets; print(secrets.token_urlsafe(50))')} \
-	$(VENV)/bin/gunicorn _42epochs.wsgi --workers $(WORKERS) --threads 4 --bind 127.0.0.1:$(PORT) --timeout 300
+	WEB_CONCURRENCY=$(WORKERS) PORT=$(PORT) $(VENV)/bin/gunicorn -c python:_42epochs.gunicorn
 
 ## worker: process queued analyses (with DJANGO_TASKS_BACKEND=django_tasks_db.DatabaseBackend)
 worker: install
@@ -43,10 +48,11 @@ worker: install
 test: install-dev
 	$(PY) -m pytest
 
-## bench: the engine and whole-request benchmarks (results in bench-results/)
+## bench: the engine and service benchmarks (results in bench-results/); run on an idle machine
 bench: install-dev
 	mkdir -p bench-results
 	$(PY) -m segmenter.ml.bench --json bench-results/engine.json
+	$(PY) -m segmenter.bench --json bench-results/service.json
 
 clean:
 	rm -rf $(VENV) staticfiles

@@ -41,6 +41,11 @@ def env_int(name: str, default: int) -> int:
         raise ImproperlyConfigured(f"{name}={value!r} is not an integer") from None
 
 
+def env_str(name: str, default: str) -> str:
+    """The variable's value; unset and empty both mean the default."""
+    return os.environ.get(name) or default
+
+
 def env_list(name: str, default: list[str]) -> list[str]:
     value = os.environ.get(name)
     if value is None:
@@ -52,7 +57,7 @@ def env_list(name: str, default: list[str]) -> list[str]:
 # Debug defaults to on for a local checkout (`make run`); a deployment sets DJANGO_DEBUG=0
 # and must then give its own secret key.
 DEBUG = env_bool("DJANGO_DEBUG", True)
-SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
+SECRET_KEY = env_str("DJANGO_SECRET_KEY", "")
 if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off")
@@ -108,8 +113,8 @@ TEMPLATES = [
 # --- Database -----------------------------------------------------------------------------
 # Embedded SQLite by default; PostgreSQL (or anything dj-database-url reads) via DATABASE_URL.
 DATABASES = {
-    "default": dj_database_url.config(
-        default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}",
+    "default": dj_database_url.parse(
+        env_str("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
         conn_max_age=env_int("DJANGO_DB_CONN_MAX_AGE", 0),
     )
 }
@@ -124,7 +129,7 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 STATICFILES_DIRS = [BASE_DIR / "static"]
-MEDIA_ROOT = Path(os.environ.get("DJANGO_MEDIA_ROOT", BASE_DIR / "media"))
+MEDIA_ROOT = Path(env_str("DJANGO_MEDIA_ROOT", str(BASE_DIR / "media")))
 # No URL pattern serves MEDIA_URL: views stream results after looking up the UUID. (It
 # must still be a path: Django's live test server wraps it.)
 MEDIA_URL = "/media-not-served/"
@@ -150,9 +155,9 @@ SEGMENTER_MAX_SLICES = env_int("SEGMENTER_MAX_SLICES", 1000)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 4 * 1024 * 1024
 
 # --- Engine -------------------------------------------------------------------------------
-SEGMENTER_WEIGHTS_DIR = Path(os.environ.get("SEGMENTER_WEIGHTS_DIR", BASE_DIR / "weights"))
+SEGMENTER_WEIGHTS_DIR = Path(env_str("SEGMENTER_WEIGHTS_DIR", str(BASE_DIR / "weights")))
 # Dotted path of a callable returning the segmenter (anything with .segment()); tests swap it.
-SEGMENTER_ENGINE = os.environ.get("SEGMENTER_ENGINE", "segmenter.engine.load_ensemble")
+SEGMENTER_ENGINE = env_str("SEGMENTER_ENGINE", "segmenter.engine.load_ensemble")
 SEGMENTER_THREADS = env_int("SEGMENTER_THREADS", 0)  # torch intra-op threads; 0: torch's default
 # An analysis whose worker has not reported for this long is marked failed.
 SEGMENTER_STALE_AFTER_SECONDS = env_int("SEGMENTER_STALE_AFTER_SECONDS", 300)
@@ -162,7 +167,7 @@ SEGMENTER_STALE_AFTER_SECONDS = env_int("SEGMENTER_STALE_AFTER_SECONDS", 300)
 # django_tasks_db.DatabaseBackend queues it for `python manage.py db_worker`.
 TASKS = {
     "default": {
-        "BACKEND": os.environ.get("DJANGO_TASKS_BACKEND", "django_tasks.backends.immediate.ImmediateBackend"),
+        "BACKEND": env_str("DJANGO_TASKS_BACKEND", "django_tasks.backends.immediate.ImmediateBackend"),
     }
 }
 
@@ -200,5 +205,5 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": os.environ.get("DJANGO_LOG_LEVEL", "INFO")},
+    "root": {"handlers": ["console"], "level": env_str("DJANGO_LOG_LEVEL", "INFO")},
 }
