@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import BinaryIO
@@ -34,6 +35,10 @@ from .models import Analysis, Slice, analysis_folder
 log = logging.getLogger(__name__)
 
 ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
+#: Progress is written to the database at most this often (seconds).
+PROGRESS_INTERVAL = 0.5
+#: Slices decoded by analysis_create, handed to a task that runs in the same process.
+_decoded: dict[str, list[CTSlice]] = {}
 ALLOWED_SUFFIXES = (*IMAGE_SUFFIXES, *DICOM_SUFFIXES, ".zip", *NIFTI_SUFFIXES)
 
 
@@ -129,7 +134,13 @@ def analysis_create(*, stream: BinaryIO, name: str, size: int) -> Analysis:
         raise
     # Enqueued once the row is saved (not on commit of an outer transaction, so that the
     # immediate backend has processed it when this returns, inside tests' transactions too).
-    _enqueue(analysis)
+    # If the task runs in this process, it takes the slices decoded above instead of
+    # decoding the upload again; a worker process reads the stored upload.
+    _decoded[str(analysis.id)] = parsed.slices
+    try:
+        _enqueue(analysis)
+    finally:
+        _decoded.pop(str(analysis.id), None)
     analysis.refresh_from_db()
     return analysis
 
@@ -173,9 +184,11 @@ def analysis_process(*, analysis_id: str) -> None:
     if analysis.status == Analysis.Status.DONE:
         return
     try:
-        with analysis.upload.open("rb") as fh:
-            parsed = upload_read(stream=fh, name=analysis.source_name, size=analysis.upload.size)
-        _segment_into(analysis, parsed.slices)
+        slices = _decoded.pop(str(analysis.id), None)
+        if slices is None:
+            with analysis.upload.open("rb") as fh:
+                slices = upload_read(stream=fh, name=analysis.source_name, size=analysis.upload.size).slices
+        _segment_into(analysis, slices)
     except Exception as exc:
         _fail(analysis, exc)
     finally:
@@ -206,6 +219,7 @@ def _segment_into(analysis: Analysis, slices: list[CTSlice]) -> None:
     _delete_folder(folder)  # leftovers of an interrupted earlier run
     segmenter = get_segmenter()
     rows = []
+    reported = time.monotonic()
     for k, ct in enumerate(slices, start=1):
         result = analyse_slice(ct, segmenter)
         image = default_storage.save(f"{folder}/{k:04d}-image.png", ContentFile(png_bytes(ct.pixels)))
@@ -224,7 +238,9 @@ def _segment_into(analysis: Analysis, slices: list[CTSlice]) -> None:
                 severity=result.severity.as_dict(),
             )
         )
-        Analysis.objects.filter(pk=analysis.pk).update(slices_done=k, heartbeat=timezone.now())
+        if time.monotonic() - reported >= PROGRESS_INTERVAL and k < len(slices):
+            Analysis.objects.filter(pk=analysis.pk).update(slices_done=k, heartbeat=timezone.now())
+            reported = time.monotonic()
     total, severity = assess_study([Areas.from_dict(r.areas) for r in rows])
     with transaction.atomic():
         Slice.objects.filter(analysis=analysis).delete()
