@@ -94,6 +94,21 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _reweighted(ensemble: Ensemble, weights, networks, parser) -> Ensemble:
+    """The same networks with other averaging weights, or a subset of them."""
+    names = ensemble.names
+    nets = dict(zip(names, ensemble.networks))
+    chosen = dict(zip(names, weights)) if weights else dict(zip(names, ensemble.weights))
+    if weights and len(weights) != len(names):
+        parser.error(f"--ensemble-weights needs {len(names)} numbers ({', '.join(names)})")
+    if networks:
+        unknown = set(networks) - set(names)
+        if unknown:
+            parser.error(f"unknown networks {sorted(unknown)}; the ensemble has {names}")
+        nets = {n: nets[n] for n in networks}
+    return Ensemble(nets, {n: chosen[n] for n in nets}, ensemble.options, ensemble.manifest)
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     parser = argparse.ArgumentParser(prog="python -m segmenter.ml.evaluate", description=__doc__.split("\n\n")[0])
@@ -103,6 +118,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lungs", action="store_true", help="masks are lung masks: report lung Dice")
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS_DIR, help="weights directory (default: weights/)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--ensemble-weights", type=float, nargs="+", metavar="W",
+        help="override the manifest's weight of each network, in the manifest's order (for choosing them)",
+    )
+    parser.add_argument("--networks", nargs="+", help="evaluate only these networks of the ensemble")
     args = parser.parse_args(argv)
     for folder in (args.images, args.masks):
         if not folder.is_dir():
@@ -112,7 +132,10 @@ def main(argv: list[str] | None = None) -> None:
 
         torch.set_num_threads(args.threads)
     try:
-        result = evaluate(Ensemble.load(args.weights), args.images, args.masks, lungs=args.lungs)
+        ensemble = Ensemble.load(args.weights)
+        if args.ensemble_weights or args.networks:
+            ensemble = _reweighted(ensemble, args.ensemble_weights, args.networks, parser)
+        result = evaluate(ensemble, args.images, args.masks, lungs=args.lungs)
     except UnreadableImage as exc:
         sys.exit(f"error: {exc}")
     print(format_table(result))

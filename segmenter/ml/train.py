@@ -67,6 +67,8 @@ class TrainConfig:
     data_root: str = str(DEFAULT_DATA_ROOT)  # ../shared/data, or $SEGMENTER_DATA_ROOT
     out: str = "/tmp/42epochs-train"  # run directory: checkpoints and logs (outside the repo)
     export: str = ""  # if set, write weights + manifest here when training ends
+    validation_from: str = ""  # validation.json of a --holdout run of this recipe, for the manifest
+    ensemble_weights: tuple[float, ...] = ()  # weight of each network in the average (default: equal)
     # what trains
     networks: tuple[str, ...] = ("unet_b0", "pspnet_b2")
     init: str = "lite"  # "lite": encoders seeded from EfficientNet-Lite ImageNet weights; "random"
@@ -382,17 +384,26 @@ def train(cfg: TrainConfig) -> dict:
     if last_val:
         (out / "validation.json").write_text(json.dumps(last_val, indent=2))
     if cfg.export:
-        export(nets, cfg, Path(cfg.export), last_val)
+        validation = {"method": "this run's held-out groups", "results": last_val} if last_val else {}
+        if cfg.validation_from:
+            validation = {
+                "method": f"a --holdout run of the same recipe ({cfg.validation_from})",
+                "results": json.loads(Path(cfg.validation_from).read_text()),
+            }
+        export(nets, cfg, Path(cfg.export), validation)
     return last_val
 
 
 def export(nets: dict[str, torch.nn.Module], cfg: TrainConfig, directory: Path, validation: dict) -> dict:
     for n in nets.values():
         n.eval()
+    weights = list(cfg.ensemble_weights) or [1.0] * len(nets)
+    if len(weights) != len(nets):
+        raise SystemExit(f"--ensemble-weights needs {len(nets)} numbers, got {len(weights)}")
     return save_weights(
         directory,
         nets,
-        ensemble_weights={name: 1.0 for name in nets},
+        ensemble_weights=dict(zip(nets, map(float, weights))),
         extra={
             "training": {"command": "python -m segmenter.ml.train", "config": config_to_dict(cfg)},
             "data_sources": DATA_SOURCES,
@@ -438,7 +449,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         if isinstance(default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
         elif isinstance(default, tuple):
-            parser.add_argument(flag, nargs="+", default=list(default))
+            kind = float if f.name == "ensemble_weights" else str
+            parser.add_argument(flag, nargs="+", type=kind, default=list(default))
         else:
             parser.add_argument(flag, type=type(default), default=default)
     args = parser.parse_args(argv)

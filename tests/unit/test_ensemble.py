@@ -1,0 +1,89 @@
+"""The shipped ensemble on real slices (slow: it runs the real networks)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from segmenter.ml.constants import BACKGROUND, CONSOLIDATION, GGO, LUNG_CLASSES, OTHER_LUNG
+from segmenter.ml.ensemble import REFERENCE, Ensemble
+from segmenter.ml.evaluate import main as evaluate_main
+from segmenter.ml.imaging import read_slice
+from segmenter.ml.severity import assess, measure
+
+pytestmark = pytest.mark.slow
+
+
+def test_it_finds_both_lungs_on_the_real_dicom(served, dicom_path):
+    labels = served.segment(read_slice(dicom_path).pixels)
+    assert labels.shape == (512, 512) and labels.dtype == np.uint8
+    lung = np.isin(labels, LUNG_CLASSES)
+    assert 0.08 < lung.mean() < 0.5
+    areas = measure(labels)
+    assert areas.sides_known and areas.right_lung > 0.3 * areas.lung and areas.left_lung > 0.3 * areas.lung
+    assert (labels[:20, :20] == BACKGROUND).all()  # the air in the corner is not lung
+
+
+def test_it_finds_lesions_on_a_labelled_covid_slice(served, data_root):
+    from PIL import Image
+
+    mask = np.asarray(Image.open(data_root / "medseg-covid" / "masks" / "1.png"))
+    labels = served.segment(read_slice(data_root / "medseg-covid" / "images" / "1.jpg").pixels)
+    lesion = np.isin(labels, (GGO, CONSOLIDATION))
+    truth = mask > 0
+    assert 2 * (lesion & truth).sum() / (lesion.sum() + truth.sum()) > 0.5  # a slice it trained on
+    assert assess(measure(labels)).grade in {"CT-2", "CT-3", "CT-4"}
+
+
+def test_probabilities_sum_to_one_at_any_input_size(served):
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 255, (301, 157), dtype=np.uint8)
+    probs = served.probabilities(pixels)
+    assert probs.shape == (4, 301, 157)
+    assert np.allclose(probs.sum(axis=0), 1.0, atol=1e-4)
+    assert set(np.unique(served.segment(pixels))) <= {GGO, CONSOLIDATION, OTHER_LUNG, BACKGROUND}
+
+
+def test_the_served_path_agrees_with_the_reference_path(weights_dir, served, dicom_path):
+    reference = Ensemble.load(weights_dir, REFERENCE)
+    pixels = read_slice(dicom_path).pixels
+    assert (served.segment(pixels) == reference.segment(pixels)).mean() > 0.995
+
+
+def test_a_blank_slice_has_no_lesion(served):
+    labels = served.segment(np.zeros((256, 256), np.uint8))
+    assert not np.isin(labels, (GGO, CONSOLIDATION)).any()
+
+
+def test_evaluate_reports_the_documented_keys(data_root, weights_dir, tmp_path):
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir(), masks.mkdir()
+    for n in (0, 1, 2):
+        (images / f"{n}.jpg").write_bytes((data_root / "medseg-covid" / "images" / f"{n}.jpg").read_bytes())
+        (masks / f"{n}.png").write_bytes((data_root / "medseg-covid" / "masks" / f"{n}.png").read_bytes())
+    (images / "99.jpg").write_bytes((data_root / "medseg-covid" / "images" / "3.jpg").read_bytes())  # no mask
+    out = tmp_path / "result.json"
+    evaluate_main(["--images", str(images), "--masks", str(masks), "--json", str(out), "--weights", str(weights_dir)])
+    result = json.loads(out.read_text())
+    assert result["slices"] == 3
+    for name in ("ggo", "consolidation", "infection"):
+        assert {"dice", "iou", "dice_per_slice"} <= set(result[name])
+        assert 0.0 <= result[name]["dice"] <= 1.0
+    assert 0.5 < result["pixel_accuracy"] <= 1.0
+
+
+def test_evaluate_measures_lung_dice_with_lung_masks(data_root, weights_dir, tmp_path):
+    from PIL import Image
+
+    from segmenter.ml.data import kmader_to_u8
+
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir(), masks.mkdir()
+    values = np.load(data_root / "kmader-lungs" / "images.npz")["images"][:3]
+    lungs = np.load(data_root / "kmader-lungs" / "lung_masks.npz")["masks"][:3]
+    for k, (v, m) in enumerate(zip(values, lungs)):
+        Image.fromarray(kmader_to_u8(v)).save(images / f"{k}.png")
+        Image.fromarray((m * 255).astype(np.uint8)).save(masks / f"{k}.png")
+    out = tmp_path / "lung.json"
+    evaluate_main(["--images", str(images), "--masks", str(masks), "--lungs", "--json", str(out), "--weights", str(weights_dir)])
+    assert json.loads(out.read_text())["lung"]["dice"] > 0.9
