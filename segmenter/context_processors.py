@@ -7,11 +7,17 @@ from .ml.overlay import DEFAULT_STYLES
 DISCLAIMER = _("For research and demonstration only; not for diagnosis.")
 
 
+def upload_limit_mb() -> str:
+    """The upload limit in MB as people read it: '512', or '0.5' for a small test limit."""
+    return f"{settings.SEGMENTER_MAX_UPLOAD_BYTES / (1024 * 1024):g}"
+
+
 def segmenter(request):
     """Values every page needs: the disclaimer and the upload limit."""
     return {
         "disclaimer": DISCLAIMER,
         "max_upload_mb": settings.SEGMENTER_MAX_UPLOAD_BYTES // (1024 * 1024),
+        "max_upload_size": upload_limit_mb(),
         "max_upload_bytes": settings.SEGMENTER_MAX_UPLOAD_BYTES,
         # The default layer colours, for legends (set as CSS variables in base.html).
         "layer_colours": {name: style.colour for name, style in DEFAULT_STYLES.items()},

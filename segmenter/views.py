@@ -20,7 +20,6 @@ from django.http import FileResponse, Http404, HttpResponseBadRequest, JsonRespo
 from django.http.multipartparser import MultiPartParserError
 from django.middleware.csrf import CsrfViewMiddleware
 from django.shortcuts import redirect, render
-from django.template.defaultfilters import filesizeformat
 from django.urls import reverse
 from django.utils.cache import patch_cache_control
 from django.utils.translation import gettext as _
@@ -29,6 +28,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 from PIL import Image
 
 from . import services
+from .context_processors import upload_limit_mb
 from .forms import LAYER_LABELS, UploadForm, overlay_query, overlay_styles, page_styles
 from .ml.overlay import LAYERS, png_bytes, read_label_png, render_overlay
 from .ml.pipeline import report_csv, report_json, report_rows
@@ -90,16 +90,15 @@ def home(request):
 
 
 def _home_context(error: str = "") -> dict:
-    limit = settings.SEGMENTER_MAX_UPLOAD_BYTES
     return {
         "form": UploadForm(),
         "error": error,
         "upload_config": {
-            "maxBytes": limit,
+            "maxBytes": settings.SEGMENTER_MAX_UPLOAD_BYTES,
             "strings": {
                 "chosen": _("Selected: %(name)s"),
                 "choose": _("Choose a file to upload."),
-                "tooLarge": _("The file is larger than the limit of %(limit)s.") % {"limit": filesizeformat(limit)},
+                "tooLarge": _too_large(),
                 "uploading": _("Uploading… %(percent)s"),
                 "analysing": _("Uploaded. Analysing… a large study can take a few minutes."),
                 "failed": _("The upload failed; check the connection and try again."),
@@ -110,8 +109,7 @@ def _home_context(error: str = "") -> dict:
 
 def _upload(request):
     if _declared_length(request) > settings.SEGMENTER_MAX_UPLOAD_BYTES + MULTIPART_OVERHEAD_BYTES:
-        limit = filesizeformat(settings.SEGMENTER_MAX_UPLOAD_BYTES)
-        return _refuse(request, _("The file is larger than the limit of %(limit)s.") % {"limit": limit}, 413)
+        return _refuse(request, _too_large(), 413)
     try:
         request.FILES  # noqa: B018 - parse the body here, so that a malformed one is answered here
     except UNREADABLE_BODY_ERRORS:
@@ -129,6 +127,10 @@ def _upload(request):
         return _refuse(request, str(exc))
     url = reverse("segmenter:analysis", args=[analysis.id])
     return JsonResponse({"url": url}) if _wants_json(request) else redirect(url)
+
+
+def _too_large() -> str:
+    return _("The file is larger than the limit of %(limit)s MB.") % {"limit": upload_limit_mb()}
 
 
 def _declared_length(request) -> int:

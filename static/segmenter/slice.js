@@ -102,6 +102,7 @@
     layerNames.forEach(function (name) {
       const style = chosen.styles[name];
       overlayQuery.set(name, [style.colour.replace("#", ""), style.opacity, style.visible ? 1 : 0].join(","));
+      document.body.style.setProperty("--" + name.replace("_", "-"), style.colour); // legends follow
       const shown = document.getElementById(name + "-opacity-value");
       if (shown) shown.textContent = Math.round(style.opacity * 100) + "\u202f%";
     });

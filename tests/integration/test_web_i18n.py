@@ -46,12 +46,13 @@ def test_the_browsers_language_is_honoured(client):
     assert "Загрузка исследования" in content
 
 
-def test_the_upload_scripts_strings_are_translated(client):
+def test_the_upload_scripts_strings_are_translated(client, settings):
+    settings.SEGMENTER_MAX_UPLOAD_BYTES = 512 * 1024 * 1024
     _switch(client, "ru")
     content = client.get(reverse("segmenter:home")).content.decode()
     config = json.loads(re.search(r'<script id="upload-config" type="application/json">(.*?)</script>', content).group(1))
     assert config["strings"]["uploading"] == "Загрузка… %(percent)s"
-    assert config["strings"]["tooLarge"].startswith("Файл больше допустимого размера")
+    assert config["strings"]["tooLarge"] == "Файл больше допустимого размера (512 МБ)."
 
 
 def test_an_upload_error_is_reported_in_russian(client, upload):

@@ -230,7 +230,7 @@ def test_it_refuses_a_body_over_the_limit_before_reading_it(client, settings, st
         reverse("segmenter:home"), b"x" * 100, content_type="multipart/form-data; boundary=b", CONTENT_LENGTH=str(50 * 1024 * 1024)
     )
     assert response.status_code == 413
-    assert "larger than the limit of 1.0\xa0MB" in response.context["error"]
+    assert response.context["error"] == "The file is larger than the limit of 1 MB."
     assert Analysis.objects.count() == 0 and stored_files() == []
 
 
