@@ -24,7 +24,7 @@ from django.urls import reverse
 from django.utils.cache import patch_cache_control
 from django.utils.translation import gettext as _
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_GET, require_http_methods
+from django.views.decorators.http import require_http_methods, require_safe
 from PIL import Image
 
 from . import services
@@ -82,7 +82,7 @@ def _slice(analysis: Analysis, index: int) -> Slice:
 
 
 @csrf_exempt  # checked in _upload once the size is known: the CSRF check reads the whole body
-@require_http_methods(["GET", "POST"])
+@require_http_methods(["GET", "HEAD", "POST"])
 def home(request):
     if request.method == "POST":
         return _upload(request)
@@ -157,7 +157,7 @@ def _refuse(request, message: str, status: int = 400):
 # --- Results ---------------------------------------------------------------------------------
 
 
-@require_GET
+@require_safe
 def analysis(request, analysis_id):
     """A study's result, a slice's result (redirect), progress, or the failure."""
     analysis = _analysis(analysis_id)
@@ -178,7 +178,7 @@ def analysis(request, analysis_id):
     return render(request, "segmenter/study.html", ctx)
 
 
-@require_GET
+@require_safe
 def analysis_status(request, analysis_id):
     """Progress as JSON, polled by the progress page."""
     return JsonResponse(_progress(_analysis(analysis_id)))
@@ -195,7 +195,7 @@ def _progress(analysis: Analysis) -> dict:
     }
 
 
-@require_GET
+@require_safe
 def slice_detail(request, analysis_id, index):
     analysis = _analysis(analysis_id)
     if analysis.status != Analysis.Status.DONE:
@@ -240,31 +240,39 @@ def _cached(response):
     return response
 
 
+def _open(field):
+    """A stored file of a slice, opened for reading; a 404 if it has gone missing."""
+    try:
+        return field.open("rb")
+    except FileNotFoundError:
+        raise Http404("the file is missing from storage") from None
+
+
 def _grey(slice_: Slice) -> np.ndarray:
-    with slice_.image.open("rb") as fh:
+    with _open(slice_.image) as fh:
         return np.asarray(Image.open(fh).convert("L"))
 
 
 def _labels(slice_: Slice) -> np.ndarray:
-    with slice_.labels.open("rb") as fh:
+    with _open(slice_.labels) as fh:
         return read_label_png(fh.read())
 
 
-@require_GET
+@require_safe
 def slice_image(request, analysis_id, index):
     """The slice as stored: 8-bit grey PNG in the lung window."""
     slice_ = _slice(_done_analysis(analysis_id), index)
-    return _cached(_attachment(slice_.image.open("rb"), f"{slice_.stem}-slice.png"))
+    return _cached(_attachment(_open(slice_.image), f"{slice_.stem}-slice.png"))
 
 
-@require_GET
+@require_safe
 def slice_labels(request, analysis_id, index):
     """The label map PNG: 0 GGO, 1 consolidation, 2 other lung, 3 outside the lungs."""
     slice_ = _slice(_done_analysis(analysis_id), index)
-    return _cached(_attachment(slice_.labels.open("rb"), f"{slice_.stem}-labels.png"))
+    return _cached(_attachment(_open(slice_.labels), f"{slice_.stem}-labels.png"))
 
 
-@require_GET
+@require_safe
 def slice_overlay(request, analysis_id, index):
     """The coloured overlay with the layers, colours and opacities named in the query."""
     slice_ = _slice(_done_analysis(analysis_id), index)
@@ -276,7 +284,7 @@ def slice_overlay(request, analysis_id, index):
     return _cached(_attachment(png_bytes(rgb), f"{slice_.stem}-overlay.png"))
 
 
-@require_GET
+@require_safe
 def slice_thumbnail(request, analysis_id, index):
     """A small overlay with the default layers, for the study's gallery."""
     slice_ = _slice(_done_analysis(analysis_id), index)
@@ -300,26 +308,36 @@ def _json_text(data: dict) -> str:
     return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
 
-@require_GET
+@require_safe
 def report_csv_download(request, analysis_id):
     analysis = _done_analysis(analysis_id)
     text, _report = _reports(analysis)
     return _attachment(text.encode(), f"{analysis.stem}-report.csv", content_type="text/csv; charset=utf-8")
 
 
-@require_GET
+@require_safe
 def report_json_download(request, analysis_id):
     analysis = _done_analysis(analysis_id)
     _text, report = _reports(analysis)
     return _attachment(_json_text(report).encode(), f"{analysis.stem}-report.json", content_type="application/json")
 
 
-@require_GET
+@require_safe
 def study_zip(request, analysis_id):
     """Every slice's overlay (default layers) and label map, with report.csv and report.json."""
     analysis = _done_analysis(analysis_id)
     spool = tempfile.SpooledTemporaryFile(max_size=ZIP_SPOOL_BYTES)  # noqa: SIM115 - FileResponse closes it
-    with zipfile.ZipFile(spool, "w") as archive:
+    try:
+        _write_study_zip(spool, analysis)
+    except BaseException:
+        spool.close()
+        raise
+    spool.seek(0)
+    return _attachment(spool, f"{analysis.stem}-study.zip", content_type="application/zip")
+
+
+def _write_study_zip(target, analysis: Analysis) -> None:
+    with zipfile.ZipFile(target, "w") as archive:
         for slice_ in analysis.slices.all():
             prefix = f"{slice_.index:04d}-{_safe_name(slice_.stem)}"
             labels = _labels(slice_)
@@ -328,8 +346,6 @@ def study_zip(request, analysis_id):
         text, report = _reports(analysis)
         archive.writestr("report.csv", text, compress_type=zipfile.ZIP_DEFLATED)
         archive.writestr("report.json", _json_text(report), compress_type=zipfile.ZIP_DEFLATED)
-    spool.seek(0)
-    return _attachment(spool, f"{analysis.stem}-study.zip", content_type="application/zip")
 
 
 def _safe_name(text: str) -> str:

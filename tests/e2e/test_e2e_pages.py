@@ -112,6 +112,24 @@ def test_a_slice_upload_shows_layers_that_switch_recolour_and_download_as_shown(
     assert "mask=on" in page.url  # the address keeps the choices for a reload
 
 
+def test_a_file_dropped_on_the_page_is_chosen_and_analysed(page, samples):
+    page.goto(page.base_url + "/")
+    transfer = page.evaluate_handle(
+        """(bytes) => {
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([new Uint8Array(bytes)], "dropped.png", { type: "image/png" }));
+            return transfer;
+        }""",
+        list(samples.png()),
+    )
+    page.dispatch_event("#dropzone", "drop", {"dataTransfer": transfer})
+    assert page.locator("#upload-chosen").inner_text() == "Selected: dropped.png"
+    assert page.evaluate("() => document.getElementById('id_file').files[0].name") == "dropped.png"
+    page.get_by_role("button", name="Analyse").click()
+    page.wait_for_url("**/slices/1/")
+    assert page.locator("h1").inner_text() == "dropped.png"
+
+
 def test_a_refused_upload_shows_its_reason_without_leaving_the_page(page):
     _upload(page, "notes.txt", b"not a scan")
     error = page.locator("#upload-error")

@@ -224,3 +224,18 @@ def test_two_uploads_never_see_each_others_files(client, analyse, samples, media
     second_image = _png(_body(_get(client, "slice_image", second.id, 1)))
     assert first_image.size != second_image.size
     assert sorted(p.name for p in (media_root / "analyses").iterdir()) == sorted([str(first.id), str(second.id)])
+
+
+def test_a_file_missing_from_storage_is_not_found_rather_than_an_error(client, sliced, media_root):
+    analysis, _grey, _labels = sliced
+    (media_root / analysis.slices.get().labels.name).unlink()
+    for name in ("slice_labels", "slice_overlay", "slice_thumbnail"):
+        assert client.get(reverse(f"segmenter:{name}", args=[analysis.id, 1])).status_code == 404
+    assert client.get(reverse("segmenter:study_zip", args=[analysis.id])).status_code == 404
+
+
+def test_downloads_answer_head_requests(client, sliced):
+    analysis, _grey, _labels = sliced
+    response = client.head(reverse("segmenter:slice_image", args=[analysis.id, 1]))
+    assert response.status_code == 200
+    assert response["Content-Disposition"] == 'attachment; filename="0-slice.png"'
