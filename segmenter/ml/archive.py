@@ -53,8 +53,14 @@ def _check_path(name: str) -> PurePosixPath:
     normalised = name.replace("\\", "/")
     path = PurePosixPath(normalised)
     if normalised.startswith("/") or re.match(r"^[A-Za-z]:", normalised) or ".." in path.parts:
-        raise UnreadableImage(f"the zip contains an unsafe path ({name!r})")
+        raise UnreadableImage(f"the zip contains an unsafe path ({name!r})", code="unsafe_path", params={"path": name})
     return path
+
+
+def _in_member(member: str, exc: UnreadableImage) -> UnreadableImage:
+    """The error for a whole archive or folder when one of its files is unreadable: it
+    names the file and keeps that file's error under params["reason"]."""
+    return UnreadableImage(f"{member}: {exc}", code="unreadable_member", params={"member": member, "reason": exc})
 
 
 def order_slices(slices: list[CTSlice]) -> list[CTSlice]:
@@ -91,11 +97,19 @@ def read_folder(folder: Path, limits: ArchiveLimits = ArchiveLimits()) -> list[C
         if p.is_file() and not _is_skipped(PurePosixPath(p.relative_to(folder).as_posix()))
     ]
     if len(files) > limits.max_members:
-        raise UnreadableImage(f"the folder holds {len(files)} files; the limit is {limits.max_members}")
+        raise UnreadableImage(
+            f"the folder holds {len(files)} files; the limit is {limits.max_members}",
+            code="folder_too_many_files",
+            params={"count": len(files), "limit": limits.max_members},
+        )
     slices: list[CTSlice] = []
     for path in files:
         if path.stat().st_size > limits.max_member_bytes:
-            raise UnreadableImage(f"{path} is larger than {limits.max_member_bytes:,} bytes")
+            raise UnreadableImage(
+                f"{path} is larger than {limits.max_member_bytes:,} bytes",
+                code="folder_file_too_large",
+                params={"path": str(path), "limit_bytes": limits.max_member_bytes},
+            )
         with open(path, "rb") as fh:
             head = fh.read(132)
         name = path.relative_to(folder).as_posix()
@@ -104,11 +118,17 @@ def read_folder(folder: Path, limits: ArchiveLimits = ArchiveLimits()) -> list[C
         try:
             slices.extend(read_slices(path.read_bytes(), name))
         except UnreadableImage as exc:
-            raise UnreadableImage(f"{name}: {exc}") from exc
+            raise _in_member(name, exc) from exc
         if len(slices) > limits.max_slices:
-            raise UnreadableImage(f"the folder holds more than {limits.max_slices} slices")
+            raise UnreadableImage(
+                f"the folder holds more than {limits.max_slices} slices",
+                code="folder_too_many_slices",
+                params={"limit": limits.max_slices},
+            )
     if not slices:
-        raise UnreadableImage(f"{folder} holds no PNG, JPEG or DICOM slices")
+        raise UnreadableImage(
+            f"{folder} holds no PNG, JPEG or DICOM slices", code="folder_without_slices", params={"folder": str(folder)}
+        )
     return with_slice_spacing(order_slices(slices))
 
 
@@ -118,7 +138,7 @@ def read_zip(source: bytes | BinaryIO, limits: ArchiveLimits = ArchiveLimits()) 
     try:
         archive = zipfile.ZipFile(stream)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError) as exc:
-        raise UnreadableImage("not a valid zip archive") from exc
+        raise UnreadableImage("not a valid zip archive", code="not_a_zip") from exc
     with archive:
         members = []
         for info in archive.infolist():
@@ -126,37 +146,63 @@ def read_zip(source: bytes | BinaryIO, limits: ArchiveLimits = ArchiveLimits()) 
             if info.is_dir() or _is_skipped(path):
                 continue
             if info.flag_bits & 0x1:
-                raise UnreadableImage("the zip is encrypted; upload an unencrypted archive")
+                raise UnreadableImage("the zip is encrypted; upload an unencrypted archive", code="encrypted_zip")
             members.append((path, info))
         if len(members) > limits.max_members:
-            raise UnreadableImage(f"the zip holds {len(members)} files; the limit is {limits.max_members}")
+            raise UnreadableImage(
+                f"the zip holds {len(members)} files; the limit is {limits.max_members}",
+                code="zip_too_many_files",
+                params={"count": len(members), "limit": limits.max_members},
+            )
         total = sum(info.file_size for _, info in members)
         if total > limits.max_total_bytes:
             raise UnreadableImage(
-                f"the zip unpacks to {total:,} bytes; the limit is {limits.max_total_bytes:,}"
+                f"the zip unpacks to {total:,} bytes; the limit is {limits.max_total_bytes:,}",
+                code="zip_too_large",
+                params={"size_bytes": total, "limit_bytes": limits.max_total_bytes},
             )
         slices: list[CTSlice] = []
         for path, info in members:
             if info.file_size > limits.max_member_bytes:
-                raise UnreadableImage(f"{path} unpacks to {info.file_size:,} bytes; the limit is {limits.max_member_bytes:,}")
+                raise UnreadableImage(
+                    f"{path} unpacks to {info.file_size:,} bytes; the limit is {limits.max_member_bytes:,}",
+                    code="zip_member_too_large",
+                    params={"member": str(path), "size_bytes": info.file_size, "limit_bytes": limits.max_member_bytes},
+                )
             if info.compress_size and info.file_size / info.compress_size > limits.max_ratio:
-                raise UnreadableImage(f"{path} is compressed suspiciously well (a zip bomb?)")
+                raise UnreadableImage(
+                    f"{path} is compressed suspiciously well (a zip bomb?)",
+                    code="zip_bomb",
+                    params={"member": str(path)},
+                )
             try:
                 with archive.open(info) as fh:
                     data = fh.read(limits.max_member_bytes + 1)
             except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
-                raise UnreadableImage(f"{path} in the zip is damaged ({exc})") from exc
+                raise UnreadableImage(
+                    f"{path} in the zip is damaged ({exc})",
+                    code="damaged_zip_member",
+                    params={"member": str(path), "detail": str(exc)},
+                ) from exc
             if len(data) > limits.max_member_bytes:
-                raise UnreadableImage(f"{path} unpacks to more than {limits.max_member_bytes:,} bytes")
+                raise UnreadableImage(
+                    f"{path} unpacks to more than {limits.max_member_bytes:,} bytes",
+                    code="zip_member_over_limit",
+                    params={"member": str(path), "limit_bytes": limits.max_member_bytes},
+                )
             if sniff_kind(data[:132], path.name) is None:
                 log.info("skipping %s: not a PNG, JPEG or DICOM file", path)
                 continue
             try:
                 slices.extend(read_slices(data, str(path)))
             except UnreadableImage as exc:
-                raise UnreadableImage(f"{path}: {exc}") from exc
+                raise _in_member(str(path), exc) from exc
             if len(slices) > limits.max_slices:
-                raise UnreadableImage(f"the zip holds more than {limits.max_slices} slices")
+                raise UnreadableImage(
+                    f"the zip holds more than {limits.max_slices} slices",
+                    code="zip_too_many_slices",
+                    params={"limit": limits.max_slices},
+                )
     if not slices:
-        raise UnreadableImage("the zip holds no PNG, JPEG or DICOM slices")
+        raise UnreadableImage("the zip holds no PNG, JPEG or DICOM slices", code="zip_without_slices")
     return with_slice_spacing(order_slices(slices))

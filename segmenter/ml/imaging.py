@@ -16,7 +16,8 @@ Every reader returns ``CTSlice`` objects whose ``pixels`` are uint8 arrays of sh
   fail with ``UnreadableImage``.
 
 Everything that is wrong with a file is reported as ``UnreadableImage`` with a message
-meant for the person who uploaded it.
+meant for the person who uploaded it, and a ``code`` and ``params`` from which the web
+pages say the same in the reader's language.
 """
 
 from __future__ import annotations
@@ -49,7 +50,19 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 class UnreadableImage(ValueError):
-    """A file that cannot be read as a CT slice; ``str()`` is a message for the user."""
+    """A file that cannot be read as a CT slice; ``str()`` is a message for the user.
+
+    ``code`` names the reason (a short snake_case string that never changes) and
+    ``params`` holds the values its message mentions, so that a caller can show the
+    reason in another language without parsing the English message. Values are str,
+    int, or (under "reason", when a file inside an archive is unreadable) the
+    UnreadableImage of that file.
+    """
+
+    def __init__(self, message: str, *, code: str | None = None, params: dict | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.params = dict(params or {})
 
 
 @dataclass(frozen=True)
@@ -187,7 +200,9 @@ def to_grey_u8(array: np.ndarray) -> np.ndarray:
     if a.ndim == 2:
         return a.astype(np.uint8, copy=False)
     if a.ndim != 3 or a.shape[2] not in (1, 2, 3, 4):
-        raise UnreadableImage(f"unsupported pixel layout {a.shape}")
+        raise UnreadableImage(
+            f"unsupported pixel layout {a.shape}", code="unsupported_layout", params={"shape": str(a.shape)}
+        )
     a = a.astype(np.float32)
     if a.shape[2] in (2, 4):
         alpha = a[..., -1:] / 255.0
@@ -205,11 +220,15 @@ def to_grey_u8(array: np.ndarray) -> np.ndarray:
 def _check_size(width: int, height: int) -> None:
     if width * height > MAX_SLICE_PIXELS:
         raise UnreadableImage(
-            f"image is {width}x{height} pixels; the limit is {MAX_SLICE_PIXELS:,} pixels"
+            f"image is {width}x{height} pixels; the limit is {MAX_SLICE_PIXELS:,} pixels",
+            code="image_too_large",
+            params={"width": width, "height": height, "limit": MAX_SLICE_PIXELS},
         )
     if min(width, height) < MIN_SLICE_SIDE:
         raise UnreadableImage(
-            f"image is {width}x{height} pixels; each side must be at least {MIN_SLICE_SIDE}"
+            f"image is {width}x{height} pixels; each side must be at least {MIN_SLICE_SIDE}",
+            code="image_too_small",
+            params={"width": width, "height": height, "min_side": MIN_SLICE_SIDE},
         )
 
 
@@ -224,11 +243,13 @@ def _read_raster(data: bytes, name: str) -> CTSlice:
     except UnreadableImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise UnreadableImage("image is too large to decode safely") from exc
+        raise UnreadableImage("image is too large to decode safely", code="decompression_bomb") from exc
     except UnidentifiedImageError as exc:
-        raise UnreadableImage("not a PNG or JPEG image") from exc
+        raise UnreadableImage("not a PNG or JPEG image", code="not_an_image") from exc
     except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data
-        raise UnreadableImage(f"the image file is damaged or incomplete ({exc})") from exc
+        raise UnreadableImage(
+            f"the image file is damaged or incomplete ({exc})", code="damaged_image", params={"detail": str(exc)}
+        ) from exc
     if getattr(image, "n_frames", 1) > 1:
         log.info("%s has %d frames; reading the first", name, image.n_frames)
     mode = image.mode
@@ -242,7 +263,7 @@ def _read_raster(data: bytes, name: str) -> CTSlice:
     elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
         image = image.convert("RGB")
     elif mode not in ("L", "LA", "RGB", "RGBA"):
-        raise UnreadableImage(f"unsupported image mode {mode}")
+        raise UnreadableImage(f"unsupported image mode {mode}", code="unsupported_mode", params={"mode": mode})
     return CTSlice(pixels=to_grey_u8(np.asarray(image)), name=name)
 
 
@@ -276,16 +297,19 @@ def _read_dicom(data: bytes, name: str, force: bool) -> list[CTSlice]:
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=force)
     except InvalidDicomError as exc:
-        raise UnreadableImage("not a DICOM file") from exc
+        raise UnreadableImage("not a DICOM file", code="not_dicom") from exc
     except Exception as exc:  # pydicom raises many types on damaged files
-        raise UnreadableImage(f"the DICOM file is damaged ({exc.__class__.__name__})") from exc
+        detail = exc.__class__.__name__
+        raise UnreadableImage(
+            f"the DICOM file is damaged ({detail})", code="damaged_dicom", params={"detail": detail}
+        ) from exc
     if "PixelData" not in ds and "FloatPixelData" not in ds:
-        raise UnreadableImage("the DICOM file holds no image (no Pixel Data element)")
+        raise UnreadableImage("the DICOM file holds no image (no Pixel Data element)", code="dicom_without_image")
     rows, cols = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     _check_size(cols, rows)
     if rows * cols * frames > MAX_SLICE_PIXELS * 4:
-        raise UnreadableImage("the DICOM image is too large")
+        raise UnreadableImage("the DICOM image is too large", code="dicom_too_large")
     meta = ds.file_meta
     if "TransferSyntaxUID" not in meta:
         # No file meta information: name the syntax the data set was read with.
@@ -300,11 +324,16 @@ def _read_dicom(data: bytes, name: str, force: bool) -> list[CTSlice]:
         raw = ds.pixel_array
     except (NotImplementedError, RuntimeError) as exc:
         raise UnreadableImage(
-            f"this DICOM is compressed with {syntax.name}, which cannot be decoded here"
+            f"this DICOM is compressed with {syntax.name}, which cannot be decoded here",
+            code="dicom_compression_unsupported",
+            params={"syntax": syntax.name},
         ) from exc
     except Exception as exc:
+        detail = exc.__class__.__name__
         raise UnreadableImage(
-            f"the DICOM pixel data could not be decoded ({exc.__class__.__name__})"
+            f"the DICOM pixel data could not be decoded ({detail})",
+            code="dicom_undecodable",
+            params={"detail": detail},
         ) from exc
 
     samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
@@ -392,15 +421,13 @@ def read_slices(source: bytes | str | Path, name: str | None = None) -> list[CTS
         data = bytes(source)
     name = name or "slice"
     if not data:
-        raise UnreadableImage("the file is empty")
+        raise UnreadableImage("the file is empty", code="empty")
     kind = sniff_kind(data[:132], name)
     if kind in ("png", "jpeg"):
         return [_read_raster(data, name)]
     if kind == "dicom":
         return _read_dicom(data, name, force=data[128:132] != b"DICM")
-    raise UnreadableImage(
-        "unsupported file type: expected a PNG, JPEG or DICOM slice"
-    )
+    raise UnreadableImage("unsupported file type: expected a PNG, JPEG or DICOM slice", code="unsupported_type")
 
 
 def read_slice(source: bytes | str | Path, name: str | None = None) -> CTSlice:
@@ -408,6 +435,8 @@ def read_slice(source: bytes | str | Path, name: str | None = None) -> CTSlice:
     slices = read_slices(source, name)
     if len(slices) != 1:
         raise UnreadableImage(
-            f"the file holds {len(slices)} frames; upload it as a study instead"
+            f"the file holds {len(slices)} frames; upload it as a study instead",
+            code="several_frames",
+            params={"frames": len(slices)},
         )
     return slices[0]

@@ -27,6 +27,12 @@ def is_nifti_name(name: str) -> bool:
     return name.lower().endswith(NIFTI_SUFFIXES)
 
 
+def _too_large(limit: int) -> UnreadableImage:
+    return UnreadableImage(
+        f"the volume unpacks to more than {limit:,} bytes", code="volume_too_large", params={"limit_bytes": limit}
+    )
+
+
 def _gunzip(data: bytes, limit: int) -> bytes:
     """Decompress gzip data, refusing output above ``limit`` bytes (a gzip bomb)."""
     out = io.BytesIO()
@@ -35,12 +41,12 @@ def _gunzip(data: bytes, limit: int) -> bytes:
         for start in range(0, len(data), 1 << 20):
             out.write(decomp.decompress(data[start : start + (1 << 20)], limit + 1 - out.tell()))
             if out.tell() > limit:
-                raise UnreadableImage(f"the volume unpacks to more than {limit:,} bytes")
+                raise _too_large(limit)
         out.write(decomp.flush())
     except zlib.error as exc:
-        raise UnreadableImage("the .gz file is damaged") from exc
+        raise UnreadableImage("the .gz file is damaged", code="damaged_gzip") from exc
     if out.tell() > limit:
-        raise UnreadableImage(f"the volume unpacks to more than {limit:,} bytes")
+        raise _too_large(limit)
     return out.getvalue()
 
 
@@ -59,24 +65,32 @@ def read_nifti(data: bytes, name: str = "volume.nii", max_bytes: int = MAX_VOLUM
         except Exception:  # nibabel raises many types on foreign or damaged headers
             continue
     if image is None:
-        raise UnreadableImage("not a NIfTI volume")
+        raise UnreadableImage("not a NIfTI volume", code="not_nifti")
     shape = image.shape
     if len(shape) < 3 or any(n < 1 for n in shape[:3]):
-        raise UnreadableImage(f"expected a 3-D volume, got shape {shape}")
+        raise UnreadableImage(
+            f"expected a 3-D volume, got shape {shape}", code="volume_not_3d", params={"shape": str(shape)}
+        )
     if len(shape) > 3 and int(np.prod(shape[3:])) != 1:
-        raise UnreadableImage(f"expected one 3-D volume, got {shape[3]} volumes (4-D)")
+        raise UnreadableImage(
+            f"expected one 3-D volume, got {shape[3]} volumes (4-D)", code="volume_4d", params={"count": shape[3]}
+        )
     # io_orientation: for each array axis, the world axis (0 R-L, 1 A-P, 2 S-I) and the
     # sign (+1 when the index runs towards R, A, S).
     ornt = io_orientation(image.affine)
     axis_of = {int(world): (k, int(sign)) for k, (world, sign) in enumerate(ornt[:3])}
     if set(axis_of) != {0, 1, 2}:
-        raise UnreadableImage("the volume's affine does not describe a proper orientation")
+        raise UnreadableImage("the volume's affine does not describe a proper orientation", code="volume_orientation")
     lr_axis, lr_sign = axis_of[0]
     ap_axis, ap_sign = axis_of[1]
     si_axis, si_sign = axis_of[2]
     rows, cols = shape[ap_axis], shape[lr_axis]
     if rows * cols > MAX_SLICE_PIXELS:
-        raise UnreadableImage(f"slices of {cols}x{rows} pixels exceed the limit")
+        raise UnreadableImage(
+            f"slices of {cols}x{rows} pixels exceed the limit",
+            code="volume_slices_too_large",
+            params={"width": cols, "height": rows, "limit": MAX_SLICE_PIXELS},
+        )
     zooms = image.header.get_zooms()
     spacing = (float(zooms[ap_axis]), float(zooms[lr_axis]))
     thickness = float(zooms[si_axis]) or None
@@ -93,7 +107,9 @@ def read_nifti(data: bytes, name: str = "volume.nii", max_bytes: int = MAX_VOLUM
         try:
             plane = np.asarray(proxy[tuple(index)], dtype=np.float32)
         except (ValueError, OSError, EOFError) as exc:
-            raise UnreadableImage(f"the volume's data are damaged ({exc})") from exc
+            raise UnreadableImage(
+                f"the volume's data are damaged ({exc})", code="damaged_volume", params={"detail": str(exc)}
+            ) from exc
         # plane's axes are the remaining array axes in order; put A-P on rows, L-R on columns.
         remaining = [a for a in range(3) if a != si_axis]
         if remaining.index(ap_axis) != 0:
