@@ -21,7 +21,9 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
+from django.utils.formats import number_format
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
 from .engine import get_segmenter
 from .ml.archive import ArchiveLimits, read_zip
@@ -40,6 +42,70 @@ PROGRESS_INTERVAL = 0.5
 #: Slices decoded by analysis_create, handed to a task that runs in the same process.
 _decoded: dict[str, list[CTSlice]] = {}
 ALLOWED_SUFFIXES = (*IMAGE_SUFFIXES, *DICOM_SUFFIXES, ".zip", *NIFTI_SUFFIXES)
+MB = 1024 * 1024
+#: Numbers from this size up are shown with thousands separators ("16,777,216").
+GROUPING_FROM = 10_000
+
+#: Why a file could not be read, by ml.imaging.UnreadableImage.code, in the reader's
+#: language. The English says what the engine's message says, less the details of the
+#: library that failed (those are logged). Whole-number params are shown localised, and
+#: a param named ``x_bytes`` is shown in MB as ``x_mb``. A code missing here is shown
+#: with the engine's English message; tests/unit/test_web_reasons.py checks that none is.
+UNREADABLE_REASONS = {
+    # segmenter.ml.imaging
+    "empty": gettext_lazy("the file is empty"),
+    "unsupported_type": gettext_lazy("unsupported file type: expected a PNG, JPEG or DICOM slice"),
+    "unsupported_layout": gettext_lazy("unsupported pixel layout %(shape)s"),
+    "image_too_large": gettext_lazy(
+        "the image is %(width)s×%(height)s pixels; the limit is %(limit)s pixels"
+    ),
+    "image_too_small": gettext_lazy(
+        "the image is %(width)s×%(height)s pixels; each side must be at least %(min_side)s"
+    ),
+    "decompression_bomb": gettext_lazy("the image is too large to decode safely"),
+    "not_an_image": gettext_lazy("not a PNG or JPEG image"),
+    "damaged_image": gettext_lazy("the image file is damaged or incomplete"),
+    "unsupported_mode": gettext_lazy("unsupported image mode %(mode)s"),
+    "not_dicom": gettext_lazy("not a DICOM file"),
+    "damaged_dicom": gettext_lazy("the DICOM file is damaged"),
+    "dicom_without_image": gettext_lazy("the DICOM file holds no image (no Pixel Data element)"),
+    "dicom_too_large": gettext_lazy("the DICOM image is too large"),
+    "dicom_compression_unsupported": gettext_lazy(
+        "this DICOM is compressed with %(syntax)s, which cannot be decoded here"
+    ),
+    "dicom_undecodable": gettext_lazy("the DICOM pixel data could not be decoded"),
+    "several_frames": gettext_lazy("the file holds %(frames)s frames; upload it as a study instead"),
+    # segmenter.ml.archive
+    "unreadable_member": gettext_lazy("%(member)s: %(reason)s"),
+    "unsafe_path": gettext_lazy("the zip contains an unsafe path (%(path)s)"),
+    "not_a_zip": gettext_lazy("not a valid zip archive"),
+    "encrypted_zip": gettext_lazy("the zip is encrypted; upload an unencrypted archive"),
+    "zip_too_many_files": gettext_lazy("the zip holds %(count)s files; the limit is %(limit)s"),
+    "zip_too_large": gettext_lazy("the zip unpacks to %(size_mb)s MB; the limit is %(limit_mb)s MB"),
+    "zip_member_too_large": gettext_lazy(
+        "%(member)s unpacks to %(size_mb)s MB; the limit is %(limit_mb)s MB"
+    ),
+    "zip_bomb": gettext_lazy("%(member)s is compressed suspiciously well (a zip bomb?)"),
+    "damaged_zip_member": gettext_lazy("%(member)s in the zip is damaged"),
+    "zip_member_over_limit": gettext_lazy("%(member)s unpacks to more than %(limit_mb)s MB"),
+    "zip_too_many_slices": gettext_lazy("the zip holds more than %(limit)s slices"),
+    "zip_without_slices": gettext_lazy("the zip holds no PNG, JPEG or DICOM slices"),
+    "folder_too_many_files": gettext_lazy("the folder holds %(count)s files; the limit is %(limit)s"),
+    "folder_file_too_large": gettext_lazy("%(path)s is larger than %(limit_mb)s MB"),
+    "folder_too_many_slices": gettext_lazy("the folder holds more than %(limit)s slices"),
+    "folder_without_slices": gettext_lazy("%(folder)s holds no PNG, JPEG or DICOM slices"),
+    # segmenter.ml.volumes
+    "damaged_gzip": gettext_lazy("the .gz file is damaged"),
+    "volume_too_large": gettext_lazy("the volume unpacks to more than %(limit_mb)s MB"),
+    "not_nifti": gettext_lazy("not a NIfTI volume"),
+    "volume_not_3d": gettext_lazy("expected a 3-D volume, got shape %(shape)s"),
+    "volume_4d": gettext_lazy("expected one 3-D volume, got %(count)s volumes (4-D)"),
+    "volume_orientation": gettext_lazy("the volume's affine does not describe a proper orientation"),
+    "volume_slices_too_large": gettext_lazy(
+        "slices of %(width)s×%(height)s pixels exceed the limit of %(limit)s pixels"
+    ),
+    "damaged_volume": gettext_lazy("the volume's data are damaged"),
+}
 
 
 class UploadError(ValueError):
@@ -68,13 +134,43 @@ def _suffix_allowed(name: str) -> bool:
 
 
 def archive_limits() -> ArchiveLimits:
-    mb = 1024 * 1024
     return ArchiveLimits(
         max_members=settings.SEGMENTER_ZIP_MAX_MEMBERS,
-        max_member_bytes=settings.SEGMENTER_ZIP_MAX_MEMBER_MB * mb,
-        max_total_bytes=settings.SEGMENTER_ZIP_MAX_TOTAL_MB * mb,
+        max_member_bytes=settings.SEGMENTER_ZIP_MAX_MEMBER_MB * MB,
+        max_total_bytes=settings.SEGMENTER_ZIP_MAX_TOTAL_MB * MB,
         max_slices=settings.SEGMENTER_MAX_SLICES,
     )
+
+
+def _number(value: int | float, decimal_pos: int | None = None) -> str:
+    """A number as written in the active language ('1,5' and '16 777 216' in Russian)."""
+    return number_format(value, decimal_pos=decimal_pos, force_grouping=abs(value) >= GROUPING_FROM)
+
+
+def megabytes(n_bytes: int) -> str:
+    """A size in MB as people read it in the active language: rounded up to a tenth, the
+    tenth shown only when it is not zero ('1', '1.1'; '1,1' in Russian). Rounding up
+    keeps a size over a whole-MB limit from reading as the limit itself."""
+    tenths = -(-n_bytes * 10 // MB)  # integer ceiling, exact for any size
+    return _number(tenths // 10) if tenths % 10 == 0 else _number(tenths / 10, decimal_pos=1)
+
+
+def unreadable_reason(exc: UnreadableImage) -> str:
+    """Why a file could not be read, in the active language (see UNREADABLE_REASONS)."""
+    template = UNREADABLE_REASONS.get(exc.code or "")
+    if template is None:
+        return str(exc)
+    params = {}
+    for key, value in exc.params.items():
+        if isinstance(value, UnreadableImage):
+            params[key] = unreadable_reason(value)
+        elif key.endswith("_bytes"):
+            params[key.removesuffix("_bytes") + "_mb"] = megabytes(value)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            params[key] = _number(value)
+        else:
+            params[key] = value
+    return str(template) % params
 
 
 def upload_read(*, stream: BinaryIO, name: str, size: int) -> ParsedUpload:
@@ -101,12 +197,14 @@ def upload_read(*, stream: BinaryIO, name: str, size: int) -> ParsedUpload:
         elif is_nifti_name(name):
             slices, kind = read_nifti(stream.read(), name), Analysis.Kind.VOLUME
         elif name.lower().endswith(".zip"):
-            raise UnreadableImage(_("not a valid zip archive"))
+            raise UnreadableImage("not a valid zip archive", code="not_a_zip")
         else:
             slices = read_slices(stream.read(), name)
             kind = Analysis.Kind.SLICE if len(slices) == 1 else Analysis.Kind.STUDY
     except UnreadableImage as exc:
-        raise UploadError(_("%(name)s could not be read: %(reason)s.") % {"name": name, "reason": exc}) from exc
+        log.info("%s could not be read: %s", name, exc)
+        message = _("%(name)s could not be read: %(reason)s.") % {"name": name, "reason": unreadable_reason(exc)}
+        raise UploadError(message) from exc
     if len(slices) > settings.SEGMENTER_MAX_SLICES:
         raise UploadError(
             _("The upload holds %(n)d slices; the limit is %(limit)d.") % {"n": len(slices), "limit": settings.SEGMENTER_MAX_SLICES}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 
@@ -60,6 +61,33 @@ def test_an_upload_error_is_reported_in_russian(client, upload):
     response = upload("scan.png", b"")
     assert response.status_code == 400
     assert response.context["error"] == "Файл пуст."
+
+
+@pytest.mark.parametrize(
+    "name, make, expected",
+    [
+        (
+            "scan.png",
+            lambda s: s.png()[: len(s.png()) // 2],
+            "Не удалось прочитать scan.png: файл изображения повреждён или неполон.",
+        ),
+        (
+            "study.zip",
+            lambda s: s.zip({"../../x.png": s.png()}),
+            "Не удалось прочитать study.zip: в архиве есть небезопасный путь (../../x.png).",
+        ),
+    ],
+    ids=["truncated png", "unsafe zip path"],
+)
+def test_why_a_file_could_not_be_read_is_said_in_russian(client, upload, samples, name, make, expected):
+    _switch(client, "ru")
+    response = upload(name, make(samples))
+    assert response.status_code == 400
+    message = response.context["error"]
+    assert message == expected
+    assert not re.search(r"[A-Za-z]", message.replace(name, "").replace("../../x.png", ""))  # no English left
+    content = response.content.decode()
+    assert '<html lang="ru">' in content and html.escape(message) in content
 
 
 def test_a_slice_result_reads_in_russian(client, analyse, samples):
