@@ -181,8 +181,8 @@ def upload_read(*, stream: BinaryIO, name: str, size: int) -> ParsedUpload:
         raise UploadError(_("The file is empty."))
     if size > settings.SEGMENTER_MAX_UPLOAD_BYTES:
         raise UploadError(
-            _("The file is %(size)d MB; the limit is %(limit)d MB.")
-            % {"size": size // (1024 * 1024), "limit": settings.SEGMENTER_MAX_UPLOAD_BYTES // (1024 * 1024)}
+            _("The file is %(size)s MB; the limit is %(limit)s MB.")
+            % {"size": megabytes(size), "limit": megabytes(settings.SEGMENTER_MAX_UPLOAD_BYTES)}
         )
     if not _suffix_allowed(name):
         raise UploadError(
