@@ -8,6 +8,8 @@ import uuid
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
+from .ml.pipeline import slice_stem
+
 
 def analysis_folder(analysis_id: uuid.UUID | str) -> str:
     """Storage folder of one analysis; everything it owns lives below it."""
@@ -88,9 +90,6 @@ class Slice(models.Model):
 
     @property
     def stem(self) -> str:
-        base = self.name.replace("\\", "/").rsplit("/", 1)[-1]
-        for suffix in (".png", ".jpg", ".jpeg", ".dcm", ".dicom"):
-            if base.lower().endswith(suffix):
-                base = base[: -len(suffix)]
-                break
-        return base or f"slice-{self.index:04d}"
+        """The name without folders and extension, for download file names; a frame of a
+        multi-frame DICOM or volume as 'x-003' (see ml.pipeline.slice_stem)."""
+        return slice_stem(self.name) or f"slice-{self.index:04d}"

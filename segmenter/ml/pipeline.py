@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from .imaging import CTSlice
+from .imaging import DICOM_SUFFIXES, IMAGE_SUFFIXES, CTSlice
 from .severity import Areas, Severity, assess, assess_study, measure
+from .volumes import NIFTI_SUFFIXES
 
 DISCLAIMER = "For research and demonstration only; not for diagnosis."
 
@@ -67,6 +69,34 @@ def analyse(
 def study_from(results: list[SliceAnalysis]) -> StudyAnalysis:
     total, severity = assess_study([r.areas for r in results])
     return StudyAnalysis(results, total, severity)
+
+
+# --- Names of what is written ---------------------------------------------------------
+
+#: A frame of a multi-frame DICOM or a NIfTI volume is named "file[k]" (imaging, volumes).
+FRAME_SUFFIX = re.compile(r"\[(\d+)\]$")
+#: Digits of a frame number in a file name ('ct-012'), so that names sort in frame order.
+FRAME_DIGITS = 3
+STEM_SUFFIXES = (*NIFTI_SUFFIXES, *IMAGE_SUFFIXES, *DICOM_SUFFIXES)
+
+
+def slice_stem(name: str) -> str:
+    """A slice's name (CTSlice.name) as the start of a file name: no folders, no extension,
+    and a frame's number zero-padded after a dash.
+
+    'study/a.dcm' -> 'a', 'x.dcm[3]' -> 'x-003', 'ct.nii.gz[12]' -> 'ct-012'. The result
+    may be empty (a name that is only an extension); callers pick a fallback.
+    """
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    frame = ""
+    match = FRAME_SUFFIX.search(base)
+    if match:
+        base, frame = base[: match.start()], f"{int(match.group(1)):0{FRAME_DIGITS}d}"
+    for suffix in STEM_SUFFIXES:
+        if base.lower().endswith(suffix):
+            base = base[: -len(suffix)]
+            break
+    return "-".join(part for part in (base, frame) if part)
 
 
 # --- Reports ----------------------------------------------------------------------------

@@ -73,10 +73,31 @@ def test_it_segments_a_nifti_volume_built_from_real_slices(data_root, tmp_path):
     out, _ = _run(path, "--out", tmp_path / "out")
     report = json.loads((tmp_path / "out" / "ct" / "report.json").read_text())
     assert len(report["slices"]) == 2
+    written = sorted(p.name for p in (tmp_path / "out" / "ct").glob("*.png"))
+    assert written == [
+        "0001-ct-001-labels.png",
+        "0001-ct-001-overlay.png",
+        "0002-ct-002-labels.png",
+        "0002-ct-002-overlay.png",
+    ]
     assert report["study"]["lung_ml"] == pytest.approx(
         sum(r["lung_ml"] for r in report["slices"]), rel=1e-3
     )
     assert "CT-" in out
+
+
+@pytest.mark.usefixtures("stand_in_engine")
+def test_each_frame_of_a_multiframe_dicom_is_written_under_the_files_name_and_frame(tmp_path):
+    from pydicom.data import get_testdata_file
+
+    path = tmp_path / "x.dcm"
+    with open(get_testdata_file("SC_rgb_rle_2frame.dcm"), "rb") as fh:
+        path.write_bytes(fh.read())
+    _run(path, "--out", tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out" / "x").glob("*-labels.png")) == [
+        "0001-x-000-labels.png",
+        "0002-x-001-labels.png",
+    ]
 
 
 @pytest.mark.django_db

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import json
 import zipfile
@@ -149,6 +150,43 @@ def test_a_download_name_keeps_non_ascii_upload_names(client, analyse, samples):
     response = _get(client, "slice_overlay", analysis.id, 1)
     _body(response)
     assert response["Content-Disposition"] == "attachment; filename*=utf-8''%D0%BB%D1%91%D0%B3%D0%BA%D0%B8%D0%B5%201-overlay.png"
+
+
+@pytest.fixture
+def nifti_gz(samples) -> bytes:
+    """A gzipped NIfTI volume of the two DICOM slices."""
+    import nibabel as nib
+    import pydicom
+    from pydicom.pixels import apply_modality_lut
+
+    planes = []
+    for k in (0, 1):
+        ds = pydicom.dcmread(io.BytesIO(samples.dicom(k)))
+        planes.append(apply_modality_lut(ds.pixel_array, ds).astype(np.int16).T)
+    volume = nib.Nifti1Image(np.stack(planes, axis=2), np.diag([-0.7, -0.7, 1.0, 1.0]))
+    return gzip.compress(volume.to_bytes())
+
+
+def test_a_volumes_slice_downloads_under_the_volumes_name_and_its_number(client, analyse, nifti_gz):
+    analysis = analyse("ct.nii.gz", nifti_gz)
+    assert [s.name for s in analysis.slices.all()] == ["ct.nii.gz[1]", "ct.nii.gz[2]"]
+    for name, suffix in (("slice_overlay", "overlay"), ("slice_labels", "labels"), ("slice_image", "slice")):
+        response = _get(client, name, analysis.id, 2)
+        _body(response)
+        assert response["Content-Disposition"] == f'attachment; filename="ct-002-{suffix}.png"'
+    with zipfile.ZipFile(io.BytesIO(_body(_get(client, "study_zip", analysis.id)))) as archive:
+        assert archive.namelist()[:2] == ["0001-ct-001-overlay.png", "0001-ct-001-labels.png"]
+
+
+def test_a_frame_of_a_multiframe_dicom_downloads_under_the_files_name_and_frame(client, analyse):
+    from pydicom.data import get_testdata_file
+
+    with open(get_testdata_file("SC_rgb_rle_2frame.dcm"), "rb") as fh:
+        analysis = analyse("x.dcm", fh.read())
+    assert [s.stem for s in analysis.slices.all()] == ["x-000", "x-001"]  # frames are named from 0
+    response = _get(client, "slice_overlay", analysis.id, 2)
+    _body(response)
+    assert response["Content-Disposition"] == 'attachment; filename="x-001-overlay.png"'
 
 
 # --- A study ----------------------------------------------------------------------------

@@ -18,7 +18,15 @@ from django.core.management.base import BaseCommand, CommandError
 from segmenter.ml.archive import read_folder
 from segmenter.ml.imaging import CTSlice, UnreadableImage
 from segmenter.ml.overlay import png_bytes, render_overlay
-from segmenter.ml.pipeline import DISCLAIMER, analyse_slice, report_csv, report_json, report_rows, study_from
+from segmenter.ml.pipeline import (
+    DISCLAIMER,
+    analyse_slice,
+    report_csv,
+    report_json,
+    report_rows,
+    slice_stem,
+    study_from,
+)
 
 
 def _stem(path: Path) -> str:
@@ -30,8 +38,8 @@ def _stem(path: Path) -> str:
 
 
 def _slice_stem(ct: CTSlice, index: int) -> str:
-    base = ct.name.replace("\\", "/").rsplit("/", 1)[-1]
-    base = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in _stem(Path(base)))
+    """'0003-a' for the third slice, from 'study/a.dcm'; '0003-x-002' from frame 2 of x.dcm."""
+    base = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in slice_stem(ct.name)) or "slice"
     return f"{index:04d}-{base}"
 
 
