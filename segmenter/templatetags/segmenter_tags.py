@@ -69,6 +69,19 @@ def millilitres(value: float | None) -> str:
 
 
 @register.filter
+def volumes(areas: dict | None) -> dict | None:
+    """{'lung', 'lesion', 'ggo', 'consolidation'} in mL from an Areas.as_dict(), or None
+    unless the GGO, consolidation and lung volumes are all known (they need the pixel
+    spacing and slice thickness of every slice). Lesion is GGO plus consolidation."""
+    if not areas:
+        return None
+    ggo, consolidation, lung = (areas.get(k) for k in ("ggo_ml", "consolidation_ml", "lung_ml"))
+    if ggo is None or consolidation is None or lung is None:
+        return None
+    return {"lung": lung, "lesion": ggo + consolidation, "ggo": ggo, "consolidation": consolidation}
+
+
+@register.filter
 def sides(severity: dict | None) -> dict | None:
     """{'right': {...}, 'left': {...}} of a severity dict when both shares are known,
     else None (the lungs do not lie side by side, or there is no lung)."""

@@ -124,6 +124,24 @@ def test_a_study_result_reads_in_russian_with_svg_numbers_unlocalised(client, an
     assert coordinates and all(re.fullmatch(r"-?\d+(\.\d+)?", c) for c in coordinates)
 
 
+def test_a_studys_volumes_read_in_russian(client, analyse, samples):
+    analysis = analyse("series.zip", samples.zip({"a.dcm": samples.dicom(0), "b.dcm": samples.dicom(1)}))
+    areas = analysis.areas
+    _switch(client, "ru")
+    content = client.get(reverse("segmenter:analysis", args=[analysis.id])).content.decode()
+    block = re.search(r'<dl class="figures figures-volumes">.*?</dl>', content, re.S).group(0)
+    assert "Объёмы" in content
+    for label, value in (
+        ("Объём лёгких", areas["lung_ml"]),
+        ("Объём поражения", areas["ggo_ml"] + areas["consolidation_ml"]),
+        ("Матовое стекло", areas["ggo_ml"]),
+        ("Консолидация", areas["consolidation_ml"]),
+    ):
+        assert label in block
+        assert f"{value:.1f}".replace(".", ",") + "\xa0мл" in block
+    assert "Объём поражения — это матовое стекло и консолидация вместе" in content
+
+
 def test_every_page_offers_the_language_switch(client, analyse, samples):
     analysis = analyse("0.dcm", samples.dicom())
     running = Analysis.objects.create(

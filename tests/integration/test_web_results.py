@@ -183,6 +183,49 @@ def test_the_study_page_lists_each_slice_with_thumbnail_grade_and_share(client, 
         assert f"{s.severity['lesion_percent']:.1f}\xa0%" in row
 
 
+@pytest.fixture
+def dicom_series(analyse, samples) -> Analysis:
+    """A study of the two real DICOM slices, whose pixel spacing and positions are known."""
+    return analyse("series.zip", samples.zip({"s/a.dcm": samples.dicom(0), "s/b.dcm": samples.dicom(1)}))
+
+
+def _volumes(content: str) -> list[tuple[str, str]] | None:
+    """(label, value) of each row of the findings' volumes, or None without them."""
+    block = re.search(r'<dl class="figures figures-volumes">(.*?)</dl>', content, re.S)
+    if block is None:
+        return None
+    return re.findall(r"<dt>(?:<span [^>]*></span>)?(.*?)</dt><dd>(.*?)</dd>", block.group(1))
+
+
+def test_the_study_page_shows_the_studys_volumes(client, dicom_series):
+    areas = dicom_series.areas
+    slices = list(dicom_series.slices.all())
+    assert areas["lung_ml"] == pytest.approx(sum(s.areas["lung_ml"] for s in slices))
+    content = client.get(reverse("segmenter:analysis", args=[dicom_series.id])).content.decode()
+    lesion = areas["ggo_ml"] + areas["consolidation_ml"]
+    assert _volumes(content) == [
+        ("Lung volume", f"{areas['lung_ml']:.1f}\xa0mL"),
+        ("Lesion volume", f"{lesion:.1f}\xa0mL"),
+        ("Ground-glass opacity", f"{areas['ggo_ml']:.1f}\xa0mL"),
+        ("Consolidation", f"{areas['consolidation_ml']:.1f}\xa0mL"),
+    ]
+    assert "Lesion volume is ground-glass opacity plus consolidation" in content
+
+
+def test_the_study_page_shows_no_volumes_when_a_slice_has_no_spacing(client, study):
+    assert study.areas["lung_ml"] is None  # the JPEG slice has no pixel spacing
+    content = client.get(reverse("segmenter:analysis", args=[study.id])).content.decode()
+    assert _volumes(content) is None and "Lung volume" not in content
+
+
+def test_a_slice_page_shows_the_same_volumes_for_its_slice(client, dicom_series):
+    slice_ = dicom_series.slices.get(index=1)
+    content = client.get(reverse("segmenter:slice", args=[dicom_series.id, 1])).content.decode()
+    rows = dict(_volumes(content))
+    assert rows["Lung volume"] == f"{slice_.areas['lung_ml']:.1f}\xa0mL"
+    assert rows["Lesion volume"] == f"{slice_.areas['ggo_ml'] + slice_.areas['consolidation_ml']:.1f}\xa0mL"
+
+
 def test_a_slice_of_a_study_links_to_its_neighbours_and_back(client, study):
     middle = client.get(reverse("segmenter:slice", args=[study.id, 2])).content.decode()
     assert f'href="{reverse("segmenter:slice", args=[study.id, 1])}"' in middle
