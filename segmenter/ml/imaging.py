@@ -374,7 +374,7 @@ def _read_dicom(data: bytes, name: str, force: bool) -> list[CTSlice]:
         slices.append(
             CTSlice(
                 pixels=pixels,
-                name=name if frames == 1 else f"{name}[{k}]",
+                name=name if frames == 1 else f"{name}[{k + 1}]",
                 calibrated=calibrated,
                 pixel_spacing_mm=spacing_mm,
                 slice_thickness_mm=thickness,

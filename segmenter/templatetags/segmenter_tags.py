@@ -24,11 +24,14 @@ GRADE_LABELS = {
     "CT-4": _("CT-4"),
 }
 #: One line per grade: the rule of severity.GRADE_RULES, translatable.
+# The rules hold "%" signs that are not placeholders:
 GRADE_RULES = {
     "CT-0": _("no ground glass or consolidation"),
+    # xgettext:no-python-format
     "CT-1": _("up to 25 % of the lung involved"),
     "CT-2": _("over 25 % and up to 50 % of the lung involved"),
     "CT-3": _("over 50 % and under 75 % of the lung involved"),
+    # xgettext:no-python-format
     "CT-4": _("75 % of the lung or more involved"),
 }
 NO_GRADE = _("no grade")

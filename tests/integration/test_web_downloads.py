@@ -183,10 +183,10 @@ def test_a_frame_of_a_multiframe_dicom_downloads_under_the_files_name_and_frame(
 
     with open(get_testdata_file("SC_rgb_rle_2frame.dcm"), "rb") as fh:
         analysis = analyse("x.dcm", fh.read())
-    assert [s.stem for s in analysis.slices.all()] == ["x-000", "x-001"]  # frames are named from 0
+    assert [s.stem for s in analysis.slices.all()] == ["x-001", "x-002"]  # frames are numbered from 1
     response = _get(client, "slice_overlay", analysis.id, 2)
     _body(response)
-    assert response["Content-Disposition"] == 'attachment; filename="x-001-overlay.png"'
+    assert response["Content-Disposition"] == 'attachment; filename="x-002-overlay.png"'
 
 
 # --- A study ----------------------------------------------------------------------------

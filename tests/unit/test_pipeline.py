@@ -13,7 +13,7 @@ from segmenter.ml.pipeline import slice_stem
         ("study\\a.jpeg", "a"),
         ("IM000001", "IM000001"),
         ("x.dcm[3]", "x-003"),
-        ("case/x.dcm[0]", "x-000"),
+        ("case/x.dcm[1]", "x-001"),
         ("ct.nii.gz[12]", "ct-012"),
         ("ct.nii[7]", "ct-007"),
         ("chest.NII.GZ[1234]", "chest-1234"),
