@@ -16,6 +16,7 @@ import uuid
 from django.conf import settings
 from django.http import Http404
 from django.urls import reverse
+from django.utils.translation import gettext as _
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import exceptions, serializers, status
 from rest_framework.parsers import FormParser, MultiPartParser
@@ -203,8 +204,8 @@ class AnalysisListView(APIView):
         declared = int(request.META.get("CONTENT_LENGTH") or 0)
         if declared > settings.SEGMENTER_MAX_UPLOAD_BYTES + 1024 * 1024:
             return _error(
-                f"The upload is {declared // (1024 * 1024)} MB; the limit is "
-                f"{settings.SEGMENTER_MAX_UPLOAD_BYTES // (1024 * 1024)} MB.",
+                _("The file is %(size)s MB; the limit is %(limit)s MB.")
+                % {"size": services.megabytes(declared), "limit": services.megabytes(settings.SEGMENTER_MAX_UPLOAD_BYTES)},
                 status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
             )
         upload = request.FILES.get("file")

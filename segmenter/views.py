@@ -125,7 +125,10 @@ def _upload(request):
         analysis = services.analysis_create(stream=upload, name=upload.name, size=upload.size)
     except services.UploadError as exc:
         return _refuse(request, str(exc))
-    url = reverse("segmenter:analysis", args=[analysis.id])
+    if analysis.kind == Analysis.Kind.SLICE and analysis.status == Analysis.Status.DONE:
+        url = reverse("segmenter:slice", args=[analysis.id, 1])  # straight to the result
+    else:
+        url = reverse("segmenter:analysis", args=[analysis.id])
     return JsonResponse({"url": url}) if _wants_json(request) else redirect(url)
 
 

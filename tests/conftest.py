@@ -158,7 +158,7 @@ def analyse(upload):
     def run(name: str, data: bytes) -> Analysis:
         response = upload(name, data, xhr=True)
         assert response.status_code == 200, response.content
-        analysis_id = response.json()["url"].strip("/").split("/")[-1]
+        analysis_id = response.json()["url"].strip("/").split("/")[1]  # a/<uuid>/...
         return Analysis.objects.get(pk=analysis_id)
 
     return run

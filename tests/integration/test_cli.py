@@ -95,8 +95,8 @@ def test_each_frame_of_a_multiframe_dicom_is_written_under_the_files_name_and_fr
         path.write_bytes(fh.read())
     _run(path, "--out", tmp_path / "out")
     assert sorted(p.name for p in (tmp_path / "out" / "x").glob("*-labels.png")) == [
-        "0001-x-000-labels.png",
-        "0002-x-001-labels.png",
+        "0001-x-001-labels.png",
+        "0002-x-002-labels.png",
     ]
 
 

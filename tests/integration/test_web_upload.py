@@ -58,7 +58,7 @@ def test_it_analyses_an_8_bit_png_slice_and_redirects_to_its_result(upload, samp
     response = upload("slice.png", samples.png())
     analysis = _the_analysis()
     assert response.status_code == 302
-    assert response["Location"] == reverse("segmenter:analysis", args=[analysis.id])
+    assert response["Location"] == reverse("segmenter:slice", args=[analysis.id, 1])  # straight to the result
     assert analysis.kind == Analysis.Kind.SLICE
     slice_ = analysis.slices.get()
     assert (slice_.height, slice_.width) == samples.grey().shape
@@ -136,7 +136,7 @@ def test_it_analyses_a_nifti_volume(upload, samples):
 def test_it_answers_a_script_with_the_result_address_as_json(upload, samples):
     response = upload("slice.png", samples.png(), xhr=True)
     assert response.status_code == 200
-    assert response.json() == {"url": reverse("segmenter:analysis", args=[_the_analysis().id])}
+    assert response.json() == {"url": reverse("segmenter:slice", args=[_the_analysis().id, 1])}
 
 
 # --- Bad input ---------------------------------------------------------------------------
