@@ -88,22 +88,6 @@ def with_slice_spacing(slices: list[CTSlice]) -> list[CTSlice]:
     return [dataclasses.replace(s, slice_thickness_mm=spacing) for s in slices]
 
 
-def _add_slices(
-    slices: list[CTSlice], data: bytes, name: str, limits: ArchiveLimits, where: str, too_many_code: str
-) -> None:
-    """Read one member of a zip or folder into ``slices``, within the slice limit."""
-    try:
-        slices.extend(read_slices(data, name))
-    except UnreadableImage as exc:
-        raise _in_member(name, exc) from exc
-    if len(slices) > limits.max_slices:
-        raise UnreadableImage(
-            f"the {where} holds more than {limits.max_slices} slices",
-            code=too_many_code,
-            params={"limit": limits.max_slices},
-        )
-
-
 def read_folder(folder: Path, limits: ArchiveLimits = ArchiveLimits()) -> list[CTSlice]:
     """Every PNG, JPEG and DICOM slice below ``folder`` (hidden files and DICOMDIR skipped),
     ordered like a zip study. Raises UnreadableImage."""
@@ -131,7 +115,16 @@ def read_folder(folder: Path, limits: ArchiveLimits = ArchiveLimits()) -> list[C
         name = path.relative_to(folder).as_posix()
         if sniff_kind(head, name) is None:
             continue
-        _add_slices(slices, path.read_bytes(), name, limits, "folder", too_many_code="folder_too_many_slices")
+        try:
+            slices.extend(read_slices(path.read_bytes(), name))
+        except UnreadableImage as exc:
+            raise _in_member(name, exc) from exc
+        if len(slices) > limits.max_slices:
+            raise UnreadableImage(
+                f"the folder holds more than {limits.max_slices} slices",
+                code="folder_too_many_slices",
+                params={"limit": limits.max_slices},
+            )
     if not slices:
         raise UnreadableImage(
             f"{folder} holds no PNG, JPEG or DICOM slices", code="folder_without_slices", params={"folder": str(folder)}
@@ -200,7 +193,16 @@ def read_zip(source: bytes | BinaryIO, limits: ArchiveLimits = ArchiveLimits()) 
             if sniff_kind(data[:132], path.name) is None:
                 log.info("skipping %s: not a PNG, JPEG or DICOM file", path)
                 continue
-            _add_slices(slices, data, str(path), limits, "zip", too_many_code="zip_too_many_slices")
+            try:
+                slices.extend(read_slices(data, str(path)))
+            except UnreadableImage as exc:
+                raise _in_member(str(path), exc) from exc
+            if len(slices) > limits.max_slices:
+                raise UnreadableImage(
+                    f"the zip holds more than {limits.max_slices} slices",
+                    code="zip_too_many_slices",
+                    params={"limit": limits.max_slices},
+                )
     if not slices:
         raise UnreadableImage("the zip holds no PNG, JPEG or DICOM slices", code="zip_without_slices")
     return with_slice_spacing(order_slices(slices))
