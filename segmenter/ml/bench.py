@@ -2,8 +2,9 @@
 
     python -m segmenter.ml.bench --json FILE [--slice PATH] [--threads 2] [--runs 15]
 
-* reference_ms: the plain eager fp32 forward (NCHW, whole slice at model scale) of both
-  networks plus softmax averaging, batch 1 -- the networks alone, as the seed ran them;
+* reference_ms: the plain eager fp32 forward (NCHW, the whole slice at each network's
+  scale) of both networks plus softmax averaging, batch 1 -- the networks alone, as the
+  seed ran them;
 * served_ms: the whole path the application uses for one slice, from the decoded uint8
   array to the label map (resize, body crop, forward, upsampling, argmax, post-processing);
 * agreement: the share of pixels where the served labels equal the reference path's
@@ -30,7 +31,7 @@ import torch
 from .ensemble import REFERENCE, SERVED, Ensemble
 from .imaging import read_slice
 from .postprocess import labels_from_probabilities, remove_small_lesions
-from .preprocess import normalise, pad_to_multiple, resize_probabilities, resize_to_model
+from .preprocess import normalise, pad_to_multiple, resize_to_model
 from .weights import DEFAULT_WEIGHTS_DIR
 
 DATA_ROOT = Path(os.environ.get("SEGMENTER_DATA_ROOT") or Path(__file__).resolve().parents[3] / "shared" / "data")
@@ -67,8 +68,15 @@ def run(weights: Path, slice_path: Path, threads: int, runs: int) -> dict:
     reference = Ensemble.load(weights, REFERENCE)
     pixels = read_slice(slice_path).pixels
 
-    model_input = pad_to_multiple(normalise(resize_to_model(pixels)), value=-1.0)[None]
-    reference_ms = median_ms(lambda: reference._forward(model_input), runs)
+    # The reference: each network on its whole padded input, softmax, then the weighted
+    # average on one grid (the slice's), as in the seed.
+    inputs = [pad_to_multiple(normalise(resize_to_model(pixels, s)), value=-1.0) for s in reference.scales]
+
+    def reference_forward():
+        probs = [reference.forward(k, x) for k, x in enumerate(inputs)]
+        return reference.combine(probs, *pixels.shape)
+
+    reference_ms = median_ms(reference_forward, runs)
     served_ms = median_ms(lambda: served.segment(pixels), runs)
     reference_path_ms = median_ms(lambda: reference_labels(reference, pixels), max(3, runs // 3))
 
@@ -90,7 +98,7 @@ def run(weights: Path, slice_path: Path, threads: int, runs: int) -> dict:
         "load_ms": load_ms,
         "slice": str(slice_path),
         "slice_shape": list(pixels.shape),
-        "model_input_shape": list(model_input.shape[1:]),
+        "model_input_shapes": {n: list(x.shape) for n, x in zip(reference.names, inputs)},
         "threads": threads,
         "runs": runs,
         "served_options": dataclasses.asdict(SERVED),

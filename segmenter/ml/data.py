@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image
 
-from .constants import BACKGROUND, CONSOLIDATION, GGO, OTHER_LUNG
+from .constants import BACKGROUND, CONSOLIDATION, GGO, MODEL_SCALE, OTHER_LUNG
 from .imaging import calibrate_uncalibrated_ct, window
 from .preprocess import resize_labels_to_model, resize_to_model
 
@@ -53,21 +53,38 @@ PSEUDO_CLEAR_MAX = 64
 
 @dataclass
 class Sample:
-    """One training slice at model scale.
+    """One training slice.
 
-    image: uint8 (h, w) lung-windowed; codes: uint8 (h, w) target codes;
-    source: 'medseg' | 'kmader' | 'zenodo'; group: id of the patient-like group;
-    name: file or id; mask: uint8 (H, W) MedSeg mask or bool lung mask at full size
-    (evaluation only, None for pseudo-labelled slices); full: the full-size image.
+    full: uint8 (H, W) lung-windowed slice at its own size; full_codes: uint8 (H, W)
+    target codes; source: 'medseg' | 'kmader' | 'zenodo'; group: id of the patient-like
+    group; name: file or id; mask: uint8 (H, W) MedSeg mask or bool lung mask (for
+    validation; None for pseudo-labelled slices). ``view(scale)`` gives the image and
+    codes at a network's scale; image and codes are the view at MODEL_SCALE.
     """
 
-    image: np.ndarray
-    codes: np.ndarray
+    full: np.ndarray
+    full_codes: np.ndarray
     source: str
     group: str
     name: str
-    full: np.ndarray | None = None
     mask: np.ndarray | None = None
+    _views: dict = field(default_factory=dict, repr=False)
+
+    def view(self, scale: float = MODEL_SCALE) -> tuple[np.ndarray, np.ndarray]:
+        if scale not in self._views:
+            self._views[scale] = (
+                resize_to_model(self.full, scale),
+                resize_labels_to_model(self.full_codes, scale),
+            )
+        return self._views[scale]
+
+    @property
+    def image(self) -> np.ndarray:
+        return self.view()[0]
+
+    @property
+    def codes(self) -> np.ndarray:
+        return self.view()[1]
 
 
 def _natural_key(text: str):
@@ -86,9 +103,7 @@ def load_medseg(root: Path) -> list[Sample]:
         codes = np.full(mask.shape, T_NOT_LESION, np.uint8)
         codes[mask == 1] = T_GGO
         codes[mask == 2] = T_CONSOLIDATION
-        samples.append(
-            Sample(resize_to_model(image), resize_labels_to_model(codes), "medseg", "", path.stem, image, mask)
-        )
+        samples.append(Sample(image, codes, "medseg", "", path.stem, mask))
     return samples
 
 
@@ -108,9 +123,7 @@ def load_kmader(root: Path) -> list[Sample]:
     for ident, values, lung in zip(images["ids"], images["images"], masks["masks"]):
         image = kmader_to_u8(values)
         codes = np.where(lung, T_LUNG, T_BACKGROUND).astype(np.uint8)
-        samples.append(
-            Sample(resize_to_model(image), resize_labels_to_model(codes), "kmader", "", str(ident), image, lung)
-        )
+        samples.append(Sample(image, codes, "kmader", "", str(ident), lung))
     return samples
 
 
@@ -133,7 +146,7 @@ def load_zenodo(root: Path, limit: int | None = None) -> list[Sample]:
         codes[pseudo >= PSEUDO_LESION_MIN] = T_LESION
         codes[pseudo <= PSEUDO_CLEAR_MAX] = T_NOT_LESION
         case = path.stem.rsplit("_", 1)[0]
-        samples.append(Sample(resize_to_model(image), resize_labels_to_model(codes), "zenodo", case, path.stem))
+        samples.append(Sample(image, codes, "zenodo", case, path.stem))
     return samples
 
 

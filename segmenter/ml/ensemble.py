@@ -4,9 +4,11 @@ Build it once per process with ``Ensemble.load()`` and call ``segment`` (or
 ``probabilities``) for each slice. Calls are serialised by a lock, so one instance can be
 shared between threads; the networks use torch's intra-op threads for each call.
 
-Combination rule: p(class) = sum_k w_k softmax(logits_k)(class) / sum_k w_k, with the
-weights w_k from the manifest; the label is the most probable class, and lesion regions
-below ``constants.MIN_LESION_AREA_PX`` become other lung (``postprocess``).
+Each network runs at its own pixel scale (the manifest's "scale"; see networks.NETWORKS),
+and its probabilities are resized (bilinear) to the slice's size. Combination rule:
+p(class) = sum_k w_k softmax(logits_k)(class) / sum_k w_k, with the weights w_k from the
+manifest; the label is the most probable class, and lesion regions below
+``constants.MIN_LESION_AREA_PX`` become other lung (``postprocess``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .constants import BACKGROUND, NUM_CLASSES
+from .constants import BACKGROUND, MODEL_SCALE, NUM_CLASSES
+from .networks import NETWORKS
 from .postprocess import labels_from_probabilities, remove_small_lesions
 from .preprocess import Box, body_box, normalise, pad_to_multiple, resize_probabilities, resize_to_model
 from .weights import DEFAULT_WEIGHTS_DIR, load_networks
@@ -49,7 +52,7 @@ SERVED = InferenceOptions()
 
 
 class Ensemble:
-    """Networks plus their averaging weights; see the module docstring."""
+    """Networks, their averaging weights and the scale each works at; see the module docstring."""
 
     def __init__(
         self,
@@ -57,6 +60,7 @@ class Ensemble:
         weights: dict[str, float] | None = None,
         options: InferenceOptions = SERVED,
         manifest: dict | None = None,
+        scales: dict[str, float] | None = None,
     ):
         if not networks:
             raise ValueError("an ensemble needs at least one network")
@@ -69,6 +73,7 @@ class Ensemble:
         if total <= 0:
             raise ValueError("ensemble weights must sum to a positive number")
         self.weights = [w / total for w in raw]
+        self.scales = [float((scales or {}).get(n, NETWORKS[n].scale if n in NETWORKS else MODEL_SCALE)) for n in self.names]
         if options.channels_last:
             self.networks = [net.to(memory_format=torch.channels_last) for net in self.networks]
         self._lock = threading.Lock()
@@ -77,35 +82,42 @@ class Ensemble:
     def load(cls, directory: Path | str = DEFAULT_WEIGHTS_DIR, options: InferenceOptions = SERVED) -> "Ensemble":
         """Verify and load the shipped weights (raises weights.WeightsError)."""
         networks, weights, manifest = load_networks(Path(directory))
-        log.info("loaded ensemble %s from %s", list(networks), directory)
-        return cls(networks, weights, options, manifest)
+        scales = {name: entry.get("scale", MODEL_SCALE) for name, entry in manifest["networks"].items()}
+        log.info("loaded ensemble %s (scales %s) from %s", list(networks), scales, directory)
+        return cls(networks, weights, options, manifest, scales)
+
+    def subset(self, names: list[str], weights: dict[str, float] | None = None) -> "Ensemble":
+        """The same networks (or some of them) with other averaging weights."""
+        by_name = dict(zip(self.names, self.networks))
+        chosen = weights or dict(zip(self.names, self.weights))
+        return Ensemble(
+            {n: by_name[n] for n in names}, {n: chosen[n] for n in names}, self.options, self.manifest,
+            dict(zip(self.names, self.scales)),
+        )
 
     # -- inference -----------------------------------------------------------------
 
-    def _forward(self, batch: np.ndarray) -> np.ndarray:
-        """float32 (N, H, W) in [-1, 1], H and W multiples of 32 -> probabilities (N, C, H, W)."""
-        x = torch.from_numpy(batch[:, None])
+    def forward(self, k: int, image: np.ndarray) -> np.ndarray:
+        """Network k on float32 (H, W) in [-1, 1], H and W multiples of 32 -> softmax (C, H, W)."""
+        net = self.networks[k]
+        if net.training:
+            raise RuntimeError("ensemble networks must be in eval() mode for inference")
+        x = torch.from_numpy(image[None, None])
         if self.options.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         autocast = (
             torch.autocast("cpu", dtype=torch.bfloat16) if self.options.bf16 else contextlib.nullcontext()
         )
         with self._lock, torch.inference_mode(), autocast:
-            total = None
-            for net, w in zip(self.networks, self.weights):
-                if net.training:
-                    raise RuntimeError("ensemble networks must be in eval() mode for inference")
-                p = torch.softmax(net(x).float(), dim=1) * w
-                total = p if total is None else total + p
-        return total.numpy()
+            return torch.softmax(net(x).float(), dim=1)[0].numpy()
 
-    def model_probabilities(self, small: np.ndarray) -> np.ndarray:
-        """uint8 (h, w) at model scale -> float32 (C, h, w) probabilities at model scale."""
-        h, w = small.shape
-        box = body_box(small) if self.options.crop_to_body else Box(0, h, 0, w)
-        crop = small[box.top : box.bottom, box.left : box.right]
-        padded = pad_to_multiple(normalise(crop), value=-1.0)
-        probs = self._forward(padded[None])[0, :, : box.height, : box.width]
+    def network_probabilities(self, k: int, pixels: np.ndarray) -> np.ndarray:
+        """uint8 (H, W) slice -> network k's float32 (C, h, w) probabilities at its scale."""
+        scaled = resize_to_model(pixels, self.scales[k])
+        h, w = scaled.shape
+        box = body_box(scaled) if self.options.crop_to_body else Box(0, h, 0, w)
+        crop = scaled[box.top : box.bottom, box.left : box.right]
+        probs = self.forward(k, pad_to_multiple(normalise(crop), value=-1.0))[:, : box.height, : box.width]
         if box == Box(0, h, 0, w):
             return np.ascontiguousarray(probs)
         full = np.zeros((NUM_CLASSES, h, w), np.float32)
@@ -113,12 +125,20 @@ class Ensemble:
         full[:, box.top : box.bottom, box.left : box.right] = probs
         return full
 
+    def combine(self, probabilities: list[np.ndarray], height: int, width: int) -> np.ndarray:
+        """Each network's (C, h_k, w_k) probabilities -> their weighted average at (height, width)."""
+        total = None
+        for p, weight in zip(probabilities, self.weights):
+            p = resize_probabilities(p, height, width) * weight
+            total = p if total is None else total + p
+        return total
+
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 (H, W) slice -> float32 (C, H, W) class probabilities at the slice's size."""
         if pixels.ndim != 2 or pixels.dtype != np.uint8:
             raise ValueError(f"expected a uint8 (H, W) slice, got {pixels.dtype} {pixels.shape}")
-        small = resize_to_model(pixels)
-        return resize_probabilities(self.model_probabilities(small), *pixels.shape)
+        parts = [self.network_probabilities(k, pixels) for k in range(len(self.networks))]
+        return self.combine(parts, *pixels.shape)
 
     def segment(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 (H, W) slice -> uint8 (H, W) label map (see constants for the values)."""

@@ -97,16 +97,11 @@ def format_table(result: dict) -> str:
 def _reweighted(ensemble: Ensemble, weights, networks, parser) -> Ensemble:
     """The same networks with other averaging weights, or a subset of them."""
     names = ensemble.names
-    nets = dict(zip(names, ensemble.networks))
-    chosen = dict(zip(names, weights)) if weights else dict(zip(names, ensemble.weights))
     if weights and len(weights) != len(names):
         parser.error(f"--ensemble-weights needs {len(names)} numbers ({', '.join(names)})")
-    if networks:
-        unknown = set(networks) - set(names)
-        if unknown:
-            parser.error(f"unknown networks {sorted(unknown)}; the ensemble has {names}")
-        nets = {n: nets[n] for n in networks}
-    return Ensemble(nets, {n: chosen[n] for n in nets}, ensemble.options, ensemble.manifest)
+    if networks and set(networks) - set(names):
+        parser.error(f"unknown networks {sorted(set(networks) - set(names))}; the ensemble has {names}")
+    return ensemble.subset(networks or names, dict(zip(names, weights)) if weights else None)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,29 +21,38 @@ BODY_THRESHOLD = 110
 BODY_MARGIN_PX = 16
 
 
-def model_scale(height: int, width: int) -> float:
-    """The factor by which a slice of this size is shrunk before the networks see it.
+def model_scale(height: int, width: int, scale: float = MODEL_SCALE) -> float:
+    """The factor by which a slice of this size is resized for a network that works at
+    ``scale`` (MODEL_SCALE unless the network's spec says otherwise).
 
-    Slices up to REFERENCE_SIDE_PX on the long side are shrunk by MODEL_SCALE (a 512 x
-    512 CT becomes 256 x 256); larger ones so that the long side becomes
-    REFERENCE_SIDE_PX * MODEL_SCALE.
+    Slices up to REFERENCE_SIDE_PX on the long side are resized by ``scale`` (a 512 x 512
+    CT becomes 256 x 256 at 0.5); larger ones so that the long side becomes
+    REFERENCE_SIDE_PX * scale.
     """
-    return MODEL_SCALE * REFERENCE_SIDE_PX / max(REFERENCE_SIDE_PX, height, width)
+    return scale * REFERENCE_SIDE_PX / max(REFERENCE_SIDE_PX, height, width)
 
 
-def resize_to_model(pixels: np.ndarray) -> np.ndarray:
-    """uint8 (H, W) at the slice's size -> uint8 (h, w) at model scale (area-averaged)."""
-    h, w = pixels.shape
-    s = model_scale(h, w)
-    size = (max(1, round(w * s)), max(1, round(h * s)))
-    return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
+def _scaled_size(shape: tuple[int, int], scale: float) -> tuple[int, int]:
+    h, w = shape
+    s = model_scale(h, w, scale)
+    return max(1, round(w * s)), max(1, round(h * s))
 
 
-def resize_labels_to_model(labels: np.ndarray) -> np.ndarray:
-    """uint8 (H, W) label/code map -> (h, w) at model scale, nearest neighbour."""
-    h, w = labels.shape
-    s = model_scale(h, w)
-    size = (max(1, round(w * s)), max(1, round(h * s)))
+def resize_to_model(pixels: np.ndarray, scale: float = MODEL_SCALE) -> np.ndarray:
+    """uint8 (H, W) at the slice's size -> uint8 (h, w) at a network's scale (area-averaged
+    when shrinking, bilinear when enlarging; the same array when the size is kept)."""
+    size = _scaled_size(pixels.shape, scale)
+    if size == (pixels.shape[1], pixels.shape[0]):
+        return pixels
+    shrink = size[0] < pixels.shape[1]
+    return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def resize_labels_to_model(labels: np.ndarray, scale: float = MODEL_SCALE) -> np.ndarray:
+    """uint8 (H, W) label/code map -> (h, w) at a network's scale, nearest neighbour."""
+    size = _scaled_size(labels.shape, scale)
+    if size == (labels.shape[1], labels.shape[0]):
+        return labels
     return cv2.resize(labels, size, interpolation=cv2.INTER_NEAREST)
 
 

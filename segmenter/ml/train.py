@@ -75,7 +75,12 @@ class TrainConfig:
     seed: int = 42
     # how long and how big
     steps: int = 3000
-    crop: int = 192  # crop side at model scale (half the pixel scale of a 512 px slice)
+    # Per network, in the order of --networks; empty means the network's spec
+    # (networks.NETWORKS): the pixel scale it works at, its crops' side at that scale, and
+    # its share of the batch sizes below.
+    scales: tuple[float, ...] = ()
+    crops: tuple[int, ...] = ()
+    batch_shares: tuple[float, ...] = ()
     batch_medseg: int = 8
     batch_kmader: int = 4
     batch_zenodo: int = 4
@@ -105,10 +110,25 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def apply_smoke(self) -> None:
-        self.steps, self.crop, self.warmup_steps = 3, 64, 1
+        self.steps, self.warmup_steps = 3, 1
+        self.crops = tuple(64 for _ in self.networks)
+        self.batch_shares = tuple(1.0 for _ in self.networks)
         self.batch_medseg, self.batch_kmader, self.batch_zenodo = 2, 1, 1
         self.zenodo_limit, self.eval_every, self.checkpoint_every, self.log_every = 8, 3, 2, 1
         self.threads = min(self.threads, 2)
+
+    def plan(self) -> dict[str, tuple[float, int, float]]:
+        """network -> (scale, crop, batch share), from the options or the network's spec."""
+        plan = {}
+        for k, name in enumerate(self.networks):
+            spec = NETWORKS[name]
+            pick = lambda values, default: values[k] if len(values) > k else default  # noqa: E731
+            plan[name] = (
+                float(pick(self.scales, spec.scale)),
+                int(pick(self.crops, spec.train_crop)),
+                float(pick(self.batch_shares, spec.train_batch_share)),
+            )
+        return plan
 
 
 # --- Loss ------------------------------------------------------------------------------
@@ -206,12 +226,16 @@ def load_datasets(cfg: TrainConfig) -> Datasets:
     return Datasets(medseg, kmader, zenodo, val_m, val_k)
 
 
-def make_batch(data: Datasets, cfg: TrainConfig, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def make_batch(
+    data: Datasets, cfg: TrainConfig, rng: np.random.Generator, scale: float, crop: int, share: float
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """An augmented batch of crops at one scale: share * the configured count per source."""
     picks: list[Sample] = []
     for pool, n in ((data.medseg, cfg.batch_medseg), (data.kmader, cfg.batch_kmader), (data.zenodo, cfg.batch_zenodo)):
+        n = max(1, round(n * share)) if n else 0
         if pool and n:
             picks.extend(pool[i] for i in rng.integers(len(pool), size=n))
-    images, codes = zip(*(augment(s.image, s.codes, cfg.crop, rng, cfg.augment) for s in picks))
+    images, codes = zip(*(augment(*s.view(scale), crop, rng, cfg.augment) for s in picks))
     x = torch.from_numpy(normalise(np.stack(images)))[:, None].contiguous(memory_format=torch.channels_last)
     y = torch.from_numpy(np.stack(codes))
     return x, y, [s.source for s in picks]
@@ -220,7 +244,7 @@ def make_batch(data: Datasets, cfg: TrainConfig, rng: np.random.Generator) -> tu
 # --- Validation --------------------------------------------------------------------------
 
 
-def validate(nets: dict[str, torch.nn.Module], data: Datasets) -> dict:
+def validate(nets: dict[str, torch.nn.Module], data: Datasets, scales: dict[str, float]) -> dict:
     """Lesion scores on held-out MedSeg slices and lung scores on held-out kmader slices,
     for the ensemble and for each network alone, at each mask's full resolution."""
     results: dict = {}
@@ -229,7 +253,7 @@ def validate(nets: dict[str, torch.nn.Module], data: Datasets) -> dict:
     members = {"ensemble": nets, **{name: {name: net} for name, net in nets.items()}}
     options = InferenceOptions(channels_last=True, crop_to_body=True, bf16=False)
     for label, subset in members.items():
-        ens = Ensemble(subset, options=options)
+        ens = Ensemble(subset, options=options, scales=scales)
         lesion, lung = LesionScores(), LungScores()
         for s in data.val_medseg:
             lesion.add(ens.segment(s.full), s.mask)
@@ -343,10 +367,12 @@ def train(cfg: TrainConfig) -> dict:
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16)
     last_val: dict = {}
     t0, done_since = time.perf_counter(), 0
+    plan = cfg.plan()
+    scales = {name: p[0] for name, p in plan.items()}
     while step < cfg.steps:
-        x, y, sources = make_batch(data, cfg, rng)
         record: dict = {"step": step + 1}
         for name, net in nets.items():
+            x, y, sources = make_batch(data, cfg, rng, *plan[name])
             with autocast:
                 logits = net(x)
             loss, parts = batch_loss(logits, y, sources, cfg)
@@ -371,7 +397,7 @@ def train(cfg: TrainConfig) -> dict:
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             save_checkpoint(ckpt_path, step, nets, opts, scheds, rng, cfg)
         if (data.val_medseg or data.val_kmader) and (step % cfg.eval_every == 0 or step == cfg.steps):
-            last_val = validate(nets, data)
+            last_val = validate(nets, data, scales)
             summary = {
                 k: (v["lesion"]["ggo"]["dice"], v["lesion"]["consolidation"]["dice"], v["lung"]["lung"]["dice"])
                 for k, v in last_val.items()
@@ -404,6 +430,7 @@ def export(nets: dict[str, torch.nn.Module], cfg: TrainConfig, directory: Path, 
         directory,
         nets,
         ensemble_weights=dict(zip(nets, map(float, weights))),
+        scales={name: p[0] for name, p in cfg.plan().items()},
         extra={
             "training": {"command": "python -m segmenter.ml.train", "config": config_to_dict(cfg)},
             "data_sources": DATA_SOURCES,
@@ -449,7 +476,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         if isinstance(default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
         elif isinstance(default, tuple):
-            kind = float if f.name == "ensemble_weights" else str
+            kind = {"ensemble_weights": float, "scales": float, "batch_shares": float, "crops": int}.get(f.name, str)
             parser.add_argument(flag, nargs="+", type=kind, default=list(default))
         else:
             parser.add_argument(flag, type=type(default), default=default)

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .constants import CLASS_NAMES, LUNG_WINDOW_LEVEL_HU, LUNG_WINDOW_WIDTH_HU, MODEL_SCALE, REFERENCE_SIDE_PX
+from .constants import CLASS_NAMES, LUNG_WINDOW_LEVEL_HU, LUNG_WINDOW_WIDTH_HU, REFERENCE_SIDE_PX
 from .networks import NETWORKS, build_network
 
 MANIFEST = "manifest.json"
@@ -47,8 +47,8 @@ def input_spec() -> dict[str, Any]:
         "dtype": "uint8 grey, scaled to [-1, 1] as x * 2/255 - 1",
         "window_hu": {"width": LUNG_WINDOW_WIDTH_HU, "level": LUNG_WINDOW_LEVEL_HU},
         "scale": (
-            f"slices up to {REFERENCE_SIDE_PX} px on the long side are shrunk by {MODEL_SCALE}; "
-            f"larger ones to {int(REFERENCE_SIDE_PX * MODEL_SCALE)} px on the long side"
+            f"each network's 'scale' s: slices up to {REFERENCE_SIDE_PX} px on the long side are resized "
+            f"by s; larger ones so that the long side becomes {REFERENCE_SIDE_PX} * s px"
         ),
         "axis_order": "(N, C, H, W); row 0 is the top of the displayed image",
     }
@@ -59,6 +59,7 @@ def save_weights(
     networks: dict[str, torch.nn.Module],
     *,
     ensemble_weights: dict[str, float],
+    scales: dict[str, float] | None = None,
     extra: dict[str, Any],
 ) -> dict[str, Any]:
     """Write each network as an fp16 safetensors file and a manifest; return the manifest."""
@@ -80,14 +81,16 @@ def save_weights(
             "file": path.name,
             "sha256": sha256_of(path),
             "ensemble_weight": ensemble_weights[name],
+            "scale": float((scales or {}).get(name, spec.scale)),
         }
     manifest = {
         "format": FORMAT_VERSION,
         "classes": list(CLASS_NAMES),
         "input": input_spec(),
         "combination": (
-            "probabilities = sum_k w_k * softmax(logits_k) / sum_k w_k over the networks, "
-            "label = argmax over classes"
+            "each network runs at its scale; its softmax is resized (bilinear) to the slice's size; "
+            "probabilities = sum_k w_k * softmax_k / sum_k w_k; label = argmax over classes; "
+            "lesion regions under the minimum area become other lung"
         ),
         "networks": entries,
         **extra,

@@ -52,3 +52,9 @@ def test_probabilities_resize_to_any_shape_and_still_sum_to_one():
     out = resize_probabilities(p, 101, 67)
     assert out.shape == (4, 101, 67)
     assert np.allclose(out.sum(axis=0), 1.0, atol=1e-5)
+
+
+def test_a_network_at_full_scale_sees_ct_sized_slices_unchanged():
+    pixels = np.arange(300 * 200, dtype=np.uint32).reshape(300, 200).astype(np.uint8)
+    assert resize_to_model(pixels, 1.0) is pixels
+    assert resize_to_model(np.zeros((1024, 512), np.uint8), 1.0).shape == (512, 256)

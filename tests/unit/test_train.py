@@ -70,3 +70,10 @@ def test_a_smoke_run_trains_resumes_and_exports_loadable_weights(data_root, tmp_
     train(cfg2)
     lines2 = (out / "log.jsonl").read_text().splitlines()
     assert sum(1 for line in lines2 if '"unet_b0": {"loss"' in line) == cfg.steps
+
+
+def test_each_network_trains_at_its_own_scale_and_crop():
+    plan = parse_args([]).plan()
+    assert plan == {"unet_b0": (0.5, 192, 1.0), "pspnet_b2": (1.0, 256, 0.5)}
+    plan = parse_args(["--scales", "0.5", "0.5", "--crops", "160", "160"]).plan()
+    assert plan["pspnet_b2"] == (0.5, 160, 0.5)

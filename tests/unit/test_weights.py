@@ -59,3 +59,11 @@ def test_a_missing_or_foreign_manifest_is_refused(tmp_path):
     (tmp_path / MANIFEST).write_text(json.dumps({"format": 1, "classes": ["a", "b"]}))
     with pytest.raises(WeightsError, match="class order"):
         read_manifest(tmp_path)
+
+
+def test_each_network_runs_at_the_scale_its_manifest_names(saved):
+    directory, _ = saved
+    ensemble = Ensemble.load(directory)
+    manifest = json.loads((directory / MANIFEST).read_text())
+    assert ensemble.scales == [manifest["networks"][n]["scale"] for n in ensemble.names]
+    assert dict(zip(ensemble.names, ensemble.scales)) == {"unet_b0": 0.5, "pspnet_b2": 1.0}
