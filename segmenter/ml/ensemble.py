@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .constants import BACKGROUND, MODEL_SCALE, NUM_CLASSES
+from .constants import BACKGROUND, MODEL_SCALE, NUM_CLASSES, SIZE_MULTIPLE
 from .networks import NETWORKS
 from .postprocess import labels_from_probabilities, remove_small_lesions
 from .preprocess import Box, body_box, normalise, pad_to_multiple, resize_probabilities, resize_to_model
@@ -115,7 +115,13 @@ class Ensemble:
         """uint8 (H, W) slice -> network k's float32 (C, h, w) probabilities at its scale."""
         scaled = resize_to_model(pixels, self.scales[k])
         h, w = scaled.shape
-        box = body_box(scaled) if self.options.crop_to_body else Box(0, h, 0, w)
+        box = Box(0, h, 0, w)
+        if self.options.crop_to_body:
+            # Snapped to the encoders' stride, so the crop keeps the whole slice's
+            # downsampling grid and the labels do not shift with the crop.
+            body = body_box(scaled)
+            box = Box(body.top // SIZE_MULTIPLE * SIZE_MULTIPLE, body.bottom,
+                      body.left // SIZE_MULTIPLE * SIZE_MULTIPLE, body.right)
         crop = scaled[box.top : box.bottom, box.left : box.right]
         probs = self.forward(k, pad_to_multiple(normalise(crop), value=-1.0))[:, : box.height, : box.width]
         if box == Box(0, h, 0, w):

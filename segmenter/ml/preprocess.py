@@ -14,8 +14,8 @@ import numpy as np
 from .constants import MODEL_SCALE, REFERENCE_SIDE_PX, SIZE_MULTIPLE
 
 #: Grey level (0..255) above which a pixel counts as "not air" when finding the body.
-#: In the lung window, air is about 60 and aerated lung 70-100 -- but the body outline
-#: (skin, fat, muscle) is far above, so the body is found from its bright shell.
+#: In the lung window, air is about 60 and aerated lung 70-100; skin, fat, muscle, bone
+#: and vessels lie far above.
 BODY_THRESHOLD = 110
 #: Margin kept around the body box, in model-scale pixels.
 BODY_MARGIN_PX = 16
@@ -89,27 +89,24 @@ class Box:
 
 
 def body_box(pixels: np.ndarray, margin: int = BODY_MARGIN_PX) -> Box:
-    """The box around the body on a model-scale uint8 slice, with a margin.
+    """The box around everything brighter than air on a uint8 slice, with a margin.
 
-    The body is the largest connected region brighter than BODY_THRESHOLD, closed over
-    the lungs by its bounding box. If nothing qualifies (an unusual image) the whole
-    slice is returned, so cropping can never lose anatomy that is there.
+    Every pixel brighter than BODY_THRESHOLD -- skin, fat, muscle, bone, and the vessels
+    inside the lungs -- lies in the box, so only margins of air or out-of-field padding
+    are cut, never anatomy (not even on slices cropped through the chest wall, where the
+    body is not one connected region). If there is hardly anything bright, the whole
+    slice is returned.
     """
     h, w = pixels.shape
-    whole = Box(0, h, 0, w)
-    mask = (pixels > BODY_THRESHOLD).astype(np.uint8)
-    n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    if n <= 1:
-        return whole
-    k = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    x, y, bw, bh, area = (int(v) for v in stats[k])
-    if area < 0.02 * h * w:
-        return whole
+    bright = pixels > BODY_THRESHOLD
+    rows, cols = np.flatnonzero(bright.any(axis=1)), np.flatnonzero(bright.any(axis=0))
+    if rows.size == 0 or (rows[-1] - rows[0] + 1) * (cols[-1] - cols[0] + 1) < 0.02 * h * w:
+        return Box(0, h, 0, w)
     return Box(
-        top=max(0, y - margin),
-        bottom=min(h, y + bh + margin),
-        left=max(0, x - margin),
-        right=min(w, x + bw + margin),
+        top=max(0, int(rows[0]) - margin),
+        bottom=min(h, int(rows[-1]) + 1 + margin),
+        left=max(0, int(cols[0]) - margin),
+        right=min(w, int(cols[-1]) + 1 + margin),
     )
 
 

@@ -40,6 +40,14 @@ def test_body_box_surrounds_the_body_with_a_margin():
     assert box == Box(52, 208, 22, 238)
 
 
+def test_body_box_keeps_a_chest_wall_split_in_two_by_the_crop():
+    img = np.full((200, 120), 30, np.uint8)  # dark lung everywhere
+    img[:, :10] = 200  # chest wall on the left edge
+    img[95:105, 60] = 220  # a vessel in the middle of the lung
+    img[:, 110:] = 180  # and on the right edge
+    assert body_box(img, margin=0) == Box(0, 200, 0, 120)
+
+
 def test_body_box_falls_back_to_the_whole_slice():
     img = np.full((64, 80), 40, np.uint8)
     assert body_box(img) == Box(0, 64, 0, 80)
