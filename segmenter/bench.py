@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
         "DJANGO_MEDIA_ROOT": str(work / "media"),
         "DJANGO_DEBUG": "0",
         "DJANGO_SECRET_KEY": "benchmark-only",
+        "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost,testserver",
         "DJANGO_LOG_LEVEL": "WARNING",
         "SEGMENTER_THREADS": str(args.threads),
         "DJANGO_SETTINGS_MODULE": "_42epochs.settings",
