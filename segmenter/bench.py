@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import socket
 import statistics
@@ -97,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     from django.test import Client, override_settings
 
     from segmenter.engine import get_segmenter
-    from segmenter.ml.bench import median_ms
+    from segmenter.ml.bench import median_ms, report
     from segmenter.ml.imaging import read_slice
     from segmenter.models import Analysis
 
@@ -193,11 +192,7 @@ def main(argv: list[str] | None = None) -> None:
         server.terminate()
         server.wait(30)
 
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+    report(results, args.json)
 
 
 if __name__ == "__main__":

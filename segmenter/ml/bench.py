@@ -108,6 +108,15 @@ def run(weights: Path, slice_path: Path, threads: int, runs: int) -> dict:
     }
 
 
+def report(result: dict, path: Path | None) -> None:
+    """Print the results as JSON, and write them to ``path`` when given."""
+    text = json.dumps(result, indent=2, default=str)
+    print(text)
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m segmenter.ml.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", type=Path, help="write the results here")
@@ -118,12 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.runs < 10:
         parser.error("--runs must be at least 10")
-    result = run(args.weights, args.slice, args.threads, args.runs)
-    text = json.dumps(result, indent=2, default=str)
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+    report(run(args.weights, args.slice, args.threads, args.runs), args.json)
 
 
 if __name__ == "__main__":
