@@ -25,7 +25,6 @@ import argparse
 import io
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile

@@ -23,7 +23,6 @@ from __future__ import annotations
 import importlib
 import logging
 import re
-from collections import defaultdict
 
 import torch
 

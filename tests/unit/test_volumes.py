@@ -4,7 +4,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from segmenter.ml.imaging import UnreadableImage, read_slice, window
+from segmenter.ml.imaging import UnreadableImage, read_slice
 from segmenter.ml.volumes import read_nifti
 
 
