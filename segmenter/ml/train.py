@@ -119,14 +119,16 @@ class TrainConfig:
 
     def plan(self) -> dict[str, tuple[float, int, float]]:
         """network -> (scale, crop, batch share), from the options or the network's spec."""
+        def pick(values: tuple, k: int, default):
+            return values[k] if len(values) > k else default
+
         plan = {}
         for k, name in enumerate(self.networks):
             spec = NETWORKS[name]
-            pick = lambda values, default: values[k] if len(values) > k else default  # noqa: E731
             plan[name] = (
-                float(pick(self.scales, spec.scale)),
-                int(pick(self.crops, spec.train_crop)),
-                float(pick(self.batch_shares, spec.train_batch_share)),
+                float(pick(self.scales, k, spec.scale)),
+                int(pick(self.crops, k, spec.train_crop)),
+                float(pick(self.batch_shares, k, spec.train_batch_share)),
             )
         return plan
 
