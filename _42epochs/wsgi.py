@@ -8,6 +8,6 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "_42epochs.settings")
 
 application = get_wsgi_application()
 
-from segmenter.engine import warm_up  # noqa: E402  (needs configured settings)
+from segmenter.engine import warm_up  # after get_*_application(): needs configured settings
 
 warm_up()

@@ -16,7 +16,7 @@ def analysis_folder(analysis_id: uuid.UUID | str) -> str:
     return f"analyses/{analysis_id}"
 
 
-def _upload_to(instance: "Analysis", filename: str) -> str:
+def _upload_to(instance: Analysis, filename: str) -> str:
     return f"{analysis_folder(instance.id)}/upload/{filename}"
 
 

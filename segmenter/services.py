@@ -27,7 +27,7 @@ from django.utils.translation import gettext_lazy
 
 from .engine import get_segmenter
 from .ml.archive import ArchiveLimits, read_zip
-from .ml.imaging import IMAGE_SUFFIXES, DICOM_SUFFIXES, CTSlice, UnreadableImage, read_slices
+from .ml.imaging import DICOM_SUFFIXES, IMAGE_SUFFIXES, CTSlice, UnreadableImage, read_slices
 from .ml.overlay import png_bytes
 from .ml.pipeline import analyse_slice
 from .ml.severity import Areas, assess_study
@@ -142,7 +142,7 @@ def archive_limits() -> ArchiveLimits:
     )
 
 
-def _number(value: int | float, decimal_pos: int | None = None) -> str:
+def _number(value: float, decimal_pos: int | None = None) -> str:
     """A number as written in the active language ('1,5' and '16 777 216' in Russian)."""
     return number_format(value, decimal_pos=decimal_pos, force_grouping=abs(value) >= GROUPING_FROM)
 

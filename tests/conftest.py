@@ -18,8 +18,8 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 from PIL import Image
 
-from tests import stubs
 from segmenter import engine
+from tests import stubs
 
 DATA_ROOT = Path(os.environ.get("SEGMENTER_DATA_ROOT", Path(__file__).resolve().parents[2] / "shared" / "data"))
 

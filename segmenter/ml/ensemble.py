@@ -79,14 +79,14 @@ class Ensemble:
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, directory: Path | str = DEFAULT_WEIGHTS_DIR, options: InferenceOptions = SERVED) -> "Ensemble":
+    def load(cls, directory: Path | str = DEFAULT_WEIGHTS_DIR, options: InferenceOptions = SERVED) -> Ensemble:
         """Verify and load the shipped weights (raises weights.WeightsError)."""
         networks, weights, manifest = load_networks(Path(directory))
         scales = {name: entry.get("scale", MODEL_SCALE) for name, entry in manifest["networks"].items()}
         log.info("loaded ensemble %s (scales %s) from %s", list(networks), scales, directory)
         return cls(networks, weights, options, manifest, scales)
 
-    def subset(self, names: list[str], weights: dict[str, float] | None = None) -> "Ensemble":
+    def subset(self, names: list[str], weights: dict[str, float] | None = None) -> Ensemble:
         """The same networks (or some of them) with other averaging weights."""
         by_name = dict(zip(self.names, self.networks))
         chosen = weights or dict(zip(self.names, self.weights))

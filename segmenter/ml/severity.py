@@ -123,11 +123,11 @@ class Areas:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Areas":
+    def from_dict(cls, data: dict) -> Areas:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
-    def __add__(self, other: "Areas") -> "Areas":
+    def __add__(self, other: Areas) -> Areas:
         def add_ml(a: float | None, b: float | None) -> float | None:
             return None if a is None or b is None else a + b
 

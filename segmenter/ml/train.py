@@ -54,8 +54,8 @@ from .data import (
 from .ensemble import Ensemble, InferenceOptions
 from .metrics import LesionScores, LungScores
 from .networks import NETWORKS, build_network
-from .pretrained import seed_encoder_from_lite
 from .preprocess import normalise
+from .pretrained import seed_encoder_from_lite
 from .weights import save_weights
 
 log = logging.getLogger("segmenter.train")

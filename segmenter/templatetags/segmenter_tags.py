@@ -7,8 +7,8 @@ import math
 from collections.abc import Sequence
 
 from django import template
-from django.urls import reverse
 from django.template.defaultfilters import floatformat
+from django.urls import reverse
 from django.utils.translation import gettext_lazy as _
 
 from ..ml.severity import GRADES

@@ -75,7 +75,7 @@ def test_a_slice_upload_shows_layers_that_switch_recolour_and_download_as_shown(
 
     grey, labels = _arrays(Slice.objects.get())
     ggo, cons, other, outside = (_inside(labels, c) for c in (GGO, CONSOLIDATION, OTHER_LUNG, BACKGROUND))
-    g = lambda point: int(grey[point[1], point[0]])  # noqa: E731
+    g = lambda point: int(grey[point[1], point[0]])
     assert _close(_canvas_rgb(page, *ggo), _blend(g(ggo), *GGO_DEFAULT))
     assert _close(_canvas_rgb(page, *cons), _blend(g(cons), *CONSOLIDATION_DEFAULT))
 

@@ -119,7 +119,7 @@ def test_a_study_result_reads_in_russian_with_svg_numbers_unlocalised(client, an
     content = client.get(reverse("segmenter:analysis", args=[analysis.id])).content.decode()
     assert "Результат исследования" in content
     assert "2 среза" in content  # Russian plural of two
-    svg = re.search(r'<svg class="lesion-plot".*?</svg>', content, re.S).group(0)
+    svg = re.search(r'<svg class="lesion-plot".*?</svg>', content, re.DOTALL).group(0)
     coordinates = re.findall(r' (?:x|y|width|height|cx|cy|x1|x2|y1|y2)="([^"]*)"', svg)
     assert coordinates and all(re.fullmatch(r"-?\d+(\.\d+)?", c) for c in coordinates)
 
@@ -129,7 +129,7 @@ def test_a_studys_volumes_read_in_russian(client, analyse, samples):
     areas = analysis.areas
     _switch(client, "ru")
     content = client.get(reverse("segmenter:analysis", args=[analysis.id])).content.decode()
-    block = re.search(r'<dl class="figures figures-volumes">.*?</dl>', content, re.S).group(0)
+    block = re.search(r'<dl class="figures figures-volumes">.*?</dl>', content, re.DOTALL).group(0)
     assert "Объёмы" in content
     for label, value in (
         ("Объём лёгких", areas["lung_ml"]),

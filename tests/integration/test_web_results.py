@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("stand_in_engine")]
 
 
 def _json_script(content: str, element_id: str) -> dict:
-    match = re.search(rf'<script id="{element_id}" type="application/json">(.*?)</script>', content, re.S)
+    match = re.search(rf'<script id="{element_id}" type="application/json">(.*?)</script>', content, re.DOTALL)
     assert match, f"no json_script {element_id}"
     return json.loads(match.group(1))
 
@@ -138,7 +138,7 @@ def test_result_pages_say_they_are_not_for_diagnosis(client, analyse, samples, s
     analysis = analyse("0.dcm", samples.dicom())
     for url in (reverse("segmenter:slice", args=[analysis.id, 1]), reverse("segmenter:analysis", args=[study.id])):
         content = client.get(url).content.decode()
-        banner = re.search(r'<aside class="research-banner" role="note".*?</aside>', content, re.S)
+        banner = re.search(r'<aside class="research-banner" role="note".*?</aside>', content, re.DOTALL)
         assert banner and DISCLAIMER in banner.group(0)
         assert content.count(DISCLAIMER) == 2  # the banner and the footer
 
@@ -163,7 +163,7 @@ def test_the_study_page_shows_the_grade_from_summed_areas(client, study):
 
 def test_the_study_page_plots_every_slice_as_a_link(client, study):
     content = client.get(reverse("segmenter:analysis", args=[study.id])).content.decode()
-    svg = re.search(r'<svg class="lesion-plot".*?</svg>', content, re.S).group(0)
+    svg = re.search(r'<svg class="lesion-plot".*?</svg>', content, re.DOTALL).group(0)
     for index in (1, 2, 3):
         assert f'<a href="{reverse("segmenter:slice", args=[study.id, index])}"' in svg
     assert svg.count('class="bar-ggo"') == 3
@@ -173,7 +173,7 @@ def test_the_study_page_plots_every_slice_as_a_link(client, study):
 
 def test_the_study_page_lists_each_slice_with_thumbnail_grade_and_share(client, study):
     content = client.get(reverse("segmenter:analysis", args=[study.id])).content.decode()
-    rows = re.findall(r"<tr>.*?</tr>", content.split("<tbody>", 1)[1], re.S)
+    rows = re.findall(r"<tr>.*?</tr>", content.split("<tbody>", 1)[1], re.DOTALL)
     assert len(rows) == 3
     for s, row in zip(study.slices.all(), rows):
         assert reverse("segmenter:slice_thumbnail", args=[study.id, s.index]) in row
@@ -191,7 +191,7 @@ def dicom_series(analyse, samples) -> Analysis:
 
 def _volumes(content: str) -> list[tuple[str, str]] | None:
     """(label, value) of each row of the findings' volumes, or None without them."""
-    block = re.search(r'<dl class="figures figures-volumes">(.*?)</dl>', content, re.S)
+    block = re.search(r'<dl class="figures figures-volumes">(.*?)</dl>', content, re.DOTALL)
     if block is None:
         return None
     return re.findall(r"<dt>(?:<span [^>]*></span>)?(.*?)</dt><dd>(.*?)</dd>", block.group(1))

@@ -8,15 +8,7 @@ import pytest
 from segmenter.ml.archive import ArchiveLimits, natural_key, read_zip
 from segmenter.ml.imaging import UnreadableImage
 
-from .conftest import png
-
-
-def _zip(members: dict[str, bytes], compression=zipfile.ZIP_DEFLATED) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression) as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
+from .conftest import png, zip_bytes
 
 
 def _slice(value: int) -> bytes:
@@ -24,14 +16,14 @@ def _slice(value: int) -> bytes:
 
 
 def test_it_reads_slices_from_sub_folders_in_natural_order():
-    data = _zip({"study/s10.png": _slice(10), "study/s2.png": _slice(2), "study/sub/s1.png": _slice(1)})
+    data = zip_bytes({"study/s10.png": _slice(10), "study/s2.png": _slice(2), "study/sub/s1.png": _slice(1)})
     slices = read_zip(data)
     assert [s.name for s in slices] == ["study/s2.png", "study/s10.png", "study/sub/s1.png"]
     assert [int(s.pixels[0, 0]) for s in slices] == [2, 10, 1]
 
 
 def test_it_skips_macos_metadata_hidden_files_dicomdir_and_other_files():
-    data = _zip(
+    data = zip_bytes(
         {
             "__MACOSX/study/._a.png": b"junk",
             "study/.DS_Store": b"junk",
@@ -54,7 +46,7 @@ def test_dicom_slices_are_ordered_by_position_then_instance_number(dicom_path):
         buf = io.BytesIO()
         ds.save_as(buf)
         members[f"IM{k}"] = buf.getvalue()  # DICOM files often have no extension
-    slices = read_zip(_zip(members))
+    slices = read_zip(zip_bytes(members))
     assert [s.position_mm for s in slices] == [30.0, 20.0, 10.0]  # head to feet
     assert all(s.slice_thickness_mm == 10.0 for s in slices)  # from the positions, not the tag
 
@@ -66,11 +58,11 @@ def test_natural_key_orders_numbers_by_value():
 @pytest.mark.parametrize("name", ["../../x.png", "/etc/x.png", "a/../../x.png", "C:/x.png", "..\\x.png"])
 def test_it_refuses_paths_that_leave_the_archive(name):
     with pytest.raises(UnreadableImage, match="unsafe path"):
-        read_zip(_zip({name: _slice(1)}))
+        read_zip(zip_bytes({name: _slice(1)}))
 
 
 def test_it_refuses_encrypted_members():
-    data = bytearray(_zip({"a.png": _slice(1)}))
+    data = bytearray(zip_bytes({"a.png": _slice(1)}))
     # set the "encrypted" flag bit in the local and the central directory headers
     for sig in (b"PK\x03\x04", b"PK\x01\x02"):
         at = data.find(sig)
@@ -81,13 +73,13 @@ def test_it_refuses_encrypted_members():
 
 
 def test_it_refuses_too_many_members_before_unpacking():
-    data = _zip({f"{k}.png": b"x" for k in range(6)})
+    data = zip_bytes({f"{k}.png": b"x" for k in range(6)})
     with pytest.raises(UnreadableImage, match="6 files"):
         read_zip(data, ArchiveLimits(max_members=5))
 
 
 def test_it_refuses_a_zip_bomb_from_its_directory():
-    data = _zip({"a.png": b"\0" * (5 * 1024 * 1024)})
+    data = zip_bytes({"a.png": b"\0" * (5 * 1024 * 1024)})
     with pytest.raises(UnreadableImage, match="suspiciously|limit"):
         read_zip(data)
     with pytest.raises(UnreadableImage, match="limit"):
@@ -95,7 +87,7 @@ def test_it_refuses_a_zip_bomb_from_its_directory():
 
 
 def test_it_refuses_a_member_over_the_size_limit():
-    data = _zip({"a.png": _slice(1) + b"\0" * 5000}, compression=zipfile.ZIP_STORED)
+    data = zip_bytes({"a.png": _slice(1) + b"\0" * 5000}, compression=zipfile.ZIP_STORED)
     with pytest.raises(UnreadableImage, match="limit"):
         read_zip(data, ArchiveLimits(max_member_bytes=4000))
 
@@ -108,15 +100,15 @@ def test_it_refuses_broken_archives(data):
 
 def test_it_refuses_a_zip_without_slices():
     with pytest.raises(UnreadableImage, match="no PNG, JPEG or DICOM"):
-        read_zip(_zip({"readme.txt": b"hello", "__MACOSX/a.png": _slice(1)}))
+        read_zip(zip_bytes({"readme.txt": b"hello", "__MACOSX/a.png": _slice(1)}))
 
 
 def test_a_damaged_slice_names_itself():
     with pytest.raises(UnreadableImage, match="study/bad.png"):
-        read_zip(_zip({"study/good.png": _slice(1), "study/bad.png": _slice(1)[:60]}))
+        read_zip(zip_bytes({"study/good.png": _slice(1), "study/bad.png": _slice(1)[:60]}))
 
 
-def test_a_folder_reads_like_a_zip(tmp_path):
+def test_a_folder_reads_like_azip_bytes(tmp_path):
     from segmenter.ml.archive import read_folder
 
     (tmp_path / "sub").mkdir()

@@ -2,7 +2,14 @@ import numpy as np
 import pytest
 
 from segmenter.ml.constants import BACKGROUND, CONSOLIDATION, GGO, OTHER_LUNG
-from segmenter.ml.overlay import DEFAULT_STYLES, LayerStyle, parse_style, png_bytes, read_label_png, render_overlay
+from segmenter.ml.overlay import (
+    DEFAULT_STYLES,
+    LayerStyle,
+    parse_style,
+    png_bytes,
+    read_label_png,
+    render_overlay,
+)
 
 
 @pytest.fixture

@@ -1,10 +1,8 @@
 """Every refusal of a file names its reason with a stable code, beside its English message."""
 
 import gzip
-import io
 import pickle
 import struct
-import zipfile
 import zlib
 
 import numpy as np
@@ -14,15 +12,7 @@ from segmenter.ml.archive import read_zip
 from segmenter.ml.imaging import UnreadableImage, read_slices
 from segmenter.ml.volumes import read_nifti
 
-from .conftest import png
-
-
-def _zip(members: dict[str, bytes], compression=zipfile.ZIP_DEFLATED) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression) as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
+from .conftest import png, zip_bytes
 
 
 def _slice() -> bytes:
@@ -56,10 +46,10 @@ BAD_INPUTS = {
         "image_too_large",
         {"width": 5000, "height": 5000, "limit": 4096 * 4096},
     ),
-    "unsafe zip path": (lambda: read_zip(_zip({"../../x.png": _slice()})), "unsafe_path", {"path": "../../x.png"}),
-    "encrypted zip": (lambda: read_zip(_encrypted(_zip({"a.png": _slice()}))), "encrypted_zip", {}),
-    "zip bomb": (lambda: read_zip(_zip({"a.png": b"\0" * (5 * 1024 * 1024)})), "zip_bomb", {"member": "a.png"}),
-    "zip with no slices": (lambda: read_zip(_zip({"readme.txt": b"hello"})), "zip_without_slices", {}),
+    "unsafe zip path": (lambda: read_zip(zip_bytes({"../../x.png": _slice()})), "unsafe_path", {"path": "../../x.png"}),
+    "encrypted zip": (lambda: read_zip(_encrypted(zip_bytes({"a.png": _slice()}))), "encrypted_zip", {}),
+    "zip bomb": (lambda: read_zip(zip_bytes({"a.png": b"\0" * (5 * 1024 * 1024)})), "zip_bomb", {"member": "a.png"}),
+    "zip with no slices": (lambda: read_zip(zip_bytes({"readme.txt": b"hello"})), "zip_without_slices", {}),
     "broken zip": (lambda: read_zip(b"PK\x03\x04broken"), "not_a_zip", {}),
     "not nifti": (lambda: read_nifti(b"\0" * 500, "x.nii"), "not_nifti", {}),
     "gzip bomb": (
@@ -81,13 +71,13 @@ def test_every_refusal_carries_a_code_and_its_params(case):
 
 def test_the_message_stays_the_english_one():
     with pytest.raises(UnreadableImage) as caught:
-        read_zip(_zip({"../x.png": _slice()}))
+        read_zip(zip_bytes({"../x.png": _slice()}))
     assert str(caught.value) == "the zip contains an unsafe path ('../x.png')"
 
 
 def test_an_unreadable_file_in_a_zip_keeps_its_own_refusal():
     with pytest.raises(UnreadableImage) as caught:
-        read_zip(_zip({"study/good.png": _slice(), "study/bad.png": _slice()[:200]}))
+        read_zip(zip_bytes({"study/good.png": _slice(), "study/bad.png": _slice()[:200]}))
     exc = caught.value
     assert exc.code == "unreadable_member"
     assert exc.params["member"] == "study/bad.png"
