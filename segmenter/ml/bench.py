@@ -6,11 +6,14 @@
   scale) of both networks plus softmax averaging, batch 1 -- the networks alone, as the
   seed ran them;
 * served_ms: the whole path the application uses for one slice, from the decoded uint8
-  array to the label map (resize, body crop, forward, upsampling, argmax, post-processing);
+  array to the label map (resize, body crop, ONNX Runtime forward, upsampling, argmax,
+  post-processing);
 * agreement: the share of pixels where the served labels equal the reference path's
   labels (reference forward, same pre- and post-processing), pooled over real slices.
 
-Timings are medians of --runs runs after warm-up, with --threads torch threads.
+Timings are medians of --runs runs after warm-up, with --threads threads (torch's and
+ONNX Runtime's). load_ms is the served ensemble's start-up: reading and verifying the
+weights and exporting both networks to ONNX.
 """
 
 from __future__ import annotations

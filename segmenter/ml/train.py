@@ -253,7 +253,7 @@ def validate(nets: dict[str, torch.nn.Module], data: Datasets, scales: dict[str,
     for n in nets.values():
         n.eval()
     members = {"ensemble": nets, **{name: {name: net} for name, net in nets.items()}}
-    options = InferenceOptions(channels_last=True, crop_to_body=True, bf16=False)
+    options = InferenceOptions(onnx=False, channels_last=True, crop_to_body=True, bf16=False)
     for label, subset in members.items():
         ens = Ensemble(subset, options=options, scales=scales)
         lesion, lung = LesionScores(), LungScores()

@@ -1,0 +1,36 @@
+"""The ONNX Runtime path gives the torch networks' numbers at any input size."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from segmenter.ml.networks import NETWORKS, build_network
+from segmenter.ml.onnx_runtime import OnnxNetwork, adaptive_avg_pool
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 6])
+@pytest.mark.parametrize("shape", [(64, 64), (37, 50), (5, 7)])
+def test_adaptive_avg_pool_matches_torch(size, shape):
+    x = torch.randn(2, 3, *shape)
+    assert torch.allclose(adaptive_avg_pool(x, size), F.adaptive_avg_pool2d(x, size), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(NETWORKS))
+def test_an_exported_network_matches_torch_at_several_sizes(name):
+    torch.manual_seed(0)
+    net = build_network(name).eval()
+    with torch.no_grad():  # non-trivial batch-norm statistics, so a wrong graph shows
+        for module in net.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+    runner = OnnxNetwork(net, threads=1)
+    rng = np.random.default_rng(0)
+    for height, width in [(64, 64), (96, 160), (224, 128)]:  # one export, dynamic height and width
+        image = rng.uniform(-1, 1, (1, 1, height, width)).astype(np.float32)
+        with torch.inference_mode():
+            expected = net(torch.from_numpy(image)).numpy()
+        got = runner(image)
+        assert got.shape == expected.shape == (1, 4, height, width)
+        np.testing.assert_allclose(got, expected, atol=2e-3 * max(1.0, np.abs(expected).max()))
