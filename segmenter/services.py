@@ -12,10 +12,12 @@ from __future__ import annotations
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import BinaryIO
 
+import numpy as np
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
@@ -29,7 +31,7 @@ from .engine import get_segmenter
 from .ml.archive import ArchiveLimits, read_zip
 from .ml.imaging import DICOM_SUFFIXES, IMAGE_SUFFIXES, CTSlice, UnreadableImage, read_slices
 from .ml.overlay import png_bytes
-from .ml.pipeline import analyse_slice
+from .ml.pipeline import SliceAnalysis, grade_slice
 from .ml.severity import Areas, assess_study
 from .ml.volumes import NIFTI_SUFFIXES, is_nifti_name, read_nifti
 from .models import Analysis, Slice, analysis_folder
@@ -216,7 +218,8 @@ def upload_read(*, stream: BinaryIO, name: str, size: int) -> ParsedUpload:
 
 
 def analysis_create(*, stream: BinaryIO, name: str, size: int) -> Analysis:
-    """Validate an upload, store it and queue its processing. Raises UploadError.
+    """Validate an upload, store it for a worker (if one will process it) and queue its
+    processing. Raises UploadError.
 
     With the immediate task backend the analysis is processed before this returns.
     """
@@ -225,7 +228,8 @@ def analysis_create(*, stream: BinaryIO, name: str, size: int) -> Analysis:
     analysis = Analysis(kind=parsed.kind, source_name=clean_name(name), slices_total=len(parsed.slices))
     try:
         with transaction.atomic():
-            analysis.upload.save(clean_name(name), _as_file(stream, name), save=False)
+            if not _processed_in_process():  # a worker reads the upload from storage
+                analysis.upload.save(clean_name(name), _as_file(stream, name), save=False)
             analysis.save()
     except Exception:
         _delete_folder(analysis_folder(analysis.id))
@@ -247,6 +251,14 @@ def _as_file(stream: BinaryIO, name: str):
     from django.core.files import File
 
     return File(stream, name=clean_name(name))
+
+
+def _processed_in_process() -> bool:
+    """Whether tasks run inside the request that enqueues them (django-tasks' immediate backend)."""
+    from django_tasks import default_task_backend
+    from django_tasks.backends.immediate import ImmediateBackend
+
+    return isinstance(default_task_backend, ImmediateBackend)
 
 
 def _enqueue(analysis: Analysis) -> None:
@@ -318,27 +330,19 @@ def _segment_into(analysis: Analysis, slices: list[CTSlice]) -> None:
     segmenter = get_segmenter()
     rows = []
     reported = time.monotonic()
-    for k, ct in enumerate(slices, start=1):
-        result = analyse_slice(ct, segmenter)
-        image = default_storage.save(f"{folder}/{k:04d}-image.png", ContentFile(png_bytes(ct.pixels)))
-        labels = default_storage.save(f"{folder}/{k:04d}-labels.png", ContentFile(png_bytes(result.labels)))
-        h, w = ct.pixels.shape
-        rows.append(
-            Slice(
-                analysis=analysis,
-                index=k,
-                name=ct.name[:255],
-                width=w,
-                height=h,
-                image=image,
-                labels=labels,
-                areas=result.areas.as_dict(),
-                severity=result.severity.as_dict(),
-            )
-        )
-        if time.monotonic() - reported >= PROGRESS_INTERVAL and k < len(slices):
-            Analysis.objects.filter(pk=analysis.pk).update(slices_done=k, heartbeat=timezone.now())
-            reported = time.monotonic()
+    # Each slice's PNGs are encoded and stored on a second thread while the networks run
+    # and the label map is measured (zlib and the runtime both release the GIL). On
+    # failure the with-block waits for the writes, so _fail then finds and removes them.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="slice-png") as writer:
+        for k, ct in enumerate(slices, start=1):
+            image = writer.submit(_store_png, f"{folder}/{k:04d}-image.png", ct.pixels)
+            labels = segmenter.segment(ct.pixels)
+            labels_file = writer.submit(_store_png, f"{folder}/{k:04d}-labels.png", labels)
+            result = grade_slice(ct, labels)
+            rows.append(_slice_row(analysis, k, ct, result, image.result(), labels_file.result()))
+            if time.monotonic() - reported >= PROGRESS_INTERVAL and k < len(slices):
+                Analysis.objects.filter(pk=analysis.pk).update(slices_done=k, heartbeat=timezone.now())
+                reported = time.monotonic()
     total, severity = assess_study([Areas.from_dict(r.areas) for r in rows])
     with transaction.atomic():
         Slice.objects.filter(analysis=analysis).delete()
@@ -351,6 +355,26 @@ def _segment_into(analysis: Analysis, slices: list[CTSlice]) -> None:
             areas=total.as_dict(),
             severity=severity.as_dict(),
         )
+
+
+
+def _store_png(path: str, array: np.ndarray) -> str:
+    return default_storage.save(path, ContentFile(png_bytes(array)))
+
+
+def _slice_row(analysis: Analysis, index: int, ct: CTSlice, result: SliceAnalysis, image: str, labels: str) -> Slice:
+    h, w = ct.pixels.shape
+    return Slice(
+        analysis=analysis,
+        index=index,
+        name=ct.name[:255],
+        width=w,
+        height=h,
+        image=image,
+        labels=labels,
+        areas=result.areas.as_dict(),
+        severity=result.severity.as_dict(),
+    )
 
 
 def _fail(analysis: Analysis, exc: Exception) -> None:

