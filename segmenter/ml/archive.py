@@ -115,7 +115,13 @@ def read_folder(folder: Path, limits: ArchiveLimits = ArchiveLimits()) -> list[C
         name = path.relative_to(folder).as_posix()
         if sniff_kind(head, name) is None:
             continue
-        _add_slices(slices, path.read_bytes(), name, limits, container="folder")
+        slices.extend(_read_member(path.read_bytes(), name))
+        if len(slices) > limits.max_slices:
+            raise UnreadableImage(
+                f"the folder holds more than {limits.max_slices} slices",
+                code="folder_too_many_slices",
+                params={"limit": limits.max_slices},
+            )
     if not slices:
         raise UnreadableImage(
             f"{folder} holds no PNG, JPEG or DICOM slices", code="folder_without_slices", params={"folder": str(folder)}
@@ -123,18 +129,12 @@ def read_folder(folder: Path, limits: ArchiveLimits = ArchiveLimits()) -> list[C
     return with_slice_spacing(order_slices(slices))
 
 
-def _add_slices(slices: list[CTSlice], data: bytes, name: str, limits: ArchiveLimits, container: str) -> None:
-    """Decode one member of a zip or folder onto ``slices``, within the slice-count limit."""
+def _read_member(data: bytes, name: str) -> list[CTSlice]:
+    """Decode one file of a zip or folder; its errors name the file."""
     try:
-        slices.extend(read_slices(data, name))
+        return read_slices(data, name)
     except UnreadableImage as exc:
         raise _in_member(name, exc) from exc
-    if len(slices) > limits.max_slices:
-        raise UnreadableImage(
-            f"the {container} holds more than {limits.max_slices} slices",
-            code=f"{container}_too_many_slices",
-            params={"limit": limits.max_slices},
-        )
 
 
 def read_zip(source: bytes | BinaryIO, limits: ArchiveLimits = ArchiveLimits()) -> list[CTSlice]:
@@ -198,7 +198,13 @@ def read_zip(source: bytes | BinaryIO, limits: ArchiveLimits = ArchiveLimits()) 
             if sniff_kind(data[:132], path.name) is None:
                 log.info("skipping %s: not a PNG, JPEG or DICOM file", path)
                 continue
-            _add_slices(slices, data, str(path), limits, container="zip")
+            slices.extend(_read_member(data, str(path)))
+            if len(slices) > limits.max_slices:
+                raise UnreadableImage(
+                    f"the zip holds more than {limits.max_slices} slices",
+                    code="zip_too_many_slices",
+                    params={"limit": limits.max_slices},
+                )
     if not slices:
         raise UnreadableImage("the zip holds no PNG, JPEG or DICOM slices", code="zip_without_slices")
     return with_slice_spacing(order_slices(slices))

@@ -11,7 +11,7 @@ thresholds and fractions, so the model card's validation numbers can be recomput
     python -m segmenter.ml.evaluate --images DIR/medseg/images --masks DIR/medseg/masks
     python -m segmenter.ml.evaluate --images DIR/kmader/images --masks DIR/kmader/masks --lungs
 
-(with weights trained by a --holdout run; the shipped weights saw these slices).
+(the shipped weights come from such a --holdout run, so they never saw these slices).
 """
 
 from __future__ import annotations
