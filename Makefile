@@ -52,7 +52,7 @@ test: install-dev
 bench: install-dev
 	mkdir -p bench-results
 	$(PY) -m segmenter.ml.bench --json bench-results/engine.json
-	$(PY) -m segmenter.bench --json bench-results/service.json
+	$(PY) -m segmenter.bench --runs 25 --json bench-results/service.json
 
 clean:
 	rm -rf $(VENV) staticfiles
