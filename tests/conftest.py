@@ -64,6 +64,15 @@ def stand_in_engine(use_engine):
 # --- Real inputs -----------------------------------------------------------------------
 
 
+def zip_bytes(members: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> bytes:
+    """A zip archive in memory holding ``members`` (name -> content)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buf.getvalue()
+
+
 class Samples:
     """Test inputs built in memory from the real data set."""
 
@@ -101,13 +110,7 @@ class Samples:
         assert image.mode.startswith("I;16"), image.mode
         return _png(image)
 
-    @staticmethod
-    def zip(members: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> bytes:
-        buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w", compression) as archive:
-            for name, data in members.items():
-                archive.writestr(name, data)
-        return buf.getvalue()
+    zip = staticmethod(zip_bytes)
 
 
 def _png(image: Image.Image) -> bytes:

@@ -7,8 +7,9 @@ import pytest
 
 from segmenter.ml.archive import ArchiveLimits, natural_key, read_zip
 from segmenter.ml.imaging import UnreadableImage
+from tests.conftest import zip_bytes
 
-from .conftest import png, zip_bytes
+from .conftest import png
 
 
 def _slice(value: int) -> bytes:

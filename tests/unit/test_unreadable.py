@@ -11,8 +11,9 @@ import pytest
 from segmenter.ml.archive import read_zip
 from segmenter.ml.imaging import UnreadableImage, read_slices
 from segmenter.ml.volumes import read_nifti
+from tests.conftest import zip_bytes
 
-from .conftest import png, zip_bytes
+from .conftest import png
 
 
 def _slice() -> bytes:
