@@ -20,9 +20,10 @@ pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("stand_in_engine")]
 
 
 def _body(response) -> bytes:
-    data = b"".join(response.streaming_content) if response.streaming else response.content
-    response.close()
-    return data
+    # Reading a streamed body to its end closes the response through the test client's
+    # wrapper; closing it again here would fire request_finished and close the test's
+    # database connection (PostgreSQL).
+    return b"".join(response.streaming_content) if response.streaming else response.content
 
 
 def _png(data: bytes) -> Image.Image:
