@@ -414,8 +414,9 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.export:
         validation = {"method": "this run's held-out groups", "results": last_val} if last_val else {}
         if cfg.validation_from:
+            whose = "this run's" if cfg.holdout else "a --holdout run of the same recipe:"
             validation = {
-                "method": f"a --holdout run of the same recipe ({cfg.validation_from})",
+                "method": f"{whose} held-out groups of look-alike slices, never trained on ({cfg.validation_from})",
                 "results": json.loads(Path(cfg.validation_from).read_text()),
             }
         export(nets, cfg, Path(cfg.export), validation)
