@@ -41,6 +41,8 @@ class Analysis(models.Model):
     kind = models.CharField(max_length=8, choices=Kind.choices)
     status = models.CharField(max_length=8, choices=Status.choices, default=Status.QUEUED)
     error = models.TextField(blank=True)
+    # The uploader's language: what a worker writes for them (a failure's reason) uses it.
+    language = models.CharField(max_length=16, blank=True)
     source_name = models.CharField(max_length=255)  # the uploaded file's (sanitised) name
     upload = models.FileField(upload_to=_upload_to, max_length=500, blank=True)  # kept until processed
     slices_total = models.PositiveIntegerField(default=0)

@@ -22,7 +22,7 @@ from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
-from django.utils import timezone
+from django.utils import timezone, translation
 from django.utils.formats import number_format
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
@@ -225,7 +225,12 @@ def analysis_create(*, stream: BinaryIO, name: str, size: int) -> Analysis:
     """
     parsed = upload_read(stream=stream, name=name, size=size)
     stream.seek(0)
-    analysis = Analysis(kind=parsed.kind, source_name=clean_name(name), slices_total=len(parsed.slices))
+    analysis = Analysis(
+        kind=parsed.kind,
+        source_name=clean_name(name),
+        slices_total=len(parsed.slices),
+        language=translation.get_language() or "",
+    )
     try:
         with transaction.atomic():
             if not _processed_in_process():  # a worker reads the upload from storage
@@ -293,16 +298,18 @@ def analysis_process(*, analysis_id: str) -> None:
         return
     if analysis.status == Analysis.Status.DONE:
         return
-    try:
-        slices = _decoded.pop(str(analysis.id), None)
-        if slices is None:
-            with analysis.upload.open("rb") as fh:
-                slices = upload_read(stream=fh, name=analysis.source_name, size=analysis.upload.size).slices
-        _segment_into(analysis, slices)
-    except Exception as exc:
-        _fail(analysis, exc)
-    finally:
-        _discard_upload(analysis)
+    # In a worker, messages are written in the uploader's language, not the worker's.
+    with translation.override(analysis.language or None):
+        try:
+            slices = _decoded.pop(str(analysis.id), None)
+            if slices is None:
+                with analysis.upload.open("rb") as fh:
+                    slices = upload_read(stream=fh, name=analysis.source_name, size=analysis.upload.size).slices
+            _segment_into(analysis, slices)
+        except Exception as exc:
+            _fail(analysis, exc)
+        finally:
+            _discard_upload(analysis)
 
 
 def analysis_record(*, source_name: str, kind: str, slices: list[CTSlice]) -> Analysis:

@@ -158,3 +158,27 @@ def test_every_page_offers_the_language_switch(client, analyse, samples):
         assert f'<form class="language-switch" action="{reverse("set_language")}" method="post">' in content, url
         assert 'value="ru" lang="ru"' in content and ">Русский</button>" in content
         assert f'name="next" value="{url}"' in content
+
+
+def test_a_workers_failure_reason_is_written_in_the_uploaders_language(client, upload, samples, settings, use_engine):
+    from django.utils import translation
+
+    from segmenter import services
+    from tests import stubs
+
+    settings.TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
+    use_engine(stubs.FailingOnThirdSlice)
+    _switch(client, "ru")
+    upload("three.zip", samples.zip({f"{k}.dcm": samples.dicom(k % 2) for k in range(3)}))
+    analysis = Analysis.objects.get()
+    assert (analysis.status, analysis.language) == ("queued", "ru")
+
+    with translation.override("en"):  # the worker's own language
+        services.analysis_process(analysis_id=str(analysis.id))
+
+    analysis.refresh_from_db()
+    assert analysis.status == "failed"
+    assert analysis.error == "Обработка не удалась из-за внутренней ошибки; попробуйте ещё раз."
+    _switch(client, "en")
+    page = client.get(reverse("segmenter:analysis", args=[analysis.id])).content.decode()
+    assert "Обработка не удалась" in html.unescape(page)  # as written for the uploader
