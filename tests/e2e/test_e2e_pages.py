@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+import zipfile
 
 import numpy as np
 import pytest
@@ -137,6 +138,23 @@ def test_a_refused_upload_shows_its_reason_without_leaving_the_page(page):
     assert "are not supported" in error.inner_text()
     assert page.url == page.base_url + "/"
     assert Analysis.objects.count() == 0
+
+
+def test_a_slow_upload_shows_its_progress_then_the_result(page, samples):
+    study = samples.zip({f"s{k}.dcm": samples.dicom(k % 2) for k in range(4)}, zipfile.ZIP_STORED)  # ~2 MB
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.send(  # ~4 s of upload at 512 kB/s
+        "Network.emulateNetworkConditions",
+        {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": 512 * 1024},
+    )
+    _upload(page, "study.zip", study)
+    bar = page.locator("#upload-progress")
+    page.wait_for_function("() => { const v = document.getElementById('upload-progress').value; return v > 0 && v < 100; }")
+    assert bar.is_visible()
+    assert re.search(r"\d+\u202f%", page.locator("#upload-message").inner_text())
+    page.wait_for_url(re.compile(r"/a/[0-9a-f-]{36}/$"))
+    assert Analysis.objects.get().slices_total == 4
 
 
 def test_a_zip_upload_opens_the_study_and_each_of_its_slices(page, samples):
