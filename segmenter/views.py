@@ -16,6 +16,7 @@ import zipfile
 import numpy as np
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
+from django.core.paginator import Paginator
 from django.http import FileResponse, Http404, HttpResponseBadRequest, JsonResponse, UnreadablePostError
 from django.http.multipartparser import MultiPartParserError
 from django.middleware.csrf import CsrfViewMiddleware
@@ -43,6 +44,8 @@ THUMBNAIL_SIDE_PX = 160
 ZIP_SPOOL_BYTES = 32 * 1024 * 1024
 #: How often the progress page asks for news.
 PROGRESS_POLL_MS = 1000
+# Rows of a study's slice table per page (the plot always shows the whole study).
+STUDY_TABLE_ROWS = 100
 #: How long browsers may keep a slice's files (they never change once stored).
 FILE_MAX_AGE_S = 3600
 UNREADABLE_BODY_ERRORS = (
@@ -178,6 +181,7 @@ def analysis(request, analysis_id):
     if analysis.kind == Analysis.Kind.SLICE:
         return redirect("segmenter:slice", analysis_id=analysis.id, index=1)
     ctx["slices"] = list(analysis.slices.all())
+    ctx["page"] = Paginator(ctx["slices"], STUDY_TABLE_ROWS).get_page(request.GET.get("page"))
     return render(request, "segmenter/study.html", ctx)
 
 
@@ -213,6 +217,7 @@ def slice_detail(request, analysis_id, index):
         "slice": slice_,
         "previous_index": index - 1 if index > 1 else None,
         "next_index": index + 1 if index < analysis.slices_total else None,
+        "study_page": (index - 1) // STUDY_TABLE_ROWS + 1,  # where "Back to the study" lands
         "layers": [{"name": n, "label": LAYER_LABELS[n], "value": LAYERS[n], "style": styles[n]} for n in LAYERS],
         "mask_only": mask_only,
         # Previous and next keep the layer choices (the script keeps this query in step).

@@ -347,3 +347,49 @@ def test_a_slice_outside_the_study_is_not_found(client, study, page, index):
 def test_the_not_found_page_is_the_sites_own(client):
     response = client.get(reverse("segmenter:analysis", args=[uuid.uuid4()]))
     assert "There is no analysis or page at this address." in response.content.decode()
+
+
+def _long_study(n: int) -> Analysis:
+    """A finished study of n slices, rows only (the table needs no files)."""
+    from segmenter.ml.severity import Areas, assess, assess_study
+    from segmenter.models import Slice
+
+    areas = [Areas(ggo=k, consolidation=1, other_lung=1000, sides_known=False) for k in range(n)]
+    total, severity = assess_study(areas)
+    analysis = Analysis.objects.create(
+        kind=Analysis.Kind.STUDY, status=Analysis.Status.DONE, source_name="long.zip",
+        slices_total=n, slices_done=n, areas=total.as_dict(), severity=severity.as_dict(),
+    )
+    Slice.objects.bulk_create(
+        Slice(analysis=analysis, index=k + 1, name=f"s{k + 1:03d}.dcm", width=512, height=512,
+              image="x.png", labels="y.png", areas=a.as_dict(), severity=assess(a).as_dict())
+        for k, a in enumerate(areas)
+    )
+    return analysis
+
+
+def test_a_long_studys_table_comes_in_pages_while_the_plot_shows_every_slice(client):
+    analysis = _long_study(250)
+    url = reverse("segmenter:analysis", args=[analysis.id])
+    first = client.get(url).content.decode()
+    assert first.count('class="slice-link"') == 100
+    assert ">s001.dcm<" in first and ">s100.dcm<" in first and ">s101.dcm<" not in first
+    assert first.count('<rect class="bar-ggo"') == 250
+    assert "Slices 1–100 of 250" in first
+    assert 'href="?page=2#slices-title"' in first
+
+    last = client.get(url, {"page": 3}).content.decode()
+    assert last.count('class="slice-link"') == 50
+    assert ">s201.dcm<" in last and ">s250.dcm<" in last
+    assert "Slices 201–250 of 250" in last
+    assert client.get(url, {"page": "x"}).status_code == 200  # a bad page number shows the first
+
+    # "Back to the study" from slice 150 lands on the page that lists it
+    slice_page = client.get(reverse("segmenter:slice", args=[analysis.id, 150])).content.decode()
+    assert f'href="{url}?page=2">Back to the study' in slice_page
+
+
+def test_a_short_studys_table_has_no_pager(client):
+    content = client.get(reverse("segmenter:analysis", args=[_long_study(100).id])).content.decode()
+    assert content.count('class="slice-link"') == 100
+    assert "table-pager" not in content
