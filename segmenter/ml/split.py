@@ -17,6 +17,7 @@ thresholds and fractions, so the model card's validation numbers can be recomput
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -25,6 +26,8 @@ import numpy as np
 from PIL import Image
 
 from .train import TrainConfig, load_datasets
+
+log = logging.getLogger("segmenter.split")
 
 
 def write_split(cfg: TrainConfig, out: Path) -> dict[str, int]:
@@ -49,8 +52,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-root", default=os.environ.get("SEGMENTER_DATA_ROOT") or TrainConfig().data_root)
     parser.add_argument("--seed", type=int, default=TrainConfig().seed)
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     counts = write_split(TrainConfig(data_root=args.data_root, seed=args.seed), args.out)
-    print(f"wrote {counts['medseg']} MedSeg and {counts['kmader']} kmader validation slices to {args.out}")
+    log.info("wrote %d MedSeg and %d kmader validation slices to %s", counts["medseg"], counts["kmader"], args.out)
 
 
 if __name__ == "__main__":
