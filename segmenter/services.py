@@ -260,10 +260,11 @@ def _as_file(stream: BinaryIO, name: str):
 
 def _processed_in_process() -> bool:
     """Whether tasks run inside the request that enqueues them (django-tasks' immediate backend)."""
-    from django_tasks import default_task_backend
     from django_tasks.backends.immediate import ImmediateBackend
 
-    return isinstance(default_task_backend, ImmediateBackend)
+    from .tasks import process_analysis
+
+    return isinstance(process_analysis.get_backend(), ImmediateBackend)
 
 
 def _enqueue(analysis: Analysis) -> None:

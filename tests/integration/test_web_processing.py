@@ -41,6 +41,22 @@ def test_a_processed_upload_keeps_only_its_result_files(client, samples, stand_i
     assert stored_files() == [f"{folder}/0001-image.png", f"{folder}/0001-labels.png", f"{folder}/0002-image.png", f"{folder}/0002-labels.png"]
 
 
+@pytest.mark.django_db
+@pytest.mark.parametrize(("backend", "stored"), [
+    ("django_tasks.backends.immediate.ImmediateBackend", False),  # processed in the request
+    ("django_tasks_db.DatabaseBackend", True),  # a worker reads it from storage
+])
+def test_the_upload_is_stored_only_for_a_worker(client, samples, stand_in_engine, settings, monkeypatch, backend, stored):
+    from django.core.files.storage import default_storage
+
+    settings.TASKS = {"default": {"BACKEND": backend}}
+    saved = []
+    save = default_storage.save
+    monkeypatch.setattr(default_storage, "save", lambda name, *a, **k: saved.append(name) or save(name, *a, **k))
+    client.post(reverse("segmenter:home"), {"file": SimpleUploadedFile("0.dcm", samples.dicom(0))})
+    assert any("/upload/" in name for name in saved) == stored
+
+
 @pytest.mark.slow
 @pytest.mark.django_db
 def test_the_real_engine_finds_lung_on_the_dicom_sample(client, upload, samples):
