@@ -49,7 +49,7 @@ def _wait_http(url: str, timeout: float = 120.0) -> None:
         try:
             requests.get(url, timeout=5)
             return
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not listening, or still loading the ensemble
             time.sleep(0.3)
     raise RuntimeError(f"{url} did not answer within {timeout} s")
 
