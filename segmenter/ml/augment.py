@@ -29,9 +29,33 @@ class AugmentConfig:
     blur_prob: float = 0.2
     jpeg_prob: float = 0.3
     jpeg_quality: tuple[int, int] = (40, 95)
+    # 8-bit sources were exported through windows nobody recorded: a random monotone
+    # curve (knots at 0, 64, ..., 255 moved by +-curve_jitter grey levels) teaches the
+    # networks that the window does not matter, only density relative to the slice.
+    curve_prob: float = 0.5
+    curve_jitter: float = 18.0
+    # Sources with Hounsfield units are rendered through a random window around the
+    # model's (constants.MODEL_WINDOW_*), wide enough to include the usual lung window.
+    window_width_hu: tuple[float, float] = (1200.0, 1650.0)
+    window_level_hu: tuple[float, float] = (-600.0, -350.0)
+
+
+def random_window(rng: np.random.Generator, cfg: AugmentConfig) -> tuple[float, float]:
+    """(width, level) in HU for rendering a calibrated slice."""
+    return float(rng.uniform(*cfg.window_width_hu)), float(rng.uniform(*cfg.window_level_hu))
+
+
+def monotone_curve(rng: np.random.Generator, jitter: float) -> np.ndarray:
+    """A random non-decreasing uint8 lookup table (256,) with 0 -> ~0 and 255 -> ~255."""
+    knots_x = np.linspace(0.0, 255.0, 5)
+    knots_y = np.clip(knots_x + rng.uniform(-jitter, jitter, knots_x.size), 0.0, 255.0)
+    knots_y = np.maximum.accumulate(knots_y)
+    return np.clip(np.rint(np.interp(np.arange(256), knots_x, knots_y)), 0, 255).astype(np.uint8)
 
 
 def _intensity(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+    if rng.random() < cfg.curve_prob:
+        image = monotone_curve(rng, cfg.curve_jitter)[image]
     x = image.astype(np.float32) / 255.0
     gamma = float(np.exp(rng.uniform(np.log(cfg.gamma_range[0]), np.log(cfg.gamma_range[1]))))
     x = np.power(x, gamma)

@@ -21,10 +21,22 @@ LESION_CLASSES = (GGO, CONSOLIDATION)
 LUNG_CLASSES = (GGO, CONSOLIDATION, OTHER_LUNG)
 
 # --- Input domain ---------------------------------------------------------------------
-# The networks read 8-bit grey slices in a lung window, the domain of the MedSeg and
-# Zenodo training images. Slices that carry Hounsfield units (DICOM, NIfTI, calibrated
-# 16-bit PNG) are brought there with this window: HU in [LEVEL - WIDTH/2, LEVEL + WIDTH/2]
-# maps linearly onto 0..255 and values outside are clipped.
+# The networks read 8-bit grey slices in the domain of the MedSeg training images, the
+# only source with expert lesion labels. Slices that carry Hounsfield units (DICOM,
+# NIfTI, calibrated 16-bit PNG) are brought there through the window below: HU in
+# [LEVEL - WIDTH/2, LEVEL + WIDTH/2] maps linearly onto 0..255 and values outside are
+# clipped.
+#
+# How it was measured (``python -m segmenter.ml.domain``): the MedSeg JPEGs' histogram
+# peaks sit at grey 44 (aerated lung; per-image p10-p90 30-73) and 215 (soft tissue;
+# 198-232). The kmader slices, calibrated to HU (air -1000), have their lung-mask peak at
+# -891 HU and their body peak at +44 HU. The line through (-891 HU, 44) and (+44 HU, 215)
+# is the window W 1400 / L -435 (rounded). The usual lung window W 1500 / L -600 puts
+# healthy lung at grey 78, where MedSeg's ground glass lies (median 97): that is why
+# healthy HU scans used to read as ground glass.
+MODEL_WINDOW_WIDTH_HU = 1400.0
+MODEL_WINDOW_LEVEL_HU = -435.0
+#: The radiologists' lung window, for display and for comparison.
 LUNG_WINDOW_WIDTH_HU = 1500.0
 LUNG_WINDOW_LEVEL_HU = -600.0
 AIR_HU = -1000.0

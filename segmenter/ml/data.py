@@ -3,7 +3,9 @@
 The sources label different things (see the data README):
 
 * medseg-covid: GGO and consolidation against "neither" (no lung mask);
-* kmader-lungs: lung against not-lung (no lesion labels);
+* kmader-lungs: lesion-free slices, so lung is "other lung" and the rest background;
+  their CT numbers are calibrated to HU (air -1000) and kept, so that training can
+  render each draw through a different window, as real scans arrive;
 * zenodo-covid-unlabelled: another model's soft infection maps (lesion or not, a guess).
 
 Each sample therefore carries a *target code* per pixel naming the set of classes the
@@ -68,6 +70,7 @@ class Sample:
     group: str
     name: str
     mask: np.ndarray | None = None
+    hu: np.ndarray | None = None  # float32 (H, W) Hounsfield units, for sources that have them
     _views: dict = field(default_factory=dict, repr=False)
 
     def view(self, scale: float = MODEL_SCALE) -> tuple[np.ndarray, np.ndarray]:
@@ -77,6 +80,15 @@ class Sample:
                 resize_labels_to_model(self.full_codes, scale),
             )
         return self._views[scale]
+
+    def hu_view(self, scale: float = MODEL_SCALE) -> np.ndarray:
+        """float32 (h, w) Hounsfield units at a network's scale (area-averaged)."""
+        if self.hu is None:
+            raise ValueError(f"{self.name}: this sample carries no Hounsfield units")
+        key = ("hu", scale)
+        if key not in self._views:
+            self._views[key] = resize_to_model(self.hu, scale)
+        return self._views[key]
 
     @property
     def image(self) -> np.ndarray:
@@ -107,13 +119,18 @@ def load_medseg(root: Path) -> list[Sample]:
     return samples
 
 
+def kmader_to_hu(values: np.ndarray) -> np.ndarray:
+    """kmader's uncalibrated int16 CT numbers -> float32 HU (air peak -1000, tissue +40)."""
+    return calibrate_uncalibrated_ct(values)
+
+
 def kmader_to_u8(values: np.ndarray) -> np.ndarray:
-    """kmader's uncalibrated int16 CT numbers -> lung-windowed uint8 (air peak -> -1000 HU)."""
-    return window(calibrate_uncalibrated_ct(values))
+    """kmader's uncalibrated int16 CT numbers -> uint8 in the model's window."""
+    return window(kmader_to_hu(values))
 
 
 def load_kmader(root: Path) -> list[Sample]:
-    """kmader slices: lung -> any lung class, elsewhere -> background."""
+    """kmader slices, lesion-free: lung -> other lung, elsewhere -> background."""
     folder = Path(root) / "kmader-lungs"
     images = np.load(folder / "images.npz")
     masks = np.load(folder / "lung_masks.npz")
@@ -121,9 +138,9 @@ def load_kmader(root: Path) -> list[Sample]:
         raise ValueError("kmader images.npz and lung_masks.npz list different ids")
     samples = []
     for ident, values, lung in zip(images["ids"], images["images"], masks["masks"]):
-        image = kmader_to_u8(values)
-        codes = np.where(lung, T_LUNG, T_BACKGROUND).astype(np.uint8)
-        samples.append(Sample(image, codes, "kmader", "", str(ident), lung))
+        hu = kmader_to_hu(values)
+        codes = np.where(lung, T_OTHER_LUNG, T_BACKGROUND).astype(np.uint8)
+        samples.append(Sample(window(hu), codes, "kmader", "", str(ident), lung, hu=hu))
     return samples
 
 

@@ -1,9 +1,15 @@
-"""Evaluate the shipped ensemble on labelled slices.
+"""Evaluate the shipped ensemble on labelled slices, or on lesion-free scans.
 
     python -m segmenter.ml.evaluate --images DIR --masks DIR [--json FILE] [--lungs]
+    python -m segmenter.ml.evaluate --images DIR --healthy [--masks DIR] [--json FILE]
 
-Images are slices of any size that ``imaging.read_slice`` reads (8-bit PNG/JPEG, DICOM);
-each mask is a PNG in --masks with the same stem. Without --lungs the masks hold MedSeg
+Images are any file the application reads (PNG/JPEG of any depth, DICOM in Hounsfield
+units, NIfTI volumes: every frame is a slice, named ``stem-k``); each mask is a PNG in
+--masks with the image's stem.
+
+--healthy: the scans are lesion-free (masks, if given, are lung masks). The report gives
+the share of slices graded CT-0 (or "no lung found"), all lesion pixels as a share of all
+lung pixels, the five worst slices and, with masks, the lung Dice. Without --lungs the masks hold MedSeg
 values (0 background, 1 GGO, 2 consolidation) and the report gives, for GGO,
 consolidation and infection (GGO or consolidation), pooled Dice and IoU over all pixels
 of all slices at the mask's resolution, the mean per-slice Dice over slices holding the
@@ -27,30 +33,71 @@ import numpy as np
 from PIL import Image
 
 from .ensemble import Ensemble
-from .imaging import UnreadableImage, read_slice
-from .metrics import LesionScores, LungScores
+from .imaging import UnreadableImage, read_slices
+from .metrics import HealthyScores, LesionScores, LungScores
 from .postprocess import labels_from_probabilities, remove_small_lesions
 from .preprocess import resize_probabilities
 from .weights import DEFAULT_WEIGHTS_DIR
 
 log = logging.getLogger("segmenter.evaluate")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".nii", ".nii.gz")
+
+
+def _stem(name: str) -> str:
+    from .pipeline import slice_stem
+
+    return slice_stem(name)
+
+
+def read_any(path: Path):
+    """Every slice of a PNG/JPEG, DICOM or NIfTI file, as the application reads it."""
+    from .volumes import is_nifti_name, read_nifti
+
+    data = path.read_bytes()
+    return read_nifti(data, path.name) if is_nifti_name(path.name) else read_slices(data, path.name)
+
+
+def image_files(images: Path) -> list[Path]:
+    from .archive import natural_key
+
+    return [
+        p for p in sorted(images.iterdir(), key=lambda p: natural_key(p.name))
+        if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES)
+    ]
 
 
 def pairs(images: Path, masks: Path) -> list[tuple[Path, Path]]:
     """(image, mask) paths matched by stem, in natural order; images without a mask are skipped."""
-    from .archive import natural_key
-
     found = []
-    for image in sorted(images.iterdir(), key=lambda p: natural_key(p.name)):
-        if image.suffix.lower() not in IMAGE_SUFFIXES:
-            continue
-        mask = masks / f"{image.stem}.png"
+    for image in image_files(images):
+        mask = masks / f"{_stem(image.name)}.png"
         if mask.is_file():
             found.append((image, mask))
         else:
             log.warning("no mask for %s; skipped", image.name)
     return found
+
+
+def _read_mask(path: Path) -> np.ndarray:
+    mask = np.asarray(Image.open(path))
+    return mask[..., 0] if mask.ndim == 3 else mask
+
+
+def evaluate_healthy(ensemble: Ensemble, images: Path, masks: Path | None = None) -> dict:
+    """HealthyScores over every slice of every file in ``images`` (lung masks optional)."""
+    files = image_files(Path(images))
+    if not files:
+        raise SystemExit(f"no slice files in {images}")
+    scores = HealthyScores()
+    for path in files:
+        for ct in read_any(path):
+            mask_path = Path(masks) / f"{_stem(ct.name)}.png" if masks else None
+            if mask_path is not None and mask_path.is_file():
+                lung = _read_mask(mask_path) > 0
+                scores.add(segment_at(ensemble, ct.pixels, lung.shape), lung, ct.name)
+            else:
+                scores.add(ensemble.segment(ct.pixels), None, ct.name)
+    return scores.result()
 
 
 def segment_at(ensemble: Ensemble, pixels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -67,10 +114,8 @@ def evaluate(ensemble: Ensemble, images: Path, masks: Path, lungs: bool = False)
         raise SystemExit(f"no image in {images} has a mask with the same stem in {masks}")
     scores = LungScores() if lungs else LesionScores()
     for image_path, mask_path in matched:
-        mask = np.asarray(Image.open(mask_path))
-        if mask.ndim == 3:
-            mask = mask[..., 0]
-        ct = read_slice(image_path)
+        mask = _read_mask(mask_path)
+        ct = read_any(image_path)[0]
         labels = segment_at(ensemble, ct.pixels, mask.shape)
         if lungs:
             scores.add(labels, mask > 0)
@@ -82,6 +127,16 @@ def evaluate(ensemble: Ensemble, images: Path, masks: Path, lungs: bool = False)
 
 
 def format_table(result: dict) -> str:
+    if "ct0_share" in result:
+        lines = [
+            f"slices {result['slices']} (no lung found: {result['no_lung_slices']})",
+            f"graded CT-0 or no lung  {result['ct0_share']:.1%}",
+            f"lesion share of lung    {result['lesion_share_of_lung'] or 0:.2%}",
+        ]
+        if result["lung"]:
+            lines.append(f"lung Dice               {result['lung']['dice']:.4f}")
+        lines += [f"  worst: {w['name']} {w['lesion_share']:.1%}" for w in result["worst_slices"]]
+        return "\n".join(lines)
     if "lung" in result:
         r = result["lung"]
         return f"slices {result['slices']}\nlung  Dice {r['dice']:.4f}  IoU {r['iou']:.4f}  per-slice Dice {r['dice_per_slice']:.4f}"
@@ -108,9 +163,11 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     parser = argparse.ArgumentParser(prog="python -m segmenter.ml.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=Path, required=True, help="folder of slices")
-    parser.add_argument("--masks", type=Path, required=True, help="folder of mask PNGs with the images' stems")
+    parser.add_argument("--masks", type=Path, help="folder of mask PNGs with the images' stems")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--lungs", action="store_true", help="masks are lung masks: report lung Dice")
+    parser.add_argument("--healthy", action="store_true",
+                        help="lesion-free scans: report CT-0 share and lesion share (masks optional, lung masks)")
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS_DIR, help="weights directory (default: weights/)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     parser.add_argument(
@@ -119,8 +176,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--networks", nargs="+", help="evaluate only these networks of the ensemble")
     args = parser.parse_args(argv)
+    if not args.healthy and args.masks is None:
+        parser.error("--masks is required (except with --healthy)")
     for folder in (args.images, args.masks):
-        if not folder.is_dir():
+        if folder is not None and not folder.is_dir():
             parser.error(f"{folder} is not a folder")
     if args.threads:
         import torch
@@ -130,7 +189,10 @@ def main(argv: list[str] | None = None) -> None:
         ensemble = Ensemble.load(args.weights)
         if args.ensemble_weights or args.networks:
             ensemble = _reweighted(ensemble, args.ensemble_weights, args.networks, parser)
-        result = evaluate(ensemble, args.images, args.masks, lungs=args.lungs)
+        if args.healthy:
+            result = evaluate_healthy(ensemble, args.images, args.masks)
+        else:
+            result = evaluate(ensemble, args.images, args.masks, lungs=args.lungs)
     except UnreadableImage as exc:
         sys.exit(f"error: {exc}")
     print(format_table(result))

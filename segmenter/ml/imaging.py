@@ -1,8 +1,8 @@
 """Reading CT slices from files into the networks' 8-bit input domain.
 
 Every reader returns ``CTSlice`` objects whose ``pixels`` are uint8 arrays of shape
-(H, W), row 0 at the top of the image as it is displayed, in a lung window (see
-``constants.LUNG_WINDOW_*``). How each kind of file gets there:
+(H, W), row 0 at the top of the image as it is displayed, in the model's window (see
+``constants.MODEL_WINDOW_*``). How each kind of file gets there:
 
 * 8-bit PNG / JPEG (grey, RGB, RGBA, palette): taken as already windowed; colour is
   converted to luma (ITU-R 601) after compositing any alpha onto black.
@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .constants import AIR_HU, LUNG_WINDOW_LEVEL_HU, LUNG_WINDOW_WIDTH_HU
+from .constants import AIR_HU, MODEL_WINDOW_LEVEL_HU, MODEL_WINDOW_WIDTH_HU
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +96,8 @@ class CTSlice:
 
 def window(
     hu: np.ndarray,
-    width: float = LUNG_WINDOW_WIDTH_HU,
-    level: float = LUNG_WINDOW_LEVEL_HU,
+    width: float = MODEL_WINDOW_WIDTH_HU,
+    level: float = MODEL_WINDOW_LEVEL_HU,
 ) -> np.ndarray:
     """Map Hounsfield units (any shape, any numeric dtype) to uint8 through a window.
 
@@ -166,7 +166,7 @@ def calibrate_uncalibrated_ct(values: np.ndarray) -> np.ndarray:
     v = np.asarray(values, dtype=np.float32)
     flat = v.ravel()
     p1, p99 = (float(x) for x in np.percentile(flat, [1, 99]))
-    lo_window = LUNG_WINDOW_LEVEL_HU - LUNG_WINDOW_WIDTH_HU / 2
+    lo_window = MODEL_WINDOW_LEVEL_HU - MODEL_WINDOW_WIDTH_HU / 2
     if p99 - p1 <= 0:
         return np.full(v.shape, lo_window, dtype=np.float32)
     sample = _drop_padding(flat[:: max(1, flat.size // 65536)])
@@ -186,7 +186,7 @@ def calibrate_uncalibrated_ct(values: np.ndarray) -> np.ndarray:
             )
             air = float(centres[peaks[0]]) if peaks.size else None
     if tissue is None or air is None:
-        return (lo_window + (v - p1) * (LUNG_WINDOW_WIDTH_HU / (p99 - p1))).astype(np.float32)
+        return (lo_window + (v - p1) * (MODEL_WINDOW_WIDTH_HU / (p99 - p1))).astype(np.float32)
     slope = (SOFT_TISSUE_HU - AIR_HU) / (tissue - air)
     return (AIR_HU + (v - air) * slope).astype(np.float32)
 

@@ -108,3 +108,46 @@ class LungScores:
 
     def result(self) -> dict:
         return {"slices": self.slices, "lung": self.lung.result()}
+
+
+class HealthyScores:
+    """For lesion-free slices: how often they read CT-0, and how much lesion they get.
+
+    ``lesion_share`` is all lesion pixels over all lung pixels (pooled over slices);
+    ``ct0_share`` the share of slices whose lesion area is zero (or that have no lung,
+    which reads "no lung found", also a correct answer for a lesion-free slice). With
+    lung masks, the lung Dice is pooled as in LungScores.
+    """
+
+    def __init__(self) -> None:
+        self.lung = _Overlap()
+        self.slices = self.ct0 = self.no_lung = 0
+        self.lesion_px = self.lung_px = 0
+        self.worst: list[tuple[float, str]] = []
+
+    def add(self, labels: np.ndarray, lung_mask: np.ndarray | None = None, name: str = "") -> None:
+        lesion = int(np.count_nonzero((labels == GGO) | (labels == CONSOLIDATION)))
+        lung = int(np.count_nonzero(np.isin(labels, LUNG_CLASSES)))
+        self.slices += 1
+        self.lesion_px += lesion
+        self.lung_px += lung
+        if lung == 0:
+            self.no_lung += 1
+        if lesion == 0:
+            self.ct0 += 1
+        self.worst.append((lesion / lung if lung else 0.0, name))
+        if lung_mask is not None:
+            if labels.shape != lung_mask.shape:
+                raise ValueError(f"prediction {labels.shape} and mask {lung_mask.shape} differ in shape")
+            self.lung.add(np.isin(labels, LUNG_CLASSES), lung_mask.astype(bool))
+
+    def result(self) -> dict:
+        worst = sorted(self.worst, reverse=True)[:5]
+        return {
+            "slices": self.slices,
+            "ct0_share": self.ct0 / self.slices if self.slices else None,
+            "no_lung_slices": self.no_lung,
+            "lesion_share_of_lung": self.lesion_px / self.lung_px if self.lung_px else None,
+            "lung": self.lung.result() if self.lung.tp + self.lung.fn else None,
+            "worst_slices": [{"name": n, "lesion_share": round(v, 4)} for v, n in worst if v > 0],
+        }

@@ -8,6 +8,9 @@ sources of ``../shared/data`` (see ``data``). The loss per network is
   + dice_weight * soft Dice of GGO and consolidation on the MedSeg samples
   + dice_weight * soft Dice of lung (GGO + consolidation + other lung) on the kmader samples
 
+kmader slices are lesion-free, so their lung is supervised as "other lung": a healthy
+lung painted ground glass costs as much as any other error.
+
 Runs are reproducible (fixed seed; checkpoints carry the RNG states) and resumable:
 the run directory (``--out``, outside the repository) holds ``checkpoint.pt`` every
 ``checkpoint_every`` steps, ``log.jsonl`` with losses and validation metrics, and
@@ -35,10 +38,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .augment import AugmentConfig, augment
+from .augment import AugmentConfig, augment, random_window
 from .constants import CONSOLIDATION, GGO, LUNG_CLASSES, NUM_CLASSES
 from .data import (
     DEFAULT_DATA_ROOT,
+    T_OTHER_LUNG,
     T_CONSOLIDATION,
     T_GGO,
     T_IGNORE,
@@ -52,8 +56,9 @@ from .data import (
     load_zenodo,
 )
 from .ensemble import Ensemble, InferenceOptions
-from .metrics import LesionScores, LungScores
+from .metrics import HealthyScores, LesionScores
 from .networks import NETWORKS, build_network
+from .imaging import window
 from .preprocess import normalise
 from .pretrained import seed_encoder_from_lite
 from .weights import save_weights
@@ -188,7 +193,7 @@ def batch_loss(
     if cfg.dice_weight and kmader.any():
         c, p = codes[kmader], prob[kmader]
         lung = p[:, list(LUNG_CLASSES)].sum(dim=1)
-        dice = soft_dice_loss(lung, (c == T_LUNG).float(), (c != T_IGNORE).float())
+        dice = soft_dice_loss(lung, ((c == T_LUNG) | (c == T_OTHER_LUNG)).float(), (c != T_IGNORE).float())
         loss = loss + cfg.dice_weight * dice
         parts["dice_lung"] = dice.item()
     return loss, parts
@@ -237,10 +242,19 @@ def make_batch(
         n = max(1, round(n * share)) if n else 0
         if pool and n:
             picks.extend(pool[i] for i in rng.integers(len(pool), size=n))
-    images, codes = zip(*(augment(*s.view(scale), crop, rng, cfg.augment) for s in picks))
+    images, codes = zip(*(augment(*_render(s, scale, rng, cfg), crop, rng, cfg.augment) for s in picks))
     x = torch.from_numpy(normalise(np.stack(images)))[:, None].contiguous(memory_format=torch.channels_last)
     y = torch.from_numpy(np.stack(codes))
     return x, y, [s.source for s in picks]
+
+
+def _render(sample: Sample, scale: float, rng: np.random.Generator, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """A sample's uint8 image and codes at a scale; HU sources through a random window."""
+    image, codes = sample.view(scale)
+    if sample.hu is not None:
+        width, level = random_window(rng, cfg.augment)
+        image = window(sample.hu_view(scale), width, level)
+    return image, codes
 
 
 # --- Validation --------------------------------------------------------------------------
@@ -256,15 +270,33 @@ def validate(nets: dict[str, torch.nn.Module], data: Datasets, scales: dict[str,
     options = InferenceOptions(onnx=False, channels_last=True, crop_to_body=True, bf16=False)
     for label, subset in members.items():
         ens = Ensemble(subset, options=options, scales=scales)
-        lesion, lung = LesionScores(), LungScores()
+        lesion, healthy = LesionScores(), HealthyScores()
         for s in data.val_medseg:
             lesion.add(ens.segment(s.full), s.mask)
         for s in data.val_kmader:
-            lung.add(ens.segment(s.full), s.mask)
-        results[label] = {"lesion": lesion.result(), "lung": lung.result()}
+            healthy.add(ens.segment(s.full), s.mask, s.name)
+        results[label] = {"lesion": lesion.result() if data.val_medseg else None, "healthy": healthy.result()}
     for n in nets.values():
         n.train()
     return results
+
+
+def validation_summary(results: dict) -> dict:
+    """network -> rounded headline numbers of ``validate``'s results."""
+    def r(x):
+        return None if x is None else round(x, 4)
+
+    out = {}
+    for k, v in results.items():
+        lesion, healthy = v["lesion"], v["healthy"]
+        out[k] = (
+            r(lesion["ggo"]["dice"]) if lesion else None,
+            r(lesion["consolidation"]["dice"]) if lesion else None,
+            r(healthy["ct0_share"]),
+            r(healthy["lesion_share_of_lung"]),
+            r(healthy["lung"]["dice"]) if healthy["lung"] else None,
+        )
+    return out
 
 
 # --- Checkpoints ---------------------------------------------------------------------------
@@ -400,11 +432,8 @@ def train(cfg: TrainConfig) -> dict:
             save_checkpoint(ckpt_path, step, nets, opts, scheds, rng, cfg)
         if (data.val_medseg or data.val_kmader) and (step % cfg.eval_every == 0 or step == cfg.steps):
             last_val = validate(nets, data, scales)
-            summary = {
-                k: (v["lesion"]["ggo"]["dice"], v["lesion"]["consolidation"]["dice"], v["lung"]["lung"]["dice"])
-                for k, v in last_val.items()
-            }
-            log.info("validation at step %d (GGO, consolidation, lung Dice): %s", step, summary)
+            log.info("validation at step %d (GGO, consolidation Dice; healthy CT-0 share, lesion share, lung Dice): %s",
+                     step, validation_summary(last_val))
             log_file.write(json.dumps({"step": step, "validation": last_val}) + "\n")
             log_file.flush()
             t0, done_since = time.perf_counter(), 0

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .constants import CLASS_NAMES, LUNG_WINDOW_LEVEL_HU, LUNG_WINDOW_WIDTH_HU, REFERENCE_SIDE_PX
+from .constants import CLASS_NAMES, MODEL_WINDOW_LEVEL_HU, MODEL_WINDOW_WIDTH_HU, REFERENCE_SIDE_PX
 from .networks import NETWORKS, build_network
 
 MANIFEST = "manifest.json"
@@ -45,7 +45,7 @@ def input_spec() -> dict[str, Any]:
     return {
         "channels": 1,
         "dtype": "uint8 grey, scaled to [-1, 1] as x * 2/255 - 1",
-        "window_hu": {"width": LUNG_WINDOW_WIDTH_HU, "level": LUNG_WINDOW_LEVEL_HU},
+        "window_hu": {"width": MODEL_WINDOW_WIDTH_HU, "level": MODEL_WINDOW_LEVEL_HU},
         "scale": (
             f"each network's 'scale' s: slices up to {REFERENCE_SIDE_PX} px on the long side are resized "
             f"by s; larger ones so that the long side becomes {REFERENCE_SIDE_PX} * s px"
