@@ -29,6 +29,7 @@ from django.utils.translation import gettext_lazy
 
 from .engine import get_segmenter
 from .ml.archive import ArchiveLimits, read_zip
+from .ml.ctcheck import check_ct
 from .ml.imaging import DICOM_SUFFIXES, IMAGE_SUFFIXES, CTSlice, UnreadableImage, read_slices
 from .ml.overlay import png_bytes
 from .ml.pipeline import SliceAnalysis, grade_slice
@@ -107,6 +108,23 @@ UNREADABLE_REASONS = {
         "slices of %(width)s×%(height)s pixels exceed the limit of %(limit)s pixels"
     ),
     "damaged_volume": gettext_lazy("the volume's data are damaged"),
+    # segmenter.ml.ctcheck
+    "not_ct": gettext_lazy("this does not look like a CT slice: %(why)s"),
+}
+
+#: ctcheck's reasons (the "why" of "not_ct"), in the reader's language.
+NOT_CT_REASONS = {
+    "it is a colour picture": gettext_lazy("it is a colour picture"),
+    "it has large areas of uniform grey, like a photograph, screenshot or document": gettext_lazy(
+        "it has large areas of uniform grey, like a photograph, screenshot or document"
+    ),
+    "its grey levels are those of a photograph, not of air, lung and tissue": gettext_lazy(
+        "its grey levels are those of a photograph, not of air, lung and tissue"
+    ),
+    "it has no dark areas of air or lung": gettext_lazy("it has no dark areas of air or lung"),
+    "it has none of the fine texture of a CT scan, like a drawing or document": gettext_lazy(
+        "it has none of the fine texture of a CT scan, like a drawing or document"
+    ),
 }
 
 
@@ -170,6 +188,8 @@ def unreadable_reason(exc: UnreadableImage) -> str:
             params[key.removesuffix("_bytes") + "_mb"] = megabytes(value)
         elif isinstance(value, int) and not isinstance(value, bool):
             params[key] = _number(value)
+        elif exc.code == "not_ct" and key == "why":
+            params[key] = str(NOT_CT_REASONS.get(value, value))
         else:
             params[key] = value
     return str(template) % params
@@ -203,6 +223,8 @@ def upload_read(*, stream: BinaryIO, name: str, size: int) -> ParsedUpload:
         else:
             slices = read_slices(stream.read(), name)
             kind = Analysis.Kind.SLICE if len(slices) == 1 else Analysis.Kind.STUDY
+        for ct in slices:
+            check_ct(ct)
     except UnreadableImage as exc:
         log.info("%s could not be read: %s", name, exc)
         message = _("%(name)s could not be read: %(reason)s.") % {"name": name, "reason": unreadable_reason(exc)}

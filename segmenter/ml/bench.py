@@ -33,7 +33,7 @@ import torch
 
 from .ensemble import REFERENCE, SERVED, Ensemble
 from .imaging import read_slice
-from .postprocess import labels_from_probabilities, remove_small_lesions
+from .postprocess import postprocess
 from .preprocess import normalise, pad_to_multiple, resize_to_model
 from .weights import DEFAULT_WEIGHTS_DIR
 
@@ -60,7 +60,7 @@ def agreement_slices(root: Path, limit: int = 24) -> list[tuple[str, np.ndarray]
 
 
 def reference_labels(reference: Ensemble, pixels: np.ndarray) -> np.ndarray:
-    return remove_small_lesions(labels_from_probabilities(reference.probabilities(pixels)))
+    return postprocess(reference.probabilities(pixels), pixels)
 
 
 def run(weights: Path, slice_path: Path, threads: int, runs: int) -> dict:

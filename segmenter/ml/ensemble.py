@@ -7,8 +7,9 @@ shared between threads; the networks use the runtime's intra-op threads for each
 Each network runs at its own pixel scale (the manifest's "scale"; see networks.NETWORKS),
 and its probabilities are resized (bilinear) to the slice's size. Combination rule:
 p(class) = sum_k w_k softmax(logits_k)(class) / sum_k w_k, with the weights w_k from the
-manifest; the label is the most probable class, and lesion regions below
-``constants.MIN_LESION_AREA_PX`` become other lung (``postprocess``).
+manifest; the label is the most probable class, lung regions that break the anatomy
+rules become background and lesion regions below ``constants.MIN_LESION_AREA_PX``
+become other lung (``postprocess.postprocess``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 from .constants import BACKGROUND, MODEL_SCALE, NUM_CLASSES, SIZE_MULTIPLE
 from .networks import NETWORKS
 from .onnx_runtime import OnnxNetwork
-from .postprocess import labels_from_probabilities, remove_small_lesions
+from .postprocess import postprocess
 from .preprocess import Box, body_box, normalise, pad_to_multiple, resize_probabilities, resize_to_model
 from .weights import DEFAULT_WEIGHTS_DIR, load_networks
 
@@ -162,4 +163,4 @@ class Ensemble:
 
     def segment(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 (H, W) slice -> uint8 (H, W) label map (see constants for the values)."""
-        return remove_small_lesions(labels_from_probabilities(self.probabilities(pixels)))
+        return postprocess(self.probabilities(pixels), pixels)

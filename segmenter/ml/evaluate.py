@@ -29,13 +29,14 @@ import logging
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image
 
 from .ensemble import Ensemble
 from .imaging import UnreadableImage, read_slices
 from .metrics import HealthyScores, LesionScores, LungScores
-from .postprocess import labels_from_probabilities, remove_small_lesions
+from .postprocess import postprocess
 from .preprocess import resize_probabilities
 from .weights import DEFAULT_WEIGHTS_DIR
 
@@ -105,7 +106,8 @@ def segment_at(ensemble: Ensemble, pixels: np.ndarray, shape: tuple[int, int]) -
     if pixels.shape == shape:
         return ensemble.segment(pixels)
     probs = resize_probabilities(ensemble.probabilities(pixels), *shape)
-    return remove_small_lesions(labels_from_probabilities(probs))
+    interpolation = cv2.INTER_AREA if shape[0] < pixels.shape[0] else cv2.INTER_LINEAR
+    return postprocess(probs, cv2.resize(pixels, shape[::-1], interpolation=interpolation))
 
 
 def evaluate(ensemble: Ensemble, images: Path, masks: Path, lungs: bool = False) -> dict:

@@ -76,6 +76,8 @@ class CTSlice:
     slice_thickness_mm: the distance the slice covers along the body axis, when known.
     position_mm: where the slice lies along the body axis, when known (for ordering).
     instance_number: DICOM InstanceNumber, when present (for ordering).
+    colour_share: the share of pixels that were coloured in the file (see ctcheck); 0
+    for grey files.
     """
 
     pixels: np.ndarray
@@ -85,6 +87,7 @@ class CTSlice:
     slice_thickness_mm: float | None = None
     position_mm: float | None = None
     instance_number: int | None = None
+    colour_share: float = 0.0
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -264,7 +267,17 @@ def _read_raster(data: bytes, name: str) -> CTSlice:
         image = image.convert("RGB")
     elif mode not in ("L", "LA", "RGB", "RGBA"):
         raise UnreadableImage(f"unsupported image mode {mode}", code="unsupported_mode", params={"mode": mode})
-    return CTSlice(pixels=to_grey_u8(np.asarray(image)), name=name)
+    array = np.asarray(image)
+    colour = colour_share(array) if array.ndim == 3 and array.shape[2] >= 3 else 0.0
+    return CTSlice(pixels=to_grey_u8(array), name=name, colour_share=colour)
+
+
+def colour_share(rgb: np.ndarray, chroma_min: int = 24) -> float:
+    """Share of pixels of a uint8 (H, W, 3+) picture whose chroma (max - min of R, G, B)
+    exceeds ``chroma_min``; see ctcheck."""
+    a = np.asarray(rgb)[..., :3].astype(np.int16)
+    chroma = a.max(axis=2) - a.min(axis=2)
+    return float(np.count_nonzero(chroma > chroma_min)) / chroma.size
 
 
 def _float_or_none(value) -> float | None:
@@ -359,8 +372,10 @@ def _read_dicom(data: bytes, name: str, force: bool) -> list[CTSlice]:
                 from pydicom.pixels import convert_color_space
 
                 rgb = convert_color_space(frame, ds.PhotometricInterpretation, "RGB")
-            pixels, calibrated = to_grey_u8(_to_u8(rgb)), False
+            rgb8 = _to_u8(rgb)
+            pixels, calibrated, colour = to_grey_u8(rgb8), False, colour_share(rgb8)
         else:
+            colour = 0.0
             has_rescale = "RescaleSlope" in ds or "RescaleIntercept" in ds
             modality = str(getattr(ds, "Modality", "CT") or "CT")
             if has_rescale or modality == "CT":
@@ -380,6 +395,7 @@ def _read_dicom(data: bytes, name: str, force: bool) -> list[CTSlice]:
                 slice_thickness_mm=thickness,
                 position_mm=position if frames == 1 else None,
                 instance_number=instance if frames == 1 else k + 1,
+                colour_share=colour,
             )
         )
     return slices

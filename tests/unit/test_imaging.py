@@ -20,9 +20,14 @@ from segmenter.ml.imaging import (
 from .conftest import png
 
 
-def test_window_maps_the_lung_window_onto_0_to_255():
-    hu = np.array([-2000, -1350, -600, 150, 3000], np.float32)
+def test_window_maps_the_model_window_onto_0_to_255():
+    hu = np.array([-2000, -1135, -435, 265, 3000], np.float32)
     assert window(hu).tolist() == [0, 0, 128, 255, 255]
+
+
+def test_window_takes_any_other_window():
+    hu = np.array([-2000, -1350, -600, 150, 3000], np.float32)
+    assert window(hu, 1500, -600).tolist() == [0, 0, 128, 255, 255]
 
 
 def test_it_reads_an_8_bit_grey_png_unchanged():

@@ -1,0 +1,110 @@
+"""Is this picture an axial CT slice? Cheap rules on the decoded pixels, before any network runs.
+
+Photographs, screenshots and documents must be refused, not graded. Each rule below was
+measured on every real CT slice in ``../shared/data`` (MedSeg JPEG, Zenodo JPEG, kmader
+and the sample DICOMs, in the model's window) and on the photographs, scans of text and
+drawings that scikit-image ships (``tests/unit/test_ctcheck.py`` checks both directions):
+
+* colour: CT is grey. A picture in which more than COLOUR_MAX_SHARE of the pixels have a
+  chroma (max - min of R, G, B) above 24 (``imaging.colour_share``) is a colour picture. Real CT: 0 %
+  (grey files); a grey CT saved as RGB JPEG stays under 1 %.
+* flat areas: CT is noisy everywhere but where it is clipped to black or white. The share
+  of 8 x 8 blocks of uniform mid grey (std < FLAT_STD, mean in FLAT_MEAN_RANGE) is at
+  most 0.082 on real CT (Zenodo) and 0.21-0.43 on a photograph with smooth sky or
+  background; interfaces and documents are mostly such blocks. Limit FLAT_MAX_SHARE.
+* mid tones: in any window that shows the lungs, a chest slice is mostly dark (air, lung)
+  or bright (tissue, bone); the share of grey levels between MID_RANGE is at most 0.54 on
+  real CT (Zenodo's wider window) and 0.75-0.96 on photographs of texture, text scans and
+  astronomy. Limit MID_MAX_SHARE.
+* texture: CT has noise and fine structure everywhere; the median absolute Laplacian is
+  at least 2 grey levels on real CT and 0-1 on drawings, rendered documents and
+  smooth microscopy. Limit TEXTURE_MIN.
+* two classes: a chest slice is air and lung against tissue, so Otsu's two classes
+  explain most of the grey-level variance (eta = between-class / total variance: at
+  least 0.728 on real CT, 0.65-0.72 on photographs of coffee, grass, gravel and a
+  scanned page). Limit BIMODAL_MIN, a little under the lowest CT value.
+* dark share: a chest slice has air or lung below DARK_LEVEL: at least 0.02 of the pixels
+  on real CT (a tightly cropped MedSeg slice); limit DARK_MIN_SHARE. A white page with a
+  little text, or a bright drawing, has almost none.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .imaging import CTSlice, UnreadableImage
+
+COLOUR_MAX_SHARE = 0.05
+FLAT_STD = 0.8
+FLAT_MEAN_RANGE = (8.0, 247.0)
+FLAT_BLOCK = 8
+FLAT_MAX_SHARE = 0.15
+MID_RANGE = (90, 160)
+MID_MAX_SHARE = 0.65
+DARK_LEVEL = 90
+DARK_MIN_SHARE = 0.01
+TEXTURE_MIN = 1.5
+BIMODAL_MIN = 0.70
+
+
+def texture(pixels: np.ndarray) -> float:
+    """Median absolute Laplacian (grey levels) of a uint8 (H, W) slice."""
+    import cv2
+
+    return float(np.median(np.abs(cv2.Laplacian(pixels, cv2.CV_16S))))
+
+
+def bimodality(pixels: np.ndarray) -> float:
+    """Otsu's eta of a uint8 (H, W) slice: the best two-class split's share of the variance."""
+    p = np.bincount(pixels.ravel(), minlength=256).astype(np.float64)
+    p /= p.sum()
+    levels = np.arange(256)
+    w0, m0 = np.cumsum(p), np.cumsum(p * levels)
+    total_mean = m0[-1]
+    variance = float((p * (levels - total_mean) ** 2).sum())
+    if variance <= 0:
+        return 0.0
+    between = (total_mean * w0 - m0) ** 2 / np.maximum(w0 * (1 - w0), 1e-12)
+    return float(between.max() / variance)
+
+
+def flat_share(pixels: np.ndarray, block: int = FLAT_BLOCK) -> float:
+    """Share of block x block tiles of a uint8 (H, W) slice that are uniform mid grey."""
+    h, w = pixels.shape
+    if h < block or w < block:
+        return 0.0
+    tiles = pixels[: h // block * block, : w // block * block].astype(np.float32)
+    tiles = tiles.reshape(h // block, block, w // block, block)
+    std, mean = tiles.std(axis=(1, 3)), tiles.mean(axis=(1, 3))
+    flat = (std < FLAT_STD) & (mean > FLAT_MEAN_RANGE[0]) & (mean < FLAT_MEAN_RANGE[1])
+    return float(flat.mean())
+
+
+def why_not_ct(ct: CTSlice) -> str | None:
+    """None when ``ct`` could be an axial CT slice, else the reason (a short phrase)."""
+    if ct.colour_share > COLOUR_MAX_SHARE:
+        return "it is a colour picture"
+    if ct.calibrated:
+        return None  # Hounsfield units from a CT header: the scanner said so
+    g = ct.pixels
+    if flat_share(g) > FLAT_MAX_SHARE:
+        return "it has large areas of uniform grey, like a photograph, screenshot or document"
+    mid = float(np.count_nonzero((g >= MID_RANGE[0]) & (g <= MID_RANGE[1]))) / g.size
+    if mid > MID_MAX_SHARE:
+        return "its grey levels are those of a photograph, not of air, lung and tissue"
+    if float(np.count_nonzero(g < DARK_LEVEL)) / g.size < DARK_MIN_SHARE:
+        return "it has no dark areas of air or lung"
+    if texture(g) < TEXTURE_MIN:
+        return "it has none of the fine texture of a CT scan, like a drawing or document"
+    if bimodality(g) < BIMODAL_MIN:
+        return "its grey levels are those of a photograph, not of air, lung and tissue"
+    return None
+
+
+def check_ct(ct: CTSlice) -> None:
+    """Raise UnreadableImage (code "not_ct") when ``ct`` does not look like a CT slice."""
+    reason = why_not_ct(ct)
+    if reason:
+        raise UnreadableImage(
+            f"this does not look like a CT slice: {reason}", code="not_ct", params={"why": reason}
+        )

@@ -1,0 +1,104 @@
+"""The CT check, both directions: every real CT slice we have passes; pictures that are not
+CT (photographs, a screenshot-like interface, documents) are refused with a reason."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from segmenter.ml.ctcheck import check_ct, why_not_ct
+from segmenter.ml.data import kmader_to_hu
+from segmenter.ml.dicomwrite import write_ct_dicom
+from segmenter.ml.imaging import UnreadableImage, read_slice, window
+
+skimage_data = pytest.importorskip("skimage.data")
+
+
+def encode(array: np.ndarray, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, fmt)
+    return buf.getvalue()
+
+
+def test_every_medseg_and_sample_dicom_slice_passes(data_root):
+    paths = sorted((data_root / "medseg-covid" / "images").glob("*.jpg"))
+    paths += sorted((data_root / "dicom-samples").glob("*.dcm"))
+    refused = [(p.name, why_not_ct(read_slice(p))) for p in paths if why_not_ct(read_slice(p))]
+    assert len(paths) == 59 and refused == []
+
+
+def test_zenodo_slices_pass(data_root):
+    paths = sorted((data_root / "zenodo-covid-unlabelled" / "images").glob("*.jpg"))[::10]
+    refused = [p.name for p in paths if why_not_ct(read_slice(p))]
+    assert len(paths) >= 150 and refused == []
+
+
+def test_kmader_slices_pass_as_png_in_either_window_and_as_dicom(data_root, tmp_path):
+    values = np.load(data_root / "kmader-lungs" / "images.npz")["images"][::10]
+    for k, v in enumerate(values):
+        hu = kmader_to_hu(v)
+        for width, level in ((1400, -435), (1500, -600)):
+            assert why_not_ct(read_slice(encode(window(hu, width, level)), "k.png")) is None
+        path = write_ct_dicom(hu, tmp_path / f"{k}.dcm")
+        assert why_not_ct(read_slice(path)) is None
+
+
+def interface() -> np.ndarray:
+    ui = Image.new("RGB", (800, 500), (240, 240, 240))
+    draw = ImageDraw.Draw(ui)
+    draw.rectangle([0, 0, 800, 40], fill=(50, 90, 160))
+    draw.rectangle([20, 60, 380, 480], fill=(255, 255, 255), outline=(180, 180, 180))
+    for k in range(12):
+        draw.text((30, 70 + k * 30), f"Menu item number {k}", fill=(20, 20, 20))
+    draw.rectangle([400, 60, 780, 300], fill=(30, 30, 30))
+    draw.ellipse([450, 90, 730, 280], fill=(120, 120, 120))
+    return np.asarray(ui)
+
+
+def document() -> np.ndarray:
+    page = Image.new("L", (600, 800), 255)
+    draw = ImageDraw.Draw(page)
+    for k in range(60):
+        draw.text((40, 20 + k * 12), "Lorem ipsum dolor sit amet, consectetur adipiscing elit", fill=0)
+    return np.asarray(page)
+
+
+def grey(rgb: np.ndarray) -> np.ndarray:
+    return np.asarray(Image.fromarray(rgb[..., :3]).convert("L"))
+
+
+PICTURES = {
+    "colour photograph (astronaut)": lambda: skimage_data.astronaut(),
+    "colour photograph (coffee)": lambda: skimage_data.coffee(),
+    "colour photograph (cat)": lambda: skimage_data.chelsea(),
+    "colour photograph (rocket)": lambda: skimage_data.rocket(),
+    "grey photograph (camera man)": lambda: skimage_data.camera(),
+    "grey photograph (moon)": lambda: skimage_data.moon(),
+    "grey photograph (cat)": lambda: grey(skimage_data.chelsea()),
+    "grey photograph (rocket)": lambda: grey(skimage_data.rocket()),
+    "grey photograph (coffee)": lambda: grey(skimage_data.coffee()),
+    "grey photograph (bricks)": lambda: skimage_data.brick(),
+    "a scan of text": lambda: skimage_data.text(),
+    "a rendered document": document,
+    "a logo": lambda: skimage_data.logo()[..., :3],
+    "a screenshot-like interface": interface,
+    "the same interface in grey": lambda: grey(interface()),
+}
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+@pytest.mark.parametrize("what", sorted(PICTURES))
+def test_pictures_that_are_not_ct_are_refused(what, fmt):
+    ct = read_slice(encode(PICTURES[what](), fmt), f"picture.{fmt.lower()}")
+    with pytest.raises(UnreadableImage) as caught:
+        check_ct(ct)
+    assert caught.value.code == "not_ct"
+    assert str(caught.value).startswith("this does not look like a CT slice: ")
+
+
+def test_hounsfield_units_from_a_ct_header_are_trusted(tmp_path):
+    # A uniform phantom would fail the picture rules; a calibrated CT DICOM is not judged by them.
+    hu = np.full((64, 64), 40.0)
+    hu[16:48, 16:48] = -850.0
+    assert why_not_ct(read_slice(write_ct_dicom(hu, tmp_path / "p.dcm"))) is None
