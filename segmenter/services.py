@@ -366,7 +366,7 @@ def _segment_into(analysis: Analysis, slices: list[CTSlice]) -> None:
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="slice-png") as writer:
         for k, ct in enumerate(slices, start=1):
             image = writer.submit(_store_png, f"{folder}/{k:04d}-image.png", ct.pixels)
-            labels = segmenter.segment(ct.pixels)
+            labels = segmenter.segment(ct.pixels, spacing_mm=ct.pixel_spacing_mm)
             labels_file = writer.submit(_store_png, f"{folder}/{k:04d}-labels.png", labels)
             result = grade_slice(ct, labels)
             rows.append(_slice_row(analysis, k, ct, result, image.result(), labels_file.result()))

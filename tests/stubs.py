@@ -55,7 +55,7 @@ def stand_in_labels(pixels: np.ndarray) -> np.ndarray:
 class StandInSegmenter:
     """Fast and deterministic: the labels depend on the pixels alone."""
 
-    def segment(self, pixels: np.ndarray) -> np.ndarray:
+    def segment(self, pixels: np.ndarray, spacing_mm=None) -> np.ndarray:
         if pixels.dtype != np.uint8 or pixels.ndim != 2:
             raise ValueError(f"expected uint8 (H, W), got {pixels.dtype} {pixels.shape}")
         return stand_in_labels(pixels)
@@ -67,7 +67,7 @@ class FailingOnThirdSlice(StandInSegmenter):
     def __init__(self) -> None:
         self.calls = 0
 
-    def segment(self, pixels: np.ndarray) -> np.ndarray:
+    def segment(self, pixels: np.ndarray, spacing_mm=None) -> np.ndarray:
         self.calls += 1
         if self.calls == 3:
             raise RuntimeError("stand-in failure on the third slice")
@@ -77,7 +77,7 @@ class FailingOnThirdSlice(StandInSegmenter):
 class NoLungSegmenter:
     """Finds no lung anywhere: every pixel is background."""
 
-    def segment(self, pixels: np.ndarray) -> np.ndarray:
+    def segment(self, pixels: np.ndarray, spacing_mm=None) -> np.ndarray:
         return np.full(pixels.shape, BACKGROUND, np.uint8)
 
 

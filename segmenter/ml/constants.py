@@ -49,6 +49,14 @@ AIR_HU = -1000.0
 # masks) that halving costs next to nothing while making every pass four times cheaper.
 REFERENCE_SIDE_PX = 512
 MODEL_SCALE = 0.5
+# The reference grid in physical terms. No source records its pixel spacing; a 512 px
+# chest CT with the usual 350 mm field of view has 0.68 mm pixels (the sample DICOMs:
+# 0.625 mm), and the kmader bodies, whole in their 512 px slices, span 462-512 px (5th
+# percentile to median). A slice with a known spacing is brought to REFERENCE_PIXEL_MM; a
+# PNG/JPEG that shows the whole body has its body's long extent brought to
+# REFERENCE_BODY_PX (see preprocess.reference_factor).
+REFERENCE_PIXEL_MM = 0.7
+REFERENCE_BODY_PX = 500
 # Network inputs are padded to a multiple of this (the encoders' output stride).
 SIZE_MULTIPLE = 32
 

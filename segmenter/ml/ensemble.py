@@ -27,7 +27,15 @@ from .constants import BACKGROUND, MODEL_SCALE, NUM_CLASSES, SIZE_MULTIPLE
 from .networks import NETWORKS
 from .onnx_runtime import OnnxNetwork
 from .postprocess import postprocess
-from .preprocess import Box, body_box, normalise, pad_to_multiple, resize_probabilities, resize_to_model
+from .preprocess import (
+    Box,
+    body_box,
+    normalise,
+    pad_to_multiple,
+    reference_factor,
+    resize_probabilities,
+    resize_to_model,
+)
 from .weights import DEFAULT_WEIGHTS_DIR, load_networks
 
 log = logging.getLogger(__name__)
@@ -126,9 +134,11 @@ class Ensemble:
         with self._lock, torch.inference_mode(), autocast:
             return torch.softmax(net(x).float(), dim=1)[0].numpy()
 
-    def network_probabilities(self, k: int, pixels: np.ndarray) -> np.ndarray:
-        """uint8 (H, W) slice -> network k's float32 (C, h, w) probabilities at its scale."""
-        scaled = resize_to_model(pixels, self.scales[k])
+    def network_probabilities(self, k: int, pixels: np.ndarray, factor: float | None = None) -> np.ndarray:
+        """uint8 (H, W) slice -> network k's float32 (C, h, w) probabilities at its scale.
+
+        factor: the slice's reference factor (preprocess.reference_factor); None: by size."""
+        scaled = resize_to_model(pixels, self.scales[k], factor)
         h, w = scaled.shape
         box = Box(0, h, 0, w)
         if self.options.crop_to_body:
@@ -154,13 +164,21 @@ class Ensemble:
             total = p if total is None else total + p
         return total
 
-    def probabilities(self, pixels: np.ndarray) -> np.ndarray:
-        """uint8 (H, W) slice -> float32 (C, H, W) class probabilities at the slice's size."""
+    def probabilities(
+        self, pixels: np.ndarray, spacing_mm: tuple[float, float] | None = None, factor: float | None = None
+    ) -> np.ndarray:
+        """uint8 (H, W) slice -> float32 (C, H, W) class probabilities at the slice's size.
+
+        The slice is brought to the reference grid first (preprocess.reference_factor,
+        from ``spacing_mm`` in mm when known, else from the body's size)."""
         if pixels.ndim != 2 or pixels.dtype != np.uint8:
             raise ValueError(f"expected a uint8 (H, W) slice, got {pixels.dtype} {pixels.shape}")
-        parts = [self.network_probabilities(k, pixels) for k in range(len(self.networks))]
+        if factor is None:
+            factor = reference_factor(pixels, spacing_mm)
+        parts = [self.network_probabilities(k, pixels, factor) for k in range(len(self.networks))]
         return self.combine(parts, *pixels.shape)
 
-    def segment(self, pixels: np.ndarray) -> np.ndarray:
+    def segment(self, pixels: np.ndarray, spacing_mm: tuple[float, float] | None = None) -> np.ndarray:
         """uint8 (H, W) slice -> uint8 (H, W) label map (see constants for the values)."""
-        return postprocess(self.probabilities(pixels), pixels)
+        factor = reference_factor(pixels, spacing_mm) if pixels.ndim == 2 else None
+        return postprocess(self.probabilities(pixels, factor=factor), pixels, factor)

@@ -95,17 +95,17 @@ def evaluate_healthy(ensemble: Ensemble, images: Path, masks: Path | None = None
             mask_path = Path(masks) / f"{_stem(ct.name)}.png" if masks else None
             if mask_path is not None and mask_path.is_file():
                 lung = _read_mask(mask_path) > 0
-                scores.add(segment_at(ensemble, ct.pixels, lung.shape), lung, ct.name)
+                scores.add(segment_at(ensemble, ct.pixels, lung.shape, ct.pixel_spacing_mm), lung, ct.name)
             else:
-                scores.add(ensemble.segment(ct.pixels), None, ct.name)
+                scores.add(ensemble.segment(ct.pixels, spacing_mm=ct.pixel_spacing_mm), None, ct.name)
     return scores.result()
 
 
-def segment_at(ensemble: Ensemble, pixels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def segment_at(ensemble: Ensemble, pixels: np.ndarray, shape: tuple[int, int], spacing_mm=None) -> np.ndarray:
     """The served label map of a slice, taken at ``shape`` (the mask's size)."""
     if pixels.shape == shape:
-        return ensemble.segment(pixels)
-    probs = resize_probabilities(ensemble.probabilities(pixels), *shape)
+        return ensemble.segment(pixels, spacing_mm=spacing_mm)
+    probs = resize_probabilities(ensemble.probabilities(pixels, spacing_mm), *shape)
     interpolation = cv2.INTER_AREA if shape[0] < pixels.shape[0] else cv2.INTER_LINEAR
     return postprocess(probs, cv2.resize(pixels, shape[::-1], interpolation=interpolation))
 
@@ -118,7 +118,7 @@ def evaluate(ensemble: Ensemble, images: Path, masks: Path, lungs: bool = False)
     for image_path, mask_path in matched:
         mask = _read_mask(mask_path)
         ct = read_any(image_path)[0]
-        labels = segment_at(ensemble, ct.pixels, mask.shape)
+        labels = segment_at(ensemble, ct.pixels, mask.shape, ct.pixel_spacing_mm)
         if lungs:
             scores.add(labels, mask > 0)
         else:

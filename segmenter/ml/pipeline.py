@@ -22,9 +22,11 @@ DISCLAIMER = "For research and demonstration only; not for diagnosis."
 
 
 class Segmenter:
-    """Anything with ``segment(uint8 (H, W)) -> uint8 (H, W) labels``; the Ensemble is one."""
+    """Anything with ``segment(uint8 (H, W), spacing_mm=None) -> uint8 (H, W) labels``,
+    where spacing_mm is the slice's (row, column) pixel spacing when known; the Ensemble
+    is one."""
 
-    def segment(self, pixels: np.ndarray) -> np.ndarray:  # pragma: no cover - protocol
+    def segment(self, pixels: np.ndarray, spacing_mm: tuple[float, float] | None = None) -> np.ndarray:  # pragma: no cover
         raise NotImplementedError
 
 
@@ -44,7 +46,7 @@ class StudyAnalysis:
 
 
 def analyse_slice(ct: CTSlice, segmenter: Segmenter) -> SliceAnalysis:
-    return grade_slice(ct, segmenter.segment(ct.pixels))
+    return grade_slice(ct, segmenter.segment(ct.pixels, spacing_mm=ct.pixel_spacing_mm))
 
 
 def grade_slice(ct: CTSlice, labels: np.ndarray) -> SliceAnalysis:

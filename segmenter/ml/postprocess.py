@@ -17,6 +17,7 @@ from .constants import (
     OTHER_LUNG,
     REFERENCE_SIDE_PX,
 )
+from .preprocess import body_mask
 
 
 def labels_from_probabilities(probs: np.ndarray) -> np.ndarray:
@@ -55,9 +56,10 @@ def remove_small_lesions(labels: np.ndarray, min_area: int | None = None) -> np.
 # Lungs lie inside the body, as one or two large regions. The rules, in the order applied
 # (``keep_anatomical_lung``):
 #
-# 1. The body is the largest region brighter than BODY_LEVEL (tissue in the model's
-#    window: soft tissue is ~215, lung ~44, air outside the body ~25), closed over gaps of
-#    BODY_CLOSE_FRACTION of the slice's long side and with its holes (the lungs) filled.
+# 1. The body (``preprocess.body_mask``) is the largest region brighter than
+#    BODY_THRESHOLD (tissue in the model's window: soft tissue is ~215, lung ~44, air
+#    outside the body ~25), closed over gaps of BODY_CLOSE_FRACTION of the slice's long
+#    side and with its holes (the lungs) filled.
 #    An image edge along which the body runs for over BODY_EDGE_RUN of its length (a
 #    wide patient) counts as body. Where the body reaches three or more edges (a slice
 #    cropped to the thorax, like every MedSeg slice), lungs run into the edge and cannot
@@ -69,48 +71,7 @@ def remove_small_lesions(labels: np.ndarray, min_area: int | None = None) -> np.
 #
 # Lesions are lung classes, so they go with the region they belong to: no lesion is left
 # outside the kept lung.
-BODY_LEVEL = 110
-BODY_CLOSE_FRACTION = 0.02
-BODY_EDGE_RUN = 0.2
-BODY_CROPPED_SIDES = 3
 LUNG_MIN_SHARE = 0.05
-
-
-def body_mask(pixels: np.ndarray) -> np.ndarray | None:
-    """bool (H, W) body of a uint8 slice in the model's window, holes (lungs) filled; None
-    when the body reaches BODY_CROPPED_SIDES or more sides of the image (a slice cropped
-    to the thorax, like MedSeg's, where lungs run into the image's edge and nothing
-    tells them from the air outside).
-
-    Where the body runs along an edge of the image for more than BODY_EDGE_RUN of it (a
-    wide patient, or a slice cropped through the chest wall), that edge is taken as body
-    too, so that lungs cut by the crop still count as inside. A slice cut on all four
-    sides is all body: the rule that needs it then keeps every lung region.
-    """
-    h, w = pixels.shape
-    bright = (pixels > BODY_LEVEL).astype(np.uint8)
-    k = max(3, int(round(BODY_CLOSE_FRACTION * max(h, w))) | 1)
-    bright = cv2.morphologyEx(bright, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
-    n, components, stats, _ = cv2.connectedComponentsWithStats(bright, connectivity=8)
-    if n <= 1:
-        return None
-    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    body = (components == largest).astype(np.uint8)
-    if int(body[0].any()) + int(body[-1].any()) + int(body[:, 0].any()) + int(body[:, -1].any()) >= BODY_CROPPED_SIDES:
-        return None
-    padded = np.pad(body, 1)
-    if body[0].mean() > BODY_EDGE_RUN:
-        padded[0] = 1
-    if body[-1].mean() > BODY_EDGE_RUN:
-        padded[-1] = 1
-    if body[:, 0].mean() > BODY_EDGE_RUN:
-        padded[:, 0] = 1
-    if body[:, -1].mean() > BODY_EDGE_RUN:
-        padded[:, -1] = 1
-    n, holes = cv2.connectedComponents((padded == 0).astype(np.uint8), connectivity=4)
-    ring = np.concatenate([holes[0], holes[-1], holes[:, 0], holes[:, -1]])
-    outside = np.isin(holes, np.unique(ring[ring > 0]))
-    return ~outside[1:-1, 1:-1]
 
 
 def keep_anatomical_lung(labels: np.ndarray, pixels: np.ndarray) -> np.ndarray:
@@ -136,7 +97,13 @@ def keep_anatomical_lung(labels: np.ndarray, pixels: np.ndarray) -> np.ndarray:
     return out
 
 
-def postprocess(probs: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+def postprocess(probs: np.ndarray, pixels: np.ndarray, factor: float | None = None) -> np.ndarray:
     """float32 (C, H, W) probabilities of a uint8 (H, W) slice -> the label map users see:
-    the most probable class, the anatomy rules, then small lesions removed."""
-    return remove_small_lesions(keep_anatomical_lung(labels_from_probabilities(probs), pixels))
+    the most probable class, the anatomy rules, then small lesions removed.
+
+    factor: the slice's reference factor (``preprocess.reference_factor``), which turns
+    MIN_LESION_AREA_PX at the reference grid into this slice's pixels; None: by shape.
+    """
+    labels = keep_anatomical_lung(labels_from_probabilities(probs), pixels)
+    min_area = None if factor is None else max(1, int(round(MIN_LESION_AREA_PX / (factor * factor))))
+    return remove_small_lesions(labels, min_area)

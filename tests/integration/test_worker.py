@@ -33,7 +33,7 @@ SLICE_SECONDS = 0.4
 class SlowStandIn(StandInSegmenter):
     """The stand-in engine, slowed down so that progress can be watched."""
 
-    def segment(self, pixels: np.ndarray) -> np.ndarray:
+    def segment(self, pixels: np.ndarray, spacing_mm=None) -> np.ndarray:
         time.sleep(SLICE_SECONDS)
         return super().segment(pixels)
 
