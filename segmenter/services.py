@@ -28,7 +28,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
 from .engine import get_segmenter
-from .ml.archive import ArchiveLimits, read_zip
+from .ml.archive import ArchiveLimits, in_member, read_zip
 from .ml.ctcheck import check_ct
 from .ml.imaging import DICOM_SUFFIXES, IMAGE_SUFFIXES, CTSlice, UnreadableImage, read_slices
 from .ml.overlay import png_bytes
@@ -224,7 +224,10 @@ def upload_read(*, stream: BinaryIO, name: str, size: int) -> ParsedUpload:
             slices = read_slices(stream.read(), name)
             kind = Analysis.Kind.SLICE if len(slices) == 1 else Analysis.Kind.STUDY
         for ct in slices:
-            check_ct(ct)
+            try:
+                check_ct(ct)
+            except UnreadableImage as exc:
+                raise in_member(ct.name, exc) if kind == Analysis.Kind.STUDY else exc
     except UnreadableImage as exc:
         log.info("%s could not be read: %s", name, exc)
         message = _("%(name)s could not be read: %(reason)s.") % {"name": name, "reason": unreadable_reason(exc)}

@@ -110,6 +110,19 @@ class Samples:
         assert image.mode.startswith("I;16"), image.mode
         return _png(image)
 
+    def multiframe_dicom(self, tmp_path: Path) -> bytes:
+        """A two-frame CT DICOM (Hounsfield units) of dicom-samples 0 and 1."""
+        import pydicom
+        from pydicom.pixels import apply_modality_lut
+
+        from segmenter.ml.dicomwrite import write_ct_dicom
+
+        frames = []
+        for k in (0, 1):
+            ds = pydicom.dcmread(io.BytesIO(self.dicom(k)))
+            frames.append(apply_modality_lut(ds.pixel_array, ds))
+        return write_ct_dicom(np.stack(frames), tmp_path / "multiframe.dcm", (0.625, 0.625)).read_bytes()
+
     zip = staticmethod(zip_bytes)
 
 

@@ -57,7 +57,7 @@ def _check_path(name: str) -> PurePosixPath:
     return path
 
 
-def _in_member(member: str, exc: UnreadableImage) -> UnreadableImage:
+def in_member(member: str, exc: UnreadableImage) -> UnreadableImage:
     """The error for a whole archive or folder when one of its files is unreadable: it
     names the file and keeps that file's error under params["reason"]."""
     return UnreadableImage(f"{member}: {exc}", code="unreadable_member", params={"member": member, "reason": exc})
@@ -134,7 +134,7 @@ def _read_member(data: bytes, name: str) -> list[CTSlice]:
     try:
         return read_slices(data, name)
     except UnreadableImage as exc:
-        raise _in_member(name, exc) from exc
+        raise in_member(name, exc) from exc
 
 
 def read_zip(source: bytes | BinaryIO, limits: ArchiveLimits = ArchiveLimits()) -> list[CTSlice]:

@@ -17,7 +17,8 @@ RESCALE_INTERCEPT = -1024.0
 
 def write_ct_dicom(hu: np.ndarray, path: Path | str, spacing_mm: tuple[float, float] | None = None,
                    instance: int = 1) -> Path:
-    """float (H, W) HU -> a CT DICOM file at ``path`` (explicit VR little endian)."""
+    """float (H, W) HU -> a CT DICOM file at ``path`` (explicit VR little endian); (N, H, W)
+    gives a multi-frame file of N frames."""
     import pydicom
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
@@ -32,7 +33,9 @@ def write_ct_dicom(hu: np.ndarray, path: Path | str, spacing_mm: tuple[float, fl
     ds.Modality = "CT"
     ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
     ds.InstanceNumber = int(instance)
-    ds.Rows, ds.Columns = stored.shape
+    if stored.ndim == 3:
+        ds.NumberOfFrames = stored.shape[0]
+    ds.Rows, ds.Columns = stored.shape[-2:]
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
     ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = 1, RESCALE_INTERCEPT, "HU"

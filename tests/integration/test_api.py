@@ -89,6 +89,35 @@ def test_bad_input_answers_400_with_an_error_and_stores_nothing(post, stored_fil
     assert not Analysis.objects.exists() and stored_files() == []
 
 
+def test_a_picture_that_is_not_ct_answers_400_and_is_not_graded(post, stored_files):
+    import io
+
+    from PIL import Image
+
+    skimage_data = pytest.importorskip("skimage.data")
+    for picture in (skimage_data.astronaut(), skimage_data.camera(), skimage_data.text()):
+        buf = io.BytesIO()
+        Image.fromarray(picture).save(buf, "JPEG")
+        response = post("picture.jpg", buf.getvalue())
+        assert response.status_code == 400
+        assert "this does not look like a CT slice" in response.json()["error"]
+    assert not Analysis.objects.exists() and stored_files() == []
+
+
+def test_a_ct_slice_in_a_zip_next_to_a_photograph_refuses_the_study(post, samples, stored_files):
+    import io
+
+    from PIL import Image
+
+    skimage_data = pytest.importorskip("skimage.data")
+    buf = io.BytesIO()
+    Image.fromarray(skimage_data.coffee()).save(buf, "JPEG")
+    response = post("study.zip", samples.zip({"a.dcm": samples.dicom(0), "holiday.jpg": buf.getvalue()}))
+    assert response.status_code == 400
+    assert "holiday.jpg" in response.json()["error"] and "CT slice" in response.json()["error"]
+    assert stored_files() == []
+
+
 def test_a_missing_file_field_answers_400(post, samples):
     response = post("a.png", samples.png(), field="upload")
     assert response.status_code == 400 and "'file'" in response.json()["error"]

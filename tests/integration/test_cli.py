@@ -87,12 +87,9 @@ def test_it_segments_a_nifti_volume_built_from_real_slices(data_root, tmp_path):
 
 
 @pytest.mark.usefixtures("stand_in_engine")
-def test_each_frame_of_a_multiframe_dicom_is_written_under_the_files_name_and_frame(tmp_path):
-    from pydicom.data import get_testdata_file
-
+def test_each_frame_of_a_multiframe_dicom_is_written_under_the_files_name_and_frame(tmp_path, samples):
     path = tmp_path / "x.dcm"
-    with open(get_testdata_file("SC_rgb_rle_2frame.dcm"), "rb") as fh:
-        path.write_bytes(fh.read())
+    path.write_bytes(samples.multiframe_dicom(tmp_path))
     _run(path, "--out", tmp_path / "out")
     assert sorted(p.name for p in (tmp_path / "out" / "x").glob("*-labels.png")) == [
         "0001-x-001-labels.png",

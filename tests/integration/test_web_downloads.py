@@ -179,11 +179,8 @@ def test_a_volumes_slice_downloads_under_the_volumes_name_and_its_number(client,
         assert archive.namelist()[:2] == ["0001-ct-001-overlay.png", "0001-ct-001-labels.png"]
 
 
-def test_a_frame_of_a_multiframe_dicom_downloads_under_the_files_name_and_frame(client, analyse):
-    from pydicom.data import get_testdata_file
-
-    with open(get_testdata_file("SC_rgb_rle_2frame.dcm"), "rb") as fh:
-        analysis = analyse("x.dcm", fh.read())
+def test_a_frame_of_a_multiframe_dicom_downloads_under_the_files_name_and_frame(client, analyse, samples, tmp_path):
+    analysis = analyse("x.dcm", samples.multiframe_dicom(tmp_path))
     assert [s.stem for s in analysis.slices.all()] == ["x-001", "x-002"]  # frames are numbered from 1
     response = _get(client, "slice_overlay", analysis.id, 2)
     _body(response)

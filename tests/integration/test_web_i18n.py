@@ -71,6 +71,17 @@ def test_the_size_of_a_file_over_the_limit_is_said_in_russian(client, upload, se
     assert response.context["error"] == "Размер файла — 1,1 МБ; допустимо не более 1 МБ."
 
 
+def _colour_photo() -> bytes:
+    import io
+
+    from PIL import Image
+
+    skimage_data = pytest.importorskip("skimage.data")
+    buf = io.BytesIO()
+    Image.fromarray(skimage_data.astronaut()).save(buf, "PNG")
+    return buf.getvalue()
+
+
 @pytest.mark.parametrize(
     "name, make, expected",
     [
@@ -84,8 +95,13 @@ def test_the_size_of_a_file_over_the_limit_is_said_in_russian(client, upload, se
             lambda s: s.zip({"../../x.png": s.png()}),
             "Не удалось прочитать study.zip: в архиве есть небезопасный путь (../../x.png).",
         ),
+        (
+            "photo.png",
+            lambda s: _colour_photo(),
+            "Не удалось прочитать photo.png: это не похоже на срез КТ: это цветное изображение.",
+        ),
     ],
-    ids=["truncated png", "unsafe zip path"],
+    ids=["truncated png", "unsafe zip path", "colour photograph"],
 )
 def test_why_a_file_could_not_be_read_is_said_in_russian(client, upload, samples, name, make, expected):
     _switch(client, "ru")
