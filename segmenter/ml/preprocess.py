@@ -25,6 +25,10 @@ BODY_MARGIN_PX = 16
 BODY_CLOSE_FRACTION = 0.02
 BODY_EDGE_RUN = 0.2
 BODY_CROPPED_SIDES = 3
+#: ... and the body must hold this share of all bright pixels, else it is not found.
+BODY_MIN_SHARE = 0.9
+#: reference_factor trusts a body only if it spans this share of the image's long side.
+BODY_MIN_EXTENT = 0.5
 
 
 def model_scale(height: int, width: int, scale: float = MODEL_SCALE) -> float:
@@ -76,8 +80,9 @@ def reference_factor(pixels: np.ndarray, spacing_mm: tuple[float, float] | None 
     * With the pixel spacing (DICOM, NIfTI): mean spacing / REFERENCE_PIXEL_MM; a 64 px
       slice of 4 mm pixels is enlarged 5.7 times, a 630 px slice of 0.6 mm pixels shrunk
       to 540 px.
-    * Without it (PNG, JPEG), where the whole body lies in the image: the body's long
-      extent is brought to REFERENCE_BODY_PX.
+    * Without it (PNG, JPEG), where the whole body lies in the image (``body_mask``) and
+      spans at least BODY_MIN_EXTENT of its long side: the body's long extent is brought
+      to REFERENCE_BODY_PX.
     * Otherwise (a slice cropped to the thorax, like MedSeg's): ``model_scale``'s rule,
       the rule the networks were trained with.
 
@@ -88,9 +93,11 @@ def reference_factor(pixels: np.ndarray, spacing_mm: tuple[float, float] | None 
         factor = float(np.mean(spacing_mm)) / REFERENCE_PIXEL_MM
     else:
         body = body_mask(pixels)
+        extent = 0
         if body is not None and body.any():
             rows, cols = np.flatnonzero(body.any(axis=1)), np.flatnonzero(body.any(axis=0))
             extent = max(rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1)
+        if extent >= BODY_MIN_EXTENT * max(h, w):
             factor = REFERENCE_BODY_PX / extent
         else:
             factor = model_scale(h, w, 1.0)
@@ -170,6 +177,8 @@ def body_mask(pixels: np.ndarray) -> np.ndarray | None:
     if n <= 1:
         return None
     largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    if stats[largest, cv2.CC_STAT_AREA] < BODY_MIN_SHARE * stats[1:, cv2.CC_STAT_AREA].sum():
+        return None  # the bright pixels are scattered pieces, not one body
     body = (components == largest).astype(np.uint8)
     if int(body[0].any()) + int(body[-1].any()) + int(body[:, 0].any()) + int(body[:, -1].any()) >= BODY_CROPPED_SIDES:
         return None
