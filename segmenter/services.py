@@ -28,8 +28,8 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
 from .engine import get_segmenter
-from .ml.archive import ArchiveLimits, in_member, read_zip
-from .ml.ctcheck import check_ct
+from .ml.archive import ArchiveLimits, read_zip
+from .ml.ctcheck import check_slices
 from .ml.imaging import DICOM_SUFFIXES, IMAGE_SUFFIXES, CTSlice, UnreadableImage, read_slices
 from .ml.overlay import png_bytes
 from .ml.pipeline import SliceAnalysis, grade_slice
@@ -223,11 +223,7 @@ def upload_read(*, stream: BinaryIO, name: str, size: int) -> ParsedUpload:
         else:
             slices = read_slices(stream.read(), name)
             kind = Analysis.Kind.SLICE if len(slices) == 1 else Analysis.Kind.STUDY
-        for ct in slices:
-            try:
-                check_ct(ct)
-            except UnreadableImage as exc:
-                raise in_member(ct.name, exc) if kind == Analysis.Kind.STUDY else exc
+        check_slices(slices, study=kind == Analysis.Kind.STUDY)
     except UnreadableImage as exc:
         log.info("%s could not be read: %s", name, exc)
         message = _("%(name)s could not be read: %(reason)s.") % {"name": name, "reason": unreadable_reason(exc)}

@@ -101,6 +101,17 @@ def why_not_ct(ct: CTSlice) -> str | None:
     return None
 
 
+def check_slices(slices: list[CTSlice], study: bool) -> None:
+    """check_ct for every slice; in a study, the error names the slice's file."""
+    from .archive import in_member
+
+    for ct in slices:
+        try:
+            check_ct(ct)
+        except UnreadableImage as exc:
+            raise in_member(ct.name, exc) if study else exc from None
+
+
 def check_ct(ct: CTSlice) -> None:
     """Raise UnreadableImage (code "not_ct") when ``ct`` does not look like a CT slice."""
     reason = why_not_ct(ct)

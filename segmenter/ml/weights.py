@@ -20,7 +20,14 @@ from typing import Any
 
 import torch
 
-from .constants import CLASS_NAMES, MODEL_WINDOW_LEVEL_HU, MODEL_WINDOW_WIDTH_HU, REFERENCE_SIDE_PX
+from .constants import (
+    CLASS_NAMES,
+    MODEL_WINDOW_LEVEL_HU,
+    MODEL_WINDOW_WIDTH_HU,
+    REFERENCE_BODY_PX,
+    REFERENCE_PIXEL_MM,
+    REFERENCE_SIDE_PX,
+)
 from .networks import NETWORKS, build_network
 
 MANIFEST = "manifest.json"
@@ -46,9 +53,18 @@ def input_spec() -> dict[str, Any]:
         "channels": 1,
         "dtype": "uint8 grey, scaled to [-1, 1] as x * 2/255 - 1",
         "window_hu": {"width": MODEL_WINDOW_WIDTH_HU, "level": MODEL_WINDOW_LEVEL_HU},
+        "domain": (
+            "the grey levels of the MedSeg 8-bit exports: Hounsfield units (DICOM, NIfTI, calibrated 16-bit) "
+            "go through window_hu, fitted so that healthy lung (-891 HU, kmader lung-mask peak) and soft tissue "
+            "(+44 HU) land on MedSeg's histogram peaks (grey 44 and 215); 8-bit images are taken as they are "
+            "(training drew random windows W 1200-1650 / L -600..-350 for HU sources and random monotone "
+            "curves for 8-bit sources, so neither window is required)"
+        ),
         "scale": (
-            f"each network's 'scale' s: slices up to {REFERENCE_SIDE_PX} px on the long side are resized "
-            f"by s; larger ones so that the long side becomes {REFERENCE_SIDE_PX} * s px"
+            f"first to the reference grid: pixel spacing / {REFERENCE_PIXEL_MM} mm when known; else, where the "
+            f"whole body is in the image, its long extent to {REFERENCE_BODY_PX} px; else slices up to "
+            f"{REFERENCE_SIDE_PX} px are kept and larger ones shrunk to {REFERENCE_SIDE_PX} px on the long side. "
+            "Then each network's 'scale' s (preprocess.reference_factor)"
         ),
         "axis_order": "(N, C, H, W); row 0 is the top of the displayed image",
     }

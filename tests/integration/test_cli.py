@@ -119,6 +119,22 @@ def test_bad_input_exits_with_a_clear_message(tmp_path, name, data, message):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.usefixtures("stand_in_engine")
+def test_a_photograph_alone_or_in_a_folder_is_refused_as_not_ct(tmp_path, samples):
+    from PIL import Image
+
+    skimage_data = pytest.importorskip("skimage.data")
+    folder = tmp_path / "study"
+    folder.mkdir()
+    (folder / "a.dcm").write_bytes(samples.dicom(0))
+    Image.fromarray(skimage_data.camera()).save(folder / "camera.png")
+    with pytest.raises(CommandError, match="camera.png: this does not look like a CT slice"):
+        _run(folder, "--out", tmp_path / "out")
+    with pytest.raises(CommandError, match="this does not look like a CT slice"):
+        _run(folder / "camera.png", "--out", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_missing_path_is_an_error(tmp_path):
     with pytest.raises(CommandError, match="does not exist"):
         _run(tmp_path / "nothing.dcm", "--out", tmp_path)

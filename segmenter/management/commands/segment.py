@@ -16,6 +16,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 
 from segmenter.ml.archive import read_folder
+from segmenter.ml.ctcheck import check_slices
 from segmenter.ml.imaging import CTSlice, UnreadableImage
 from segmenter.ml.overlay import png_bytes, render_overlay
 from segmenter.ml.pipeline import (
@@ -87,7 +88,9 @@ class Command(BaseCommand):
             raise CommandError(f"{path} does not exist")
         try:
             if path.is_dir():
-                return "study", read_folder(path, services.archive_limits())
+                slices = read_folder(path, services.archive_limits())
+                check_slices(slices, study=True)
+                return "study", slices
             with open(path, "rb") as fh:
                 parsed = services.upload_read(stream=fh, name=path.name, size=path.stat().st_size)
             return parsed.kind, parsed.slices
