@@ -25,6 +25,7 @@ every labelled slice trains. ``--export DIR`` writes the shipped weights and man
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import logging
@@ -107,6 +108,7 @@ class TrainConfig:
     group_threshold_kmader: float = 0.75
     # running
     bf16: bool = True  # autocast the forward pass to bfloat16
+    device: str = "cpu"  # "cuda" on a GPU machine (validation and export still run on the CPU)
     threads: int = 2
     log_every: int = 10
     eval_every: int = 250
@@ -263,6 +265,8 @@ def _render(sample: Sample, scale: float, rng: np.random.Generator, cfg: TrainCo
 def validate(nets: dict[str, torch.nn.Module], data: Datasets, scales: dict[str, float]) -> dict:
     """Lesion scores on held-out MedSeg slices and lung scores on held-out kmader slices,
     for the ensemble and for each network alone, at each mask's full resolution."""
+    if any(p.device.type != "cpu" for n in nets.values() for p in n.parameters()):
+        nets = {k: copy.deepcopy(v).cpu() for k, v in nets.items()}
     results: dict = {}
     for n in nets.values():
         n.eval()
@@ -351,7 +355,7 @@ def build_training_networks(cfg: TrainConfig) -> dict[str, torch.nn.Module]:
             seed_encoder_from_lite(net.encoder, NETWORKS[name].lite_init)
         elif cfg.init != "random":
             raise SystemExit(f"unknown --init {cfg.init!r}; expected 'lite' or 'random'")
-        nets[name] = net.to(memory_format=torch.channels_last).train()
+        nets[name] = net.to(cfg.device, memory_format=torch.channels_last).train()
     return nets
 
 
@@ -398,7 +402,7 @@ def train(cfg: TrainConfig) -> dict:
         log.info("resumed from %s at step %d", ckpt_path, step)
 
     log_file = open(out / "log.jsonl", "a")
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16)
+    autocast = torch.autocast(torch.device(cfg.device).type, dtype=torch.bfloat16, enabled=cfg.bf16)
     last_val: dict = {}
     t0, done_since = time.perf_counter(), 0
     plan = cfg.plan()
@@ -407,6 +411,7 @@ def train(cfg: TrainConfig) -> dict:
         record: dict = {"step": step + 1}
         for name, net in nets.items():
             x, y, sources = make_batch(data, cfg, rng, *plan[name])
+            x, y = x.to(cfg.device, non_blocking=True), y.to(cfg.device, non_blocking=True)
             with autocast:
                 logits = net(x)
             loss, parts = batch_loss(logits, y, sources, cfg)
@@ -453,6 +458,7 @@ def train(cfg: TrainConfig) -> dict:
 
 
 def export(nets: dict[str, torch.nn.Module], cfg: TrainConfig, directory: Path, validation: dict) -> dict:
+    nets = {k: v.cpu() for k, v in nets.items()}
     for n in nets.values():
         n.eval()
     weights = list(cfg.ensemble_weights) or [1.0] * len(nets)
