@@ -157,12 +157,26 @@ def report_rows(names: Sequence[str], areas: Sequence[Areas]) -> tuple[list[dict
     return rows, report_row("study", "study total", total, severity)
 
 
+#: A text cell starting with one of these is a formula to a spreadsheet (CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value) -> str | int | float:
+    """A report value as a CSV cell: empty for None, text that a spreadsheet would run as
+    a formula prefixed with an apostrophe (OWASP's advice), numbers as they are."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def report_csv(rows: list[dict], total: dict) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=REPORT_FIELDS, lineterminator="\n")
     writer.writeheader()
     for row in [*rows, total]:
-        writer.writerow({k: "" if row[k] is None else row[k] for k in REPORT_FIELDS})
+        writer.writerow({k: csv_cell(row[k]) for k in REPORT_FIELDS})
     return buf.getvalue()
 
 
