@@ -15,6 +15,7 @@ import dataclasses
 import io
 import logging
 import re
+import unicodedata
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -49,12 +50,23 @@ def _is_skipped(path: PurePosixPath) -> bool:
     )
 
 
+def printable_name(name: str) -> str:
+    """A member name as it may be shown and written: control characters (CR, LF, tab, …)
+    and invisible format characters (such as U+202E, which reverses the text after it)
+    become "_"."""
+    return "".join("_" if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") else c for c in name)
+
+
 def _check_path(name: str) -> PurePosixPath:
     normalised = name.replace("\\", "/")
     path = PurePosixPath(normalised)
     if normalised.startswith("/") or re.match(r"^[A-Za-z]:", normalised) or ".." in path.parts:
-        raise UnreadableImage(f"the zip contains an unsafe path ({name!r})", code="unsafe_path", params={"path": name})
-    return path
+        raise UnreadableImage(
+            f"the zip contains an unsafe path ({printable_name(name)!r})",
+            code="unsafe_path",
+            params={"path": printable_name(name)},
+        )
+    return PurePosixPath(printable_name(normalised))
 
 
 def in_member(member: str, exc: UnreadableImage) -> UnreadableImage:

@@ -126,3 +126,13 @@ def _empty(tmp_path):
     d = tmp_path / "empty"
     d.mkdir()
     return d
+
+
+def test_control_and_bidi_characters_in_member_names_are_replaced(samples):
+    from segmenter.ml.archive import read_zip
+
+    from ..conftest import zip_bytes
+
+    names = ["a\r\nb.dcm", "evil\u202egnp.dcm"]
+    slices = read_zip(zip_bytes({names[0]: samples.dicom(0), names[1]: samples.dicom(1)}))
+    assert sorted(s.name for s in slices) == ["a__b.dcm", "evil_gnp.dcm"]
