@@ -201,7 +201,10 @@ class AnalysisListView(APIView):
         },
     )
     def post(self, request):
-        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+        try:
+            declared = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            return _error("The Content-Length header is not a number.", status.HTTP_400_BAD_REQUEST)
         if declared > settings.SEGMENTER_MAX_UPLOAD_BYTES + 1024 * 1024:
             return _error(
                 _("The file is %(size)s MB; the limit is %(limit)s MB.")
@@ -214,7 +217,7 @@ class AnalysisListView(APIView):
         try:
             analysis = services.analysis_create(stream=upload, name=upload.name or "upload", size=upload.size)
         except services.UploadError as exc:
-            return _error(str(exc), status.HTTP_400_BAD_REQUEST)
+            return _error(str(exc), exc.status_code)
         code = status.HTTP_201_CREATED if analysis.is_finished else status.HTTP_202_ACCEPTED
         response = Response(analysis_data(request, analysis), status=code)
         response["Location"] = reverse("api:analysis", kwargs={"analysis_id": analysis.id})

@@ -129,7 +129,16 @@ NOT_CT_REASONS = {
 
 
 class UploadError(ValueError):
-    """An upload that cannot be analysed; ``str()`` says why, for the person who sent it."""
+    """An upload that cannot be analysed; ``str()`` says why, for the person who sent it,
+    and ``status_code`` is the HTTP status that answers it."""
+
+    status_code = 400
+
+
+class UploadTooLarge(UploadError):
+    """An upload over SEGMENTER_MAX_UPLOAD_BYTES."""
+
+    status_code = 413
 
 
 @dataclass
@@ -202,7 +211,7 @@ def upload_read(*, stream: BinaryIO, name: str, size: int) -> ParsedUpload:
     if size <= 0:
         raise UploadError(_("The file is empty."))
     if size > settings.SEGMENTER_MAX_UPLOAD_BYTES:
-        raise UploadError(
+        raise UploadTooLarge(
             _("The file is %(size)s MB; the limit is %(limit)s MB.")
             % {"size": megabytes(size), "limit": megabytes(settings.SEGMENTER_MAX_UPLOAD_BYTES)}
         )

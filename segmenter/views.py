@@ -127,7 +127,7 @@ def _upload(request):
     try:
         analysis = services.analysis_create(stream=upload, name=upload.name, size=upload.size)
     except services.UploadError as exc:
-        return _refuse(request, str(exc))
+        return _refuse(request, str(exc), exc.status_code)
     if analysis.kind == Analysis.Kind.SLICE and analysis.status == Analysis.Status.DONE:
         url = reverse("segmenter:slice", args=[analysis.id, 1])  # straight to the result
     else:

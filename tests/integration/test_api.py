@@ -128,6 +128,20 @@ def test_a_non_multipart_body_answers_415(client):
     assert response.status_code == 415 and "error" in response.json()
 
 
+def test_one_byte_over_the_limit_answers_413_too(post, samples, settings, stored_files):
+    data = samples.png()
+    settings.SEGMENTER_MAX_UPLOAD_BYTES = len(data) - 1
+    response = post("big.png", data)
+    assert response.status_code == 413 and "limit" in response.json()["error"]
+    assert stored_files() == []
+
+
+def test_a_malformed_content_length_answers_400(client):
+    response = client.post("/api/v1/analyses", data=b"x", content_type="multipart/form-data; boundary=x",
+                           headers={"Content-Length": "ab"})
+    assert response.status_code == 400
+
+
 def test_an_upload_over_the_limit_answers_413(post, samples, settings, stored_files):
     settings.SEGMENTER_MAX_UPLOAD_BYTES = 1024
     response = post("big.png", samples.png() * 20)

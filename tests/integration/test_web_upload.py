@@ -245,7 +245,7 @@ def test_it_refuses_a_real_file_over_the_limit(upload, settings, stored_files):
 def test_it_refuses_a_file_just_over_the_limit_that_the_framing_hid(upload, settings, stored_files):
     settings.SEGMENTER_MAX_UPLOAD_BYTES = 1024 * 1024
     response = upload("big.png", b"\x89PNG\r\n\x1a\n" + b"\x00" * (1024 * 1024))
-    assert response.status_code == 400
+    assert response.status_code == 413
     assert response.context["error"] == "The file is 1.1 MB; the limit is 1 MB."  # 8 bytes over, rounded up
     assert Analysis.objects.count() == 0 and stored_files() == []
 
