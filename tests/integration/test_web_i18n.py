@@ -67,7 +67,7 @@ def test_the_size_of_a_file_over_the_limit_is_said_in_russian(client, upload, se
     settings.SEGMENTER_MAX_UPLOAD_BYTES = 1024 * 1024
     _switch(client, "ru")
     response = upload("big.png", b"\x89PNG\r\n\x1a\n" + b"\x00" * (1024 * 1024 + 60 * 1024))
-    assert response.status_code == 400
+    assert response.status_code == 413
     assert response.context["error"] == "Размер файла — 1,1 МБ; допустимо не более 1 МБ."
 
 
