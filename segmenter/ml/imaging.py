@@ -280,12 +280,17 @@ def colour_share(rgb: np.ndarray, chroma_min: int = 24) -> float:
     return float(np.count_nonzero(chroma > chroma_min)) / chroma.size
 
 
-def _float_or_none(value) -> float | None:
+#: Geometry outside these bounds is nonsense (and overflows areas and volumes): ignored.
+MAX_SPACING_MM = 100.0
+MAX_POSITION_MM = 1e6
+
+
+def _float_or_none(value, bound: float = MAX_POSITION_MM) -> float | None:
     try:
         out = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
-    return out if np.isfinite(out) else None
+    return out if np.isfinite(out) and abs(out) <= bound else None
 
 
 def _dicom_position(ds) -> float | None:
@@ -295,7 +300,7 @@ def _dicom_position(ds) -> float | None:
     try:
         if ipp is not None and iop is not None and len(ipp) == 3 and len(iop) == 6:
             row, col = np.asarray(iop[:3], float), np.asarray(iop[3:], float)
-            return float(np.dot(np.cross(row, col), np.asarray(ipp, float)))
+            return _float_or_none(np.dot(np.cross(row, col), np.asarray(ipp, float)))
     except (TypeError, ValueError):
         pass
     return _float_or_none(getattr(ds, "SliceLocation", None))
@@ -356,10 +361,11 @@ def _read_dicom(data: bytes, name: str, force: bool) -> list[CTSlice]:
     spacing = getattr(ds, "PixelSpacing", None)
     spacing_mm = None
     if spacing is not None and len(spacing) == 2:
-        sr, sc = _float_or_none(spacing[0]), _float_or_none(spacing[1])
+        sr, sc = _float_or_none(spacing[0], MAX_SPACING_MM), _float_or_none(spacing[1], MAX_SPACING_MM)
         if sr and sc and sr > 0 and sc > 0:
             spacing_mm = (sr, sc)
-    thickness = _float_or_none(getattr(ds, "SliceThickness", None))
+    thickness = _float_or_none(getattr(ds, "SliceThickness", None), MAX_SPACING_MM)
+    thickness = thickness if thickness and thickness > 0 else None
     instance = getattr(ds, "InstanceNumber", None)
     instance = int(instance) if isinstance(instance, (int, float)) or str(instance).isdigit() else None
     position = _dicom_position(ds)

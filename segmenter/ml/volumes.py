@@ -15,7 +15,7 @@ import zlib
 
 import numpy as np
 
-from .imaging import MAX_SLICE_PIXELS, CTSlice, UnreadableImage, window
+from .imaging import MAX_SLICE_PIXELS, MAX_SPACING_MM, CTSlice, UnreadableImage, window
 
 GZIP_MAGIC = b"\x1f\x8b"
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -93,7 +93,7 @@ def read_nifti(data: bytes, name: str = "volume.nii", max_bytes: int = MAX_VOLUM
         )
     zooms = image.header.get_zooms()
     spacing = (float(zooms[ap_axis]), float(zooms[lr_axis]))
-    thickness = float(zooms[si_axis]) or None
+    thickness = float(zooms[si_axis])
     n = shape[si_axis]
     # Head to feet: walk the S-I axis from its superior end.
     order = range(n - 1, -1, -1) if si_sign > 0 else range(n)
@@ -125,8 +125,8 @@ def read_nifti(data: bytes, name: str = "volume.nii", max_bytes: int = MAX_VOLUM
                 pixels=window(np.nan_to_num(plane, nan=-1000.0)),
                 name=f"{name}[{position + 1}]",
                 calibrated=True,
-                pixel_spacing_mm=spacing if all(s > 0 for s in spacing) else None,
-                slice_thickness_mm=thickness,
+                pixel_spacing_mm=spacing if all(0 < s <= MAX_SPACING_MM for s in spacing) else None,
+                slice_thickness_mm=thickness if thickness and 0 < thickness <= MAX_SPACING_MM else None,
                 instance_number=position + 1,
             )
         )

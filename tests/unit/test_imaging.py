@@ -205,3 +205,18 @@ def test_grey_png_with_alpha_and_palette_images_read():
     buf = io.BytesIO()
     p.save(buf, format="PNG")
     assert read_slice(buf.getvalue(), "p.png").pixels.shape == (30, 40)
+
+
+@pytest.mark.parametrize("spacing, thickness", [(["1e200", "1e200"], "inf"), (["-1", "0.7"], "0"), (["nan", "1"], "1e300")])
+def test_nonsense_geometry_is_ignored_not_carried(tmp_path, dicom_hu, spacing, thickness):
+    import pydicom
+
+    from segmenter.ml.dicomwrite import write_ct_dicom
+
+    path = write_ct_dicom(dicom_hu, tmp_path / "x.dcm")
+    ds = pydicom.dcmread(path)
+    ds.PixelSpacing, ds.SliceThickness = spacing, thickness
+    ds.ImagePositionPatient, ds.ImageOrientationPatient = ["1e308", "1e308", "1e308"], [1, 0, 0, 0, 1, 0]
+    ds.save_as(path)
+    ct = read_slice(path)
+    assert ct.pixel_spacing_mm is None and ct.slice_thickness_mm is None and ct.position_mm is None
