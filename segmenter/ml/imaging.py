@@ -307,7 +307,27 @@ def _dicom_position(ds) -> float | None:
 
 
 def _read_dicom(data: bytes, name: str, force: bool) -> list[CTSlice]:
-    """DICOM bytes -> one CTSlice per frame, in Hounsfield units through the lung window."""
+    """DICOM bytes -> one CTSlice per frame, in Hounsfield units through the model's window.
+
+    pydicom parses element values lazily, so a damaged value (NumberOfFrames "ab",
+    RescaleSlope "x", an undecodable VR) surfaces only when it is read: any such error
+    while the slices are built is reported as a damaged file.
+    """
+    from pydicom.errors import BytesLengthException
+
+    try:
+        return _dicom_slices(data, name, force)
+    except UnreadableImage:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError, ZeroDivisionError,
+            BytesLengthException) as exc:
+        detail = exc.__class__.__name__
+        raise UnreadableImage(
+            f"the DICOM file is damaged ({detail})", code="damaged_dicom", params={"detail": detail}
+        ) from exc
+
+
+def _dicom_slices(data: bytes, name: str, force: bool) -> list[CTSlice]:
     import pydicom
     from pydicom.errors import InvalidDicomError
     from pydicom.pixels import apply_modality_lut

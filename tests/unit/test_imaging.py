@@ -220,3 +220,22 @@ def test_nonsense_geometry_is_ignored_not_carried(tmp_path, dicom_hu, spacing, t
     ds.save_as(path)
     ct = read_slice(path)
     assert ct.pixel_spacing_mm is None and ct.slice_thickness_mm is None and ct.position_mm is None
+
+
+@pytest.mark.parametrize("tag, raw", [((0x0028, 0x0008), b"ab"), ((0x0028, 0x1053), b"x "), ((0x0028, 0x0010), b"\xff")])
+def test_damaged_element_values_read_as_a_damaged_dicom(tmp_path, tag, raw):
+    import pydicom
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    from segmenter.ml.dicomwrite import write_ct_dicom
+    from segmenter.ml.imaging import UnreadableImage
+
+    path = write_ct_dicom(np.full((32, 32), -500.0), tmp_path / "x.dcm")
+    ds = pydicom.dcmread(path)
+    vr = {0x00280008: "IS", 0x00281053: "DS", 0x00280010: "US"}[Tag(*tag)]
+    ds._dict[Tag(*tag)] = RawDataElement(Tag(*tag), vr, len(raw), raw, 0, False, True)
+    ds.save_as(path)
+    with pytest.raises(UnreadableImage) as caught:
+        read_slice(path)
+    assert caught.value.code in {"damaged_dicom", "dicom_undecodable", "image_too_small"}
