@@ -30,6 +30,7 @@ from .postprocess import postprocess
 from .preprocess import (
     Box,
     body_box,
+    body_mask,
     normalise,
     pad_to_multiple,
     reference_factor,
@@ -180,5 +181,8 @@ class Ensemble:
 
     def segment(self, pixels: np.ndarray, spacing_mm: tuple[float, float] | None = None) -> np.ndarray:
         """uint8 (H, W) slice -> uint8 (H, W) label map (see constants for the values)."""
-        factor = reference_factor(pixels, spacing_mm) if pixels.ndim == 2 else None
-        return postprocess(self.probabilities(pixels, factor=factor), pixels, factor)
+        if pixels.ndim != 2:
+            raise ValueError(f"expected a uint8 (H, W) slice, got {pixels.dtype} {pixels.shape}")
+        body = body_mask(pixels)  # once: for the scale rule and for the anatomy rules
+        factor = reference_factor(pixels, spacing_mm, body)
+        return postprocess(self.probabilities(pixels, factor=factor), pixels, factor, body)

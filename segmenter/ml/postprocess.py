@@ -74,7 +74,10 @@ def remove_small_lesions(labels: np.ndarray, min_area: int | None = None) -> np.
 LUNG_MIN_SHARE = 0.05
 
 
-def keep_anatomical_lung(labels: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+_UNSET = object()
+
+
+def keep_anatomical_lung(labels: np.ndarray, pixels: np.ndarray, body=_UNSET) -> np.ndarray:
     """Relabel as background the lung regions that break the rules above; a new array.
 
     labels: uint8 (H, W) engine classes; pixels: the uint8 (H, W) slice they came from.
@@ -86,7 +89,10 @@ def keep_anatomical_lung(labels: np.ndarray, pixels: np.ndarray) -> np.ndarray:
     n, components, stats, _ = cv2.connectedComponentsWithStats(lung, connectivity=8)
     areas = stats[1:, cv2.CC_STAT_AREA]
     drop = set((1 + np.flatnonzero(areas < LUNG_MIN_SHARE * areas.max())).tolist())
-    body = body_mask(pixels) if pixels.shape == labels.shape else None
+    if pixels.shape != labels.shape:
+        body = None
+    elif body is _UNSET:
+        body = body_mask(pixels)
     if body is not None:
         inside = np.bincount(components[body], minlength=n)
         for k in range(1, n):
@@ -97,13 +103,14 @@ def keep_anatomical_lung(labels: np.ndarray, pixels: np.ndarray) -> np.ndarray:
     return out
 
 
-def postprocess(probs: np.ndarray, pixels: np.ndarray, factor: float | None = None) -> np.ndarray:
+def postprocess(probs: np.ndarray, pixels: np.ndarray, factor: float | None = None, body=_UNSET) -> np.ndarray:
     """float32 (C, H, W) probabilities of a uint8 (H, W) slice -> the label map users see:
     the most probable class, the anatomy rules, then small lesions removed.
 
     factor: the slice's reference factor (``preprocess.reference_factor``), which turns
     MIN_LESION_AREA_PX at the reference grid into this slice's pixels; None: by shape.
+    body: the slice's ``preprocess.body_mask``, when the caller has it already.
     """
-    labels = keep_anatomical_lung(labels_from_probabilities(probs), pixels)
+    labels = keep_anatomical_lung(labels_from_probabilities(probs), pixels, body)
     min_area = None if factor is None else max(1, int(round(MIN_LESION_AREA_PX / (factor * factor))))
     return remove_small_lesions(labels, min_area)

@@ -73,7 +73,10 @@ def resize_labels_to_model(labels: np.ndarray, scale: float = MODEL_SCALE) -> np
 FACTOR_RANGE = (0.1, 10.0)
 
 
-def reference_factor(pixels: np.ndarray, spacing_mm: tuple[float, float] | None = None) -> float:
+_UNSET = object()
+
+
+def reference_factor(pixels: np.ndarray, spacing_mm: tuple[float, float] | None = None, body=_UNSET) -> float:
     """How much a uint8 (H, W) slice must be resized to reach the reference grid (the
     pixel size of a 512 x 512 chest CT, REFERENCE_PIXEL_MM), before each network's scale.
 
@@ -86,13 +89,15 @@ def reference_factor(pixels: np.ndarray, spacing_mm: tuple[float, float] | None 
     * Otherwise (a slice cropped to the thorax, like MedSeg's): ``model_scale``'s rule,
       the rule the networks were trained with.
 
-    The factor is kept within FACTOR_RANGE.
+    The factor is kept within FACTOR_RANGE. ``body``: the slice's ``body_mask``, when the
+    caller has it already.
     """
     h, w = pixels.shape
     if spacing_mm is not None and all(np.isfinite(spacing_mm)) and min(spacing_mm) > 0:
         factor = float(np.mean(spacing_mm)) / REFERENCE_PIXEL_MM
     else:
-        body = body_mask(pixels)
+        if body is _UNSET:
+            body = body_mask(pixels)
         extent = 0
         if body is not None and body.any():
             rows, cols = np.flatnonzero(body.any(axis=1)), np.flatnonzero(body.any(axis=0))
