@@ -210,6 +210,26 @@ def assign_groups(samples: list[Sample], threshold: float) -> None:
         samples[k].group = f"{samples[k].source}-g{g}"
 
 
+def grouped_folds(samples: list[Sample], folds: int, seed: int) -> list[int]:
+    """A fold index (0..folds-1) per sample, whole groups to a fold, the folds about equal
+    in slices: groups in a seeded random order, each to the fold with fewest slices so far."""
+    if folds < 2:
+        raise ValueError("k-fold needs at least two folds")
+    groups: dict[str, list[int]] = {}
+    for k, s in enumerate(samples):
+        groups.setdefault(s.group, []).append(k)
+    names = sorted(groups)
+    np.random.default_rng(seed).shuffle(names)
+    sizes = [0] * folds
+    fold_of = [0] * len(samples)
+    for name in names:
+        target = min(range(folds), key=lambda f: (sizes[f], f))
+        sizes[target] += len(groups[name])
+        for k in groups[name]:
+            fold_of[k] = target
+    return fold_of
+
+
 def grouped_split(samples: list[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
     """Split whole groups into (train, val) so that about ``val_fraction`` of slices are val."""
     groups: dict[str, list[Sample]] = {}

@@ -51,6 +51,7 @@ from .data import (
     TARGET_SETS,
     Sample,
     assign_groups,
+    grouped_folds,
     grouped_split,
     load_kmader,
     load_medseg,
@@ -104,6 +105,8 @@ class TrainConfig:
     holdout: bool = False
     val_fraction_medseg: float = 0.25
     val_fraction_kmader: float = 0.2
+    folds: int = 0  # with --fold: grouped k-fold cross-validation, this run validates on one fold
+    fold: int = 0
     group_threshold_medseg: float = 0.7  # thumbnail correlation that joins slices into a group
     group_threshold_kmader: float = 0.75
     # running
@@ -223,7 +226,12 @@ def load_datasets(cfg: TrainConfig) -> Datasets:
     assign_groups(kmader, cfg.group_threshold_kmader)
     val_m: list[Sample] = []
     val_k: list[Sample] = []
-    if cfg.holdout:
+    if cfg.folds:
+        if not 0 <= cfg.fold < cfg.folds:
+            raise SystemExit(f"--fold must be in 0..{cfg.folds - 1}")
+        medseg, val_m = _fold_split(medseg, cfg)
+        kmader, val_k = _fold_split(kmader, cfg)
+    elif cfg.holdout:
         medseg, val_m = grouped_split(medseg, cfg.val_fraction_medseg, cfg.seed)
         kmader, val_k = grouped_split(kmader, cfg.val_fraction_kmader, cfg.seed)
     if cfg.smoke:
@@ -233,6 +241,12 @@ def load_datasets(cfg: TrainConfig) -> Datasets:
         len(medseg), len(kmader), len(zenodo), len(val_m), len(val_k),
     )
     return Datasets(medseg, kmader, zenodo, val_m, val_k)
+
+
+def _fold_split(samples: list[Sample], cfg: TrainConfig) -> tuple[list[Sample], list[Sample]]:
+    fold_of = grouped_folds(samples, cfg.folds, cfg.seed)
+    return ([s for s, f in zip(samples, fold_of) if f != cfg.fold],
+            [s for s, f in zip(samples, fold_of) if f == cfg.fold])
 
 
 def make_batch(
@@ -262,6 +276,10 @@ def _render(sample: Sample, scale: float, rng: np.random.Generator, cfg: TrainCo
 # --- Validation --------------------------------------------------------------------------
 
 
+#: Shares of the first network in the ensemble that validation scores (besides equal).
+ENSEMBLE_SHARES = (0.6, 0.7, 0.8)
+
+
 def validate(nets: dict[str, torch.nn.Module], data: Datasets, scales: dict[str, float]) -> dict:
     """Lesion scores on held-out MedSeg slices and lung scores on held-out kmader slices,
     for the ensemble and for each network alone, at each mask's full resolution."""
@@ -270,10 +288,15 @@ def validate(nets: dict[str, torch.nn.Module], data: Datasets, scales: dict[str,
     results: dict = {}
     for n in nets.values():
         n.eval()
-    members = {"ensemble": nets, **{name: {name: net} for name, net in nets.items()}}
+    members: dict[str, tuple[dict, dict | None]] = {"ensemble": (nets, None)}
+    if len(nets) == 2:  # the averaging weights to choose from, first network's share
+        first, second = nets
+        for share in ENSEMBLE_SHARES:
+            members[f"ensemble {share:.1f}/{1 - share:.1f}"] = (nets, {first: share, second: 1 - share})
+    members.update({name: ({name: net}, None) for name, net in nets.items()})
     options = InferenceOptions(onnx=False, channels_last=True, crop_to_body=True, bf16=False)
-    for label, subset in members.items():
-        ens = Ensemble(subset, options=options, scales=scales)
+    for label, (subset, weights) in members.items():
+        ens = Ensemble(subset, weights=weights, options=options, scales=scales)
         lesion, healthy = LesionScores(), HealthyScores()
         for s in data.val_medseg:
             lesion.add(ens.segment(s.full), s.mask)

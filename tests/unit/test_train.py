@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from segmenter.ml.constants import BACKGROUND, CONSOLIDATION, GGO, OTHER_LUNG
-from segmenter.ml.data import T_IGNORE, T_LESION, T_LUNG, T_NOT_LESION, grouped_split, similarity_groups
+from segmenter.ml.data import T_IGNORE, T_LESION, T_LUNG, T_NOT_LESION, grouped_folds, grouped_split, similarity_groups
 from segmenter.ml.ensemble import Ensemble
+from segmenter.ml import crossval
 from segmenter.ml.train import marginal_cross_entropy, parse_args, train
 
 
@@ -44,6 +45,47 @@ def test_similar_slices_fall_into_one_group_and_groups_are_never_split():
     assert len(train_part) + len(val_part) == len(samples)
 
 
+def test_k_folds_keep_groups_whole_and_balance_the_slices():
+    class S:
+        def __init__(self, g):
+            self.group = g
+
+    samples = [S(f"g{k // 3}") for k in range(30)] + [S("big")] * 4
+    fold_of = grouped_folds(samples, 3, seed=5)
+    by_group: dict[str, set[int]] = {}
+    for s, f in zip(samples, fold_of):
+        by_group.setdefault(s.group, set()).add(f)
+    assert all(len(folds) == 1 for folds in by_group.values())
+    sizes = [fold_of.count(f) for f in range(3)]
+    assert sorted(sizes) == [10, 12, 12]  # 34 slices in groups of 3 and one of 4
+    assert grouped_folds(samples, 3, seed=5) == fold_of
+    with pytest.raises(ValueError):
+        grouped_folds(samples, 1, seed=5)
+
+
+def test_cross_validation_reports_each_headline_as_mean_and_spread_over_folds():
+    def fold(ggo, ct0):
+        healthy = {"ct0_share": ct0, "lesion_share_of_lung": 0.01, "lung": {"dice": 0.97}}
+        return {"ensemble": {"lesion": {"ggo": {"dice": ggo}, "consolidation": {"dice": 0.6}}, "healthy": healthy}}
+
+    summary = crossval.summarise([fold(0.7, 0.8), fold(0.8, 1.0)])["ensemble"]
+    assert summary["ggo_dice"] == {"folds": [0.7, 0.8], "mean": 0.75, "sd": pytest.approx(0.0707, abs=1e-4)}
+    assert summary["healthy_ct0_share"]["mean"] == 0.9
+    assert summary["consolidation_dice"]["sd"] == 0.0
+    assert "0.750 ± 0.071" in crossval.table({"ensemble": summary})
+
+
+@pytest.mark.slow
+def test_a_cross_validation_smoke_run_validates_every_fold_on_slices_it_did_not_train(data_root, tmp_path):
+    crossval.main(["--folds", "2", "--out", str(tmp_path), "--smoke", "--data-root", str(data_root)])
+    summary = json.loads((tmp_path / "crossval.json").read_text())
+    assert summary["folds"] == 2
+    assert len(summary["members"]["ensemble 0.7/0.3"]["healthy_lung_dice"]["folds"]) == 2
+    for fold in (0, 1):
+        config = json.loads((tmp_path / f"fold-{fold}" / "config.json").read_text())
+        assert (config["folds"], config["fold"]) == (2, fold)
+
+
 def test_config_flags_come_from_the_dataclass():
     cfg = parse_args(["--steps", "7", "--no-bf16", "--networks", "unet_b0"])
     assert (cfg.steps, cfg.bf16, cfg.networks) == (7, False, ("unet_b0",))
@@ -58,7 +100,7 @@ def test_a_smoke_run_trains_resumes_and_exports_loadable_weights(data_root, tmp_
     lines = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     losses = [r["unet_b0"]["loss"] for r in lines if "unet_b0" in r]
     assert len(losses) == cfg.steps and all(math.isfinite(v) for v in losses)
-    assert set(validation) == {"ensemble", "unet_b0", "pspnet_b2"}
+    assert set(validation) == {"ensemble", "ensemble 0.6/0.4", "ensemble 0.7/0.3", "ensemble 0.8/0.2", "unet_b0", "pspnet_b2"}
     manifest = json.loads((export / "manifest.json").read_text())
     assert manifest["training"]["config"]["steps"] == cfg.steps
     assert "not for diagnosis" in manifest["intended_use"]
