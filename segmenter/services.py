@@ -30,6 +30,7 @@ from django.utils.translation import gettext_lazy
 from .engine import get_segmenter
 from .ml.archive import ArchiveLimits, read_zip
 from .ml.ctcheck import check_slices
+from .ml.headers import PixelBudget
 from .ml.imaging import DICOM_SUFFIXES, IMAGE_SUFFIXES, CTSlice, UnreadableImage, read_slices
 from .ml.overlay import png_bytes
 from .ml.pipeline import SliceAnalysis, grade_slice
@@ -77,6 +78,15 @@ UNREADABLE_REASONS = {
         "this DICOM is compressed with %(syntax)s, which cannot be decoded here"
     ),
     "dicom_undecodable": gettext_lazy("the DICOM pixel data could not be decoded"),
+    "dicom_frame_mismatch": gettext_lazy(
+        "a compressed frame declares %(width)s×%(height)s pixels but the DICOM header says %(columns)s×%(rows)s"
+    ),
+    # segmenter.ml.headers
+    "damaged_header": gettext_lazy("the %(kind)s header is damaged"),
+    "pixel_budget": gettext_lazy(
+        "%(what)s would take the upload past its decoding budget of %(limit_mpixels)s million pixels "
+        "(by %(over_mpixels)s million); send fewer or smaller slices"
+    ),
     "several_frames": gettext_lazy("the file holds %(frames)s frames; upload it as a study instead"),
     # segmenter.ml.archive
     "unreadable_member": gettext_lazy("%(member)s: %(reason)s"),
@@ -99,7 +109,10 @@ UNREADABLE_REASONS = {
     "folder_without_slices": gettext_lazy("%(folder)s holds no PNG, JPEG or DICOM slices"),
     # segmenter.ml.volumes
     "damaged_gzip": gettext_lazy("the .gz file is damaged"),
-    "volume_too_large": gettext_lazy("the volume unpacks to more than %(limit_mb)s MB"),
+    "volume_too_large": gettext_lazy("the volume unpacks to %(size_mb)s MB; the limit is %(limit_mb)s MB"),
+    "volume_too_many_slices": gettext_lazy("the volume holds %(count)s slices; the limit is %(limit)s"),
+    "volume_dtype": gettext_lazy("voxels of type %(dtype)s are not CT numbers (expected integers or floats)"),
+    "nifti_pair": gettext_lazy("this is the header of a .hdr/.img pair; upload a single .nii or .nii.gz file"),
     "not_nifti": gettext_lazy("not a NIfTI volume"),
     "volume_not_3d": gettext_lazy("expected a 3-D volume, got shape %(shape)s"),
     "volume_4d": gettext_lazy("expected one 3-D volume, got %(count)s volumes (4-D)"),
@@ -168,6 +181,7 @@ def archive_limits() -> ArchiveLimits:
         max_member_bytes=settings.SEGMENTER_ZIP_MAX_MEMBER_MB * MB,
         max_total_bytes=settings.SEGMENTER_ZIP_MAX_TOTAL_MB * MB,
         max_slices=settings.SEGMENTER_MAX_SLICES,
+        max_pixels=settings.SEGMENTER_MAX_DECODED_PIXELS,
     )
 
 
@@ -226,11 +240,13 @@ def upload_read(*, stream: BinaryIO, name: str, size: int) -> ParsedUpload:
         if head.startswith(ZIP_MAGICS):
             slices, kind = read_zip(stream, archive_limits()), Analysis.Kind.STUDY
         elif is_nifti_name(name):
-            slices, kind = read_nifti(stream.read(), name), Analysis.Kind.VOLUME
+            volume = read_nifti(stream.read(), name, max_slices=settings.SEGMENTER_MAX_SLICES,
+                                max_pixels=settings.SEGMENTER_MAX_DECODED_PIXELS)
+            slices, kind = volume, Analysis.Kind.VOLUME
         elif name.lower().endswith(".zip"):
             raise UnreadableImage("not a valid zip archive", code="not_a_zip")
         else:
-            slices = read_slices(stream.read(), name)
+            slices = read_slices(stream.read(), name, PixelBudget(settings.SEGMENTER_MAX_DECODED_PIXELS))
             kind = Analysis.Kind.SLICE if len(slices) == 1 else Analysis.Kind.STUDY
         check_slices(slices, study=kind == Analysis.Kind.STUDY)
     except UnreadableImage as exc:

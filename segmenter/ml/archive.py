@@ -23,7 +23,8 @@ from typing import BinaryIO
 
 import numpy as np
 
-from .imaging import CTSlice, UnreadableImage, read_slices, sniff_kind
+from .headers import PixelBudget
+from .imaging import MAX_DECODED_PIXELS, CTSlice, UnreadableImage, read_slices, sniff_kind
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ class ArchiveLimits:
     max_total_bytes: int = 1024 * 1024 * 1024  # uncompressed size of all files together
     max_ratio: float = 200.0  # uncompressed / compressed size of one file
     max_slices: int = 1000
+    max_pixels: int = MAX_DECODED_PIXELS  # decoded pixels of all slices together (headers.PixelBudget)
 
 
 def natural_key(text: str) -> list:
@@ -115,6 +117,7 @@ def read_folder(folder: Path, limits: ArchiveLimits = ArchiveLimits()) -> list[C
             params={"count": len(files), "limit": limits.max_members},
         )
     slices: list[CTSlice] = []
+    budget = PixelBudget(limits.max_pixels)
     for path in files:
         if path.stat().st_size > limits.max_member_bytes:
             raise UnreadableImage(
@@ -127,7 +130,7 @@ def read_folder(folder: Path, limits: ArchiveLimits = ArchiveLimits()) -> list[C
         name = path.relative_to(folder).as_posix()
         if sniff_kind(head, name) is None:
             continue
-        slices.extend(_read_member(path.read_bytes(), name))
+        slices.extend(_read_member(path.read_bytes(), name, budget))
         if len(slices) > limits.max_slices:
             raise UnreadableImage(
                 f"the folder holds more than {limits.max_slices} slices",
@@ -141,10 +144,10 @@ def read_folder(folder: Path, limits: ArchiveLimits = ArchiveLimits()) -> list[C
     return with_slice_spacing(order_slices(slices))
 
 
-def _read_member(data: bytes, name: str) -> list[CTSlice]:
+def _read_member(data: bytes, name: str, budget: PixelBudget) -> list[CTSlice]:
     """Decode one file of a zip or folder; its errors name the file."""
     try:
-        return read_slices(data, name)
+        return read_slices(data, name, budget)
     except UnreadableImage as exc:
         raise in_member(name, exc) from exc
 
@@ -179,6 +182,7 @@ def read_zip(source: bytes | BinaryIO, limits: ArchiveLimits = ArchiveLimits()) 
                 params={"size_bytes": total, "limit_bytes": limits.max_total_bytes},
             )
         slices: list[CTSlice] = []
+        budget = PixelBudget(limits.max_pixels)
         for path, info in members:
             if info.file_size > limits.max_member_bytes:
                 raise UnreadableImage(
@@ -210,7 +214,7 @@ def read_zip(source: bytes | BinaryIO, limits: ArchiveLimits = ArchiveLimits()) 
             if sniff_kind(data[:132], path.name) is None:
                 log.info("skipping %s: not a PNG, JPEG or DICOM file", path)
                 continue
-            slices.extend(_read_member(data, str(path)))
+            slices.extend(_read_member(data, str(path), budget))
             if len(slices) > limits.max_slices:
                 raise UnreadableImage(
                     f"the zip holds more than {limits.max_slices} slices",

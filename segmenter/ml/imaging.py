@@ -32,6 +32,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .constants import AIR_HU, MODEL_WINDOW_LEVEL_HU, MODEL_WINDOW_WIDTH_HU
+from .errors import UnreadableImage
+from .headers import PixelBudget, codestream_size
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,10 @@ log = logging.getLogger(__name__)
 MAX_SLICE_PIXELS = 4096 * 4096
 #: Smallest side accepted, in pixels.
 MIN_SLICE_SIDE = 16
+#: Decoded pixels one upload may hold (all its slices together): 300 million, a
+#: 1,000-slice study of 512 x 512 slices and some. ``PixelBudget`` charges each image
+#: before it is decoded; the application reads the limit from its settings.
+MAX_DECODED_PIXELS = 300_000_000
 #: Soft tissue, the second calibration point for uncalibrated CT numbers.
 SOFT_TISSUE_HU = 40.0
 
@@ -47,22 +53,6 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
 DICOM_SUFFIXES = (".dcm", ".dicom")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-
-
-class UnreadableImage(ValueError):
-    """A file that cannot be read as a CT slice; ``str()`` is a message for the user.
-
-    ``code`` names the reason (a short snake_case string that never changes) and
-    ``params`` holds the values its message mentions, so that a caller can show the
-    reason in another language without parsing the English message. Values are str,
-    int, or (under "reason", when a file inside an archive is unreadable) the
-    UnreadableImage of that file.
-    """
-
-    def __init__(self, message: str, *, code: str | None = None, params: dict | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.params = dict(params or {})
 
 
 @dataclass(frozen=True)
@@ -235,13 +225,14 @@ def _check_size(width: int, height: int) -> None:
         )
 
 
-def _read_raster(data: bytes, name: str) -> CTSlice:
+def _read_raster(data: bytes, name: str, budget: PixelBudget) -> CTSlice:
     """PNG or JPEG bytes -> CTSlice (see module docstring for the intensity rules)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data))  # reads the header only
             _check_size(*image.size)
+            budget.charge(image.size[0] * image.size[1], name)
             image.load()
     except UnreadableImage:
         raise
@@ -281,6 +272,9 @@ def colour_share(rgb: np.ndarray, chroma_min: int = 24) -> float:
 
 
 #: Geometry outside these bounds is nonsense (and overflows areas and volumes): ignored.
+#: the Deflated Explicit VR Little Endian transfer syntax, and the most its data set may inflate to
+DEFLATED_SYNTAX = b"1.2.840.10008.1.2.1.99"
+MAX_DEFLATED_BYTES = 256 * 1024 * 1024
 MAX_SPACING_MM = 100.0
 MAX_POSITION_MM = 1e6
 
@@ -306,7 +300,7 @@ def _dicom_position(ds) -> float | None:
     return _float_or_none(getattr(ds, "SliceLocation", None))
 
 
-def _read_dicom(data: bytes, name: str, force: bool) -> list[CTSlice]:
+def _read_dicom(data: bytes, name: str, force: bool, budget: PixelBudget) -> list[CTSlice]:
     """DICOM bytes -> one CTSlice per frame, in Hounsfield units through the model's window.
 
     pydicom parses element values lazily, so a damaged value (NumberOfFrames "ab",
@@ -316,7 +310,7 @@ def _read_dicom(data: bytes, name: str, force: bool) -> list[CTSlice]:
     from pydicom.errors import BytesLengthException
 
     try:
-        return _dicom_slices(data, name, force)
+        return _dicom_slices(data, name, force, budget)
     except UnreadableImage:
         raise
     except (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError, ZeroDivisionError,
@@ -327,11 +321,70 @@ def _read_dicom(data: bytes, name: str, force: bool) -> list[CTSlice]:
         ) from exc
 
 
-def _dicom_slices(data: bytes, name: str, force: bool) -> list[CTSlice]:
+def _check_deflated(data: bytes) -> None:
+    """Refuse a deflated data set that would inflate past MAX_DEFLATED_BYTES: pydicom
+    inflates it whole and unbounded, so it is inflated here first, in bounded chunks
+    that are counted and dropped."""
+    if DEFLATED_SYNTAX not in data[:4096] or data[128:132] != b"DICM":
+        return
+    import zlib
+
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
+    stream = io.BytesIO(data)
+    try:
+        read_preamble(stream, False)
+        meta = _read_file_meta_info(stream)
+    except Exception:
+        return  # pydicom's own read reports the damage
+    if meta.get("TransferSyntaxUID") != DEFLATED_SYNTAX.decode():
+        return
+    inflater, total, tail = zlib.decompressobj(-zlib.MAX_WBITS), 0, data[stream.tell():]
+    try:
+        while tail and not inflater.eof:
+            total += len(inflater.decompress(tail, 1 << 22))
+            tail = inflater.unconsumed_tail
+            if total > MAX_DEFLATED_BYTES:
+                raise UnreadableImage(
+                    f"the deflated DICOM data set inflates to more than {MAX_DEFLATED_BYTES:,} bytes",
+                    code="dicom_too_large",
+                )
+    except zlib.error as exc:
+        raise UnreadableImage("the DICOM file is damaged (deflate)", code="damaged_dicom",
+                              params={"detail": "deflate"}) from exc
+
+
+def _check_codestreams(ds, rows: int, cols: int) -> None:
+    """A compressed frame's own header (JPEG, JPEG-LS, JPEG 2000) must declare the image
+    the DICOM header does, or the decoder would allocate what the codestream says."""
+    from pydicom.encaps import generate_fragments
+
+    try:
+        fragments = generate_fragments(ds.PixelData)
+        for fragment in fragments:
+            size = codestream_size(bytes(fragment[:4096]))
+            if size is not None and size != (cols, rows):
+                raise UnreadableImage(
+                    f"a compressed frame declares {size[0]}x{size[1]} pixels but the DICOM header says "
+                    f"{cols}x{rows}",
+                    code="dicom_frame_mismatch",
+                    params={"width": size[0], "height": size[1], "columns": cols, "rows": rows},
+                )
+    except UnreadableImage:
+        raise
+    except Exception as exc:  # a damaged encapsulation
+        detail = exc.__class__.__name__
+        raise UnreadableImage(
+            f"the DICOM pixel data could not be decoded ({detail})", code="dicom_undecodable", params={"detail": detail}
+        ) from exc
+
+
+def _dicom_slices(data: bytes, name: str, force: bool, budget: PixelBudget) -> list[CTSlice]:
     import pydicom
     from pydicom.errors import InvalidDicomError
     from pydicom.pixels import apply_modality_lut
 
+    _check_deflated(data)
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=force)
     except InvalidDicomError as exc:
@@ -346,8 +399,10 @@ def _dicom_slices(data: bytes, name: str, force: bool) -> list[CTSlice]:
     rows, cols = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     _check_size(cols, rows)
-    if rows * cols * frames > MAX_SLICE_PIXELS * 4:
-        raise UnreadableImage("the DICOM image is too large", code="dicom_too_large")
+    if frames < 1:
+        raise UnreadableImage(f"the DICOM file declares {frames} frames", code="damaged_dicom",
+                              params={"detail": "NumberOfFrames"})
+    budget.charge(rows * cols * frames, name)
     meta = ds.file_meta
     if "TransferSyntaxUID" not in meta:
         # No file meta information: name the syntax the data set was read with.
@@ -358,6 +413,8 @@ def _dicom_slices(data: bytes, name: str, force: bool) -> list[CTSlice]:
             else pydicom.uid.ExplicitVRLittleEndian if little else pydicom.uid.ExplicitVRBigEndian
         )
     syntax = ds.file_meta.TransferSyntaxUID
+    if syntax.is_encapsulated and "PixelData" in ds:
+        _check_codestreams(ds, rows, cols)
     try:
         raw = ds.pixel_array
     except (NotImplementedError, RuntimeError) as exc:
@@ -449,12 +506,17 @@ def sniff_kind(head: bytes, name: str) -> str | None:
     return None
 
 
-def read_slices(source: bytes | str | Path, name: str | None = None) -> list[CTSlice]:
+def read_slices(
+    source: bytes | str | Path, name: str | None = None, budget: PixelBudget | None = None
+) -> list[CTSlice]:
     """Read a PNG, JPEG or DICOM file (bytes or a path) into one or more CTSlices.
 
     A multi-frame DICOM gives one slice per frame; everything else gives one slice.
-    Raises UnreadableImage with a user-facing message for anything it cannot read.
+    Every image is charged to ``budget`` (a fresh one of MAX_DECODED_PIXELS if None)
+    before it is decoded. Raises UnreadableImage with a user-facing message for anything
+    it cannot read.
     """
+    budget = budget if budget is not None else PixelBudget(MAX_DECODED_PIXELS)
     if isinstance(source, (str, Path)):
         path = Path(source)
         name = name or path.name
@@ -466,9 +528,9 @@ def read_slices(source: bytes | str | Path, name: str | None = None) -> list[CTS
         raise UnreadableImage("the file is empty", code="empty")
     kind = sniff_kind(data[:132], name)
     if kind in ("png", "jpeg"):
-        return [_read_raster(data, name)]
+        return [_read_raster(data, name, budget)]
     if kind == "dicom":
-        return _read_dicom(data, name, force=data[128:132] != b"DICM")
+        return _read_dicom(data, name, force=data[128:132] != b"DICM", budget=budget)
     raise UnreadableImage("unsupported file type: expected a PNG, JPEG or DICOM slice", code="unsupported_type")
 
 

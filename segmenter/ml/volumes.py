@@ -15,58 +15,113 @@ import zlib
 
 import numpy as np
 
-from .imaging import MAX_SLICE_PIXELS, MAX_SPACING_MM, CTSlice, UnreadableImage, window
+from .imaging import MAX_DECODED_PIXELS, MAX_SLICE_PIXELS, MAX_SPACING_MM, MIN_SLICE_SIDE, CTSlice, UnreadableImage, window
 
 GZIP_MAGIC = b"\x1f\x8b"
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
-#: Largest NIfTI accepted, after decompression.
-MAX_VOLUME_BYTES = 2 * 1024**3
+#: Largest NIfTI accepted, after decompression: a 1,000-slice 512 x 512 float32 volume.
+MAX_VOLUME_BYTES = 1024**3
+MAX_VOLUME_SLICES = 1000
+#: The header is the first 348 (NIfTI-1) or 540 (NIfTI-2) bytes.
+HEADER_BYTES = 540
 
 
 def is_nifti_name(name: str) -> bool:
     return name.lower().endswith(NIFTI_SUFFIXES)
 
 
-def _too_large(limit: int) -> UnreadableImage:
+def _too_large(size: int, limit: int) -> UnreadableImage:
     return UnreadableImage(
-        f"the volume unpacks to more than {limit:,} bytes", code="volume_too_large", params={"limit_bytes": limit}
+        f"the volume unpacks to {size:,} bytes; the limit is {limit:,}",
+        code="volume_too_large",
+        params={"size_bytes": size, "limit_bytes": limit},
     )
 
 
-def _gunzip(data: bytes, limit: int) -> bytes:
-    """Decompress gzip data, refusing output above ``limit`` bytes (a gzip bomb)."""
-    out = io.BytesIO()
-    decomp = zlib.decompressobj(16 + zlib.MAX_WBITS)
+def _gunzip(data: bytes, size: int) -> bytearray:
+    """The first ``size`` bytes that gzip ``data`` inflates to (fewer if it ends first),
+    inflated into one buffer of that size: nothing past ``size`` is ever inflated."""
+    out = bytearray(size)
+    view, filled = memoryview(out), 0
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    tail = memoryview(data)
     try:
-        for start in range(0, len(data), 1 << 20):
-            out.write(decomp.decompress(data[start : start + (1 << 20)], limit + 1 - out.tell()))
-            if out.tell() > limit:
-                raise _too_large(limit)
-        out.write(decomp.flush())
+        while filled < size and len(tail) and not inflater.eof:
+            chunk = inflater.decompress(tail[: 1 << 20] if not inflater.unconsumed_tail else inflater.unconsumed_tail,
+                                        min(size - filled, 1 << 24))
+            if not inflater.unconsumed_tail:
+                tail = tail[1 << 20 :]
+            view[filled : filled + len(chunk)] = chunk
+            filled += len(chunk)
     except zlib.error as exc:
         raise UnreadableImage("the .gz file is damaged", code="damaged_gzip") from exc
-    if out.tell() > limit:
-        raise _too_large(limit)
-    return out.getvalue()
+    del view
+    if filled < size:
+        del out[filled:]
+    return out
 
 
-def read_nifti(data: bytes, name: str = "volume.nii", max_bytes: int = MAX_VOLUME_BYTES) -> list[CTSlice]:
-    """A NIfTI-1/2 file (optionally gzipped) -> axial CTSlices, head to feet."""
+def _header(head: bytes):
+    """The NIfTI-1 or NIfTI-2 header at the start of ``head`` (raises UnreadableImage)."""
     import nibabel as nib
-    from nibabel.orientations import io_orientation
 
-    if data[:2] == GZIP_MAGIC:
-        data = _gunzip(data, max_bytes)
-    image = None
-    for cls in (nib.Nifti1Image, nib.Nifti2Image):
+    for cls, size in ((nib.Nifti1Header, 348), (nib.Nifti2Header, 540)):
+        if len(head) < size or size not in (int.from_bytes(head[:4], "little"), int.from_bytes(head[:4], "big")):
+            continue
         try:
-            image = cls.from_bytes(data)
-            break
+            header = cls.from_fileobj(io.BytesIO(head[:size]), check=False)
+            magic = header["magic"].item()
+            header.get_data_dtype()
         except Exception:  # nibabel raises many types on foreign or damaged headers
             continue
-    if image is None:
-        raise UnreadableImage("not a NIfTI volume", code="not_nifti")
-    shape = image.shape
+        if magic in (b"ni1", b"ni2"):
+            raise UnreadableImage(
+                "this is the header of a .hdr/.img pair; upload a single .nii or .nii.gz file", code="nifti_pair"
+            )
+        if magic in (b"n+1", b"n+2"):
+            return header
+    raise UnreadableImage("not a NIfTI volume", code="not_nifti")
+
+
+def _orientation(header) -> dict[int, tuple[int, int]]:
+    """world axis (0 R-L, 1 A-P, 2 S-I) -> (array axis, sign) from the header's affine."""
+    from nibabel.orientations import io_orientation
+
+    affine = header.get_best_affine()
+    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise UnreadableImage(
+            "the volume's affine (its voxel-to-patient geometry) is zero or not finite", code="volume_orientation"
+        )
+    ornt = io_orientation(affine)
+    axis_of = {int(world): (k, int(sign)) for k, (world, sign) in enumerate(ornt[:3]) if np.isfinite(world)}
+    if set(axis_of) != {0, 1, 2}:
+        raise UnreadableImage("the volume's affine does not describe a proper orientation", code="volume_orientation")
+    return axis_of
+
+
+def read_nifti(
+    data: bytes,
+    name: str = "volume.nii",
+    max_bytes: int = MAX_VOLUME_BYTES,
+    max_slices: int = MAX_VOLUME_SLICES,
+    max_pixels: int = MAX_DECODED_PIXELS,
+) -> list[CTSlice]:
+    """A NIfTI-1/2 file (optionally gzipped) -> axial CTSlices, head to feet.
+
+    The header is read and checked first (dimensions, data type, geometry, and the
+    decoded size against ``max_bytes``, ``max_slices`` and ``max_pixels``); only then is
+    the data inflated, and never past the size the header declares.
+    """
+    gz = data[:2] == GZIP_MAGIC
+    header = _header(bytes(_gunzip(data, HEADER_BYTES)) if gz else data[:HEADER_BYTES])
+    shape = tuple(int(n) for n in header.get_data_shape())
+    dtype = header.get_data_dtype()
+    if dtype.fields is not None or dtype.kind not in "iuf":
+        raise UnreadableImage(
+            f"voxels of type {dtype} are not CT numbers (expected integers or floats)",
+            code="volume_dtype",
+            params={"dtype": str(dtype)},
+        )
     if len(shape) < 3 or any(n < 1 for n in shape[:3]):
         raise UnreadableImage(
             f"expected a 3-D volume, got shape {shape}", code="volume_not_3d", params={"shape": str(shape)}
@@ -75,59 +130,80 @@ def read_nifti(data: bytes, name: str = "volume.nii", max_bytes: int = MAX_VOLUM
         raise UnreadableImage(
             f"expected one 3-D volume, got {shape[3]} volumes (4-D)", code="volume_4d", params={"count": shape[3]}
         )
-    # io_orientation: for each array axis, the world axis (0 R-L, 1 A-P, 2 S-I) and the
-    # sign (+1 when the index runs towards R, A, S).
-    ornt = io_orientation(image.affine)
-    axis_of = {int(world): (k, int(sign)) for k, (world, sign) in enumerate(ornt[:3])}
-    if set(axis_of) != {0, 1, 2}:
-        raise UnreadableImage("the volume's affine does not describe a proper orientation", code="volume_orientation")
+    axis_of = _orientation(header)
     lr_axis, lr_sign = axis_of[0]
     ap_axis, ap_sign = axis_of[1]
     si_axis, si_sign = axis_of[2]
-    rows, cols = shape[ap_axis], shape[lr_axis]
+    rows, cols, n = shape[ap_axis], shape[lr_axis], shape[si_axis]
     if rows * cols > MAX_SLICE_PIXELS:
         raise UnreadableImage(
             f"slices of {cols}x{rows} pixels exceed the limit",
             code="volume_slices_too_large",
             params={"width": cols, "height": rows, "limit": MAX_SLICE_PIXELS},
         )
-    zooms = image.header.get_zooms()
+    if min(rows, cols) < MIN_SLICE_SIDE:
+        raise UnreadableImage(
+            f"slices of {cols}x{rows} pixels are too small; each side must be at least {MIN_SLICE_SIDE}",
+            code="image_too_small",
+            params={"width": cols, "height": rows, "min_side": MIN_SLICE_SIDE},
+        )
+    if n > max_slices:
+        raise UnreadableImage(
+            f"the volume holds {n} slices; the limit is {max_slices}",
+            code="volume_too_many_slices",
+            params={"count": n, "limit": max_slices},
+        )
+    if rows * cols * n > max_pixels:
+        raise UnreadableImage(
+            f"the volume holds {rows * cols * n / 1e6:,.0f} million voxels; the limit is {max_pixels / 1e6:,.0f} million",
+            code="pixel_budget",
+            params={"what": name, "limit_mpixels": round(max_pixels / 1e6),
+                    "over_mpixels": round((rows * cols * n - max_pixels) / 1e6, 1)},
+        )
+    # The data follow the header and its 4-byte extension flag at the least, whatever
+    # vox_offset says (some writers leave it 0).
+    offset = max(int(header.get_data_offset()), header.sizeof_hdr + 4)
+    size = offset + int(np.prod(shape)) * dtype.itemsize
+    if size > max_bytes:
+        raise _too_large(size, max_bytes)
+    body = _gunzip(data, size) if gz else data
+    if len(body) < size:
+        raise UnreadableImage(
+            f"the volume's data are cut short ({len(body):,} of {size:,} bytes)",
+            code="damaged_volume",
+            params={"detail": "truncated"},
+        )
+    volume = np.ndarray(shape[:3], dtype=dtype, buffer=body, offset=offset, order="F")
+    slope, inter = header.get_slope_inter()
+    slope = 1.0 if slope is None or not np.isfinite(slope) or slope == 0 else float(slope)
+    inter = 0.0 if inter is None or not np.isfinite(inter) else float(inter)
+    zooms = header.get_zooms()
     spacing = (float(zooms[ap_axis]), float(zooms[lr_axis]))
     thickness = float(zooms[si_axis])
-    n = shape[si_axis]
     # Head to feet: walk the S-I axis from its superior end.
     order = range(n - 1, -1, -1) if si_sign > 0 else range(n)
-    proxy = image.dataobj
+    remaining = [a for a in range(3) if a != si_axis]
     slices = []
-    for position, k in enumerate(order):
-        index: list = [slice(None)] * len(shape)
-        index[si_axis] = k
-        for extra in range(3, len(shape)):
-            index[extra] = 0
-        try:
-            plane = np.asarray(proxy[tuple(index)], dtype=np.float32)
-        except (ValueError, OSError, EOFError) as exc:
-            raise UnreadableImage(
-                f"the volume's data are damaged ({exc})", code="damaged_volume", params={"detail": str(exc)}
-            ) from exc
-        # plane's axes are the remaining array axes in order; put A-P on rows, L-R on columns.
-        remaining = [a for a in range(3) if a != si_axis]
-        if remaining.index(ap_axis) != 0:
-            plane = plane.T
-        # Display: anterior at the top (row index runs to posterior), patient's right on the
-        # left (column index runs to the patient's left).
-        if ap_sign > 0:
-            plane = plane[::-1, :]
-        if lr_sign > 0:
-            plane = plane[:, ::-1]
-        slices.append(
-            CTSlice(
-                pixels=window(np.nan_to_num(plane, nan=-1000.0)),
-                name=f"{name}[{position + 1}]",
-                calibrated=True,
-                pixel_spacing_mm=spacing if all(0 < s <= MAX_SPACING_MM for s in spacing) else None,
-                slice_thickness_mm=thickness if thickness and 0 < thickness <= MAX_SPACING_MM else None,
-                instance_number=position + 1,
+    with np.errstate(all="ignore"):
+        for position, k in enumerate(order):
+            plane = np.take(volume, k, axis=si_axis).astype(np.float32) * slope + inter
+            # plane's axes are the remaining array axes in order; put A-P on rows, L-R on columns.
+            if remaining.index(ap_axis) != 0:
+                plane = plane.T
+            # Display: anterior at the top (row index runs to posterior), patient's right on
+            # the left (column index runs to the patient's left).
+            if ap_sign > 0:
+                plane = plane[::-1, :]
+            if lr_sign > 0:
+                plane = plane[:, ::-1]
+            slices.append(
+                CTSlice(
+                    pixels=window(np.nan_to_num(plane, nan=-1000.0, posinf=3000.0, neginf=-1000.0)),
+                    name=f"{name}[{position + 1}]",
+                    calibrated=True,
+                    pixel_spacing_mm=spacing if all(0 < s <= MAX_SPACING_MM for s in spacing) else None,
+                    slice_thickness_mm=thickness if 0 < thickness <= MAX_SPACING_MM else None,
+                    instance_number=position + 1,
+                )
             )
-        )
     return slices

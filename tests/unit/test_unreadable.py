@@ -14,6 +14,7 @@ from segmenter.ml.volumes import read_nifti
 from tests.conftest import zip_bytes
 
 from .conftest import png
+from .test_volumes import declaring
 
 
 def _slice() -> bytes:
@@ -54,7 +55,7 @@ BAD_INPUTS = {
     "broken zip": (lambda: read_zip(b"PK\x03\x04broken"), "not_a_zip", {}),
     "not nifti": (lambda: read_nifti(b"\0" * 500, "x.nii"), "not_nifti", {}),
     "gzip bomb": (
-        lambda: read_nifti(gzip.compress(b"\0" * (3 * 1024 * 1024)), "x.nii.gz", max_bytes=1024 * 1024),
+        lambda: read_nifti(gzip.compress(declaring((64, 64, 512), body=3 * 1024 * 1024)), "x.nii.gz", max_bytes=1024 * 1024),
         "volume_too_large",
         {"limit_bytes": 1024 * 1024},
     ),

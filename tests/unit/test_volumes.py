@@ -64,9 +64,58 @@ def test_scaled_and_gzipped_volumes_keep_hounsfield_units(stack):
     assert diff.max() <= 1  # halving the stored values rounds by at most 1 HU
 
 
-def test_a_gzip_bomb_is_refused():
-    with pytest.raises(UnreadableImage, match="unpacks to more"):
-        read_nifti(gzip.compress(b"\0" * (3 * 1024 * 1024)), "bomb.nii.gz", max_bytes=1024 * 1024)
+def declaring(shape, dtype=np.int16, affine=None, body=0) -> bytes:
+    """A NIfTI header that declares ``shape`` voxels, followed by only ``body`` bytes of data."""
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(dtype)
+    header.set_sform(np.diag([0.7, 0.7, 1.0, 1.0]) if affine is None else affine, code=1)
+    header.set_qform(None, code=0)
+    header.set_data_offset(352)
+    raw = header.binaryblock + b"\0" * (352 - 348)
+    return raw + b"\0" * body
+
+
+def test_a_gzip_bomb_is_refused_from_its_header_before_it_is_inflated():
+    bomb = gzip.compress(declaring((512, 512, 600), body=64 * 1024 * 1024))  # 64 MB of zeros, ~65 KB gzipped
+    with pytest.raises(UnreadableImage, match="unpacks to 314,573,152 bytes; the limit is 1,048,576") as caught:
+        read_nifti(bomb, "bomb.nii.gz", max_bytes=1024 * 1024)
+    assert caught.value.code == "volume_too_large"
+
+
+def test_the_header_is_held_to_the_slice_count_and_the_pixel_budget():
+    with pytest.raises(UnreadableImage) as caught:
+        read_nifti(gzip.compress(declaring((512, 512, 1001))), "long.nii.gz")
+    assert (caught.value.code, caught.value.params["count"]) == ("volume_too_many_slices", 1001)
+    with pytest.raises(UnreadableImage) as caught:
+        read_nifti(declaring((1024, 1024, 400)), "big.nii")  # 419 million voxels
+    assert caught.value.code == "pixel_budget"
+
+
+def test_a_volume_of_one_by_one_pixel_slices_is_refused_at_once():
+    with pytest.raises(UnreadableImage) as caught:
+        read_nifti(gzip.compress(declaring((1, 1, 30_000))), "needle.nii.gz", max_slices=10**9)
+    assert caught.value.code == "image_too_small"
+
+
+@pytest.mark.parametrize("affine", [np.zeros((4, 4)), np.full((4, 4), np.nan)], ids=["zero", "nan"])
+def test_a_zero_or_nan_affine_is_refused_as_no_geometry(affine):
+    with pytest.raises(UnreadableImage) as caught:
+        read_nifti(declaring((32, 32, 2), affine=affine, body=32 * 32 * 2 * 2), "x.nii")
+    assert caught.value.code == "volume_orientation"
+
+
+def test_rgb_voxels_are_refused_as_not_ct_numbers():
+    img = nib.Nifti1Image(np.zeros((32, 32, 2), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")]), np.eye(4))
+    with pytest.raises(UnreadableImage) as caught:
+        read_nifti(img.to_bytes(), "rgb.nii")
+    assert caught.value.code == "volume_dtype"
+
+
+def test_a_volume_cut_short_is_damaged():
+    with pytest.raises(UnreadableImage) as caught:
+        read_nifti(gzip.compress(declaring((64, 64, 4), body=1000)), "cut.nii.gz")
+    assert caught.value.code == "damaged_volume"
 
 
 def test_a_4d_series_is_refused():
