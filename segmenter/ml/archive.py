@@ -17,6 +17,7 @@ import logging
 import re
 import unicodedata
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
@@ -199,7 +200,7 @@ def read_zip(source: bytes | BinaryIO, limits: ArchiveLimits = ArchiveLimits()) 
             try:
                 with archive.open(info) as fh:
                     data = fh.read(limits.max_member_bytes + 1)
-            except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
+            except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, NotImplementedError) as exc:
                 raise UnreadableImage(
                     f"{path} in the zip is damaged ({exc})",
                     code="damaged_zip_member",

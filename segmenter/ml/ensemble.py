@@ -20,6 +20,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
@@ -159,10 +160,12 @@ class Ensemble:
 
     def combine(self, probabilities: list[np.ndarray], height: int, width: int) -> np.ndarray:
         """Each network's (C, h_k, w_k) probabilities -> their weighted average at (height, width)."""
-        total = None
-        for p, weight in zip(probabilities, self.weights):
-            p = resize_probabilities(p, height, width) * weight
-            total = p if total is None else total + p
+        total = np.empty((probabilities[0].shape[0], height, width), np.float32)
+        resize_probabilities(probabilities[0], height, width, out=total)
+        total *= self.weights[0]
+        for p, weight in zip(probabilities[1:], self.weights[1:]):
+            for k, channel in enumerate(p):  # one full-size channel at a time
+                total[k] += cv2.resize(channel, (width, height), interpolation=cv2.INTER_LINEAR) * weight
         return total
 
     def probabilities(

@@ -307,14 +307,13 @@ def _read_dicom(data: bytes, name: str, force: bool, budget: PixelBudget) -> lis
     RescaleSlope "x", an undecodable VR) surfaces only when it is read: any such error
     while the slices are built is reported as a damaged file.
     """
-    from pydicom.errors import BytesLengthException
-
     try:
         return _dicom_slices(data, name, force, budget)
     except UnreadableImage:
         raise
-    except (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError, ZeroDivisionError,
-            BytesLengthException) as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:  # ValueError, KeyError, NotImplementedError (an unknown VR), pydicom's own...
         detail = exc.__class__.__name__
         raise UnreadableImage(
             f"the DICOM file is damaged ({detail})", code="damaged_dicom", params={"detail": detail}

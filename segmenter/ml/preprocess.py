@@ -207,15 +207,17 @@ def normalise(pixels: np.ndarray) -> np.ndarray:
     return pixels.astype(np.float32) * (2.0 / 255.0) - 1.0
 
 
-def resize_probabilities(probs: np.ndarray, height: int, width: int) -> np.ndarray:
-    """float32 (C, h, w) -> (C, height, width), bilinear, channel by channel."""
-    c = probs.shape[0]
+def resize_probabilities(probs: np.ndarray, height: int, width: int, out: np.ndarray | None = None) -> np.ndarray:
+    """float32 (C, h, w) -> (C, height, width), bilinear, channel by channel, into ``out``
+    when given (one array at the full size and nothing more: a 4096 x 4096 slice's
+    probabilities are 268 MB)."""
     if probs.shape[1:] == (height, width):
-        return probs
-    hwc = np.ascontiguousarray(probs.transpose(1, 2, 0))
-    if c <= 4:
-        out = cv2.resize(hwc, (width, height), interpolation=cv2.INTER_LINEAR)
-        return np.ascontiguousarray(out.reshape(height, width, c).transpose(2, 0, 1))
-    return np.stack(
-        [cv2.resize(p, (width, height), interpolation=cv2.INTER_LINEAR) for p in probs]
-    )
+        if out is None:
+            return probs
+        out[...] = probs
+        return out
+    if out is None:
+        out = np.empty((probs.shape[0], height, width), np.float32)
+    for k, channel in enumerate(probs):
+        cv2.resize(channel, (width, height), dst=out[k], interpolation=cv2.INTER_LINEAR)
+    return out
