@@ -40,9 +40,9 @@ serve: install
 	DJANGO_SECRET_KEY=$${DJANGO_SECRET_KEY:-$$($(PY) -c 'import secrets; print(secrets.token_urlsafe(50))')} \
 	WEB_CONCURRENCY=$(WORKERS) PORT=$(PORT) $(VENV)/bin/gunicorn -c python:_42epochs.gunicorn
 
-## worker: process queued analyses (with DJANGO_TASKS_BACKEND=django_tasks_db.DatabaseBackend)
+## worker: process queued analyses and reap abandoned ones (with DJANGO_TASKS_BACKEND=django_tasks_db.DatabaseBackend)
 worker: install
-	$(PY) manage.py db_worker
+	$(PY) manage.py worker
 
 ## test: install everything, then the whole suite (unit, integration, browser)
 test: install-dev

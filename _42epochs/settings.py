@@ -167,8 +167,11 @@ SEGMENTER_WEIGHTS_DIR = Path(env_str("SEGMENTER_WEIGHTS_DIR", str(BASE_DIR / "we
 # Dotted path of a callable returning the segmenter (anything with .segment()); tests swap it.
 SEGMENTER_ENGINE = env_str("SEGMENTER_ENGINE", "segmenter.engine.load_ensemble")
 SEGMENTER_THREADS = env_int("SEGMENTER_THREADS", 0)  # torch intra-op threads; 0: torch's default
-# An analysis whose worker has not reported for this long is marked failed.
+# The lease of a worker on a running analysis: a worker that has not reported for this
+# long has lost it (it can no longer write the analysis, which then reads as failed).
 SEGMENTER_STALE_AFTER_SECONDS = env_int("SEGMENTER_STALE_AFTER_SECONDS", 300)
+# How often each worker (and each process that runs tasks) reaps abandoned work.
+SEGMENTER_REAP_EVERY_SECONDS = env_int("SEGMENTER_REAP_EVERY_SECONDS", 60)
 
 # --- Background tasks ---------------------------------------------------------------------
 # The immediate backend runs each analysis inside its request (nothing else to start);

@@ -198,6 +198,7 @@ class AnalysisListView(APIView):
             400: OpenApiResponse(ErrorSerializer, description="The upload is not something we can analyse."),
             413: OpenApiResponse(ErrorSerializer, description="The upload is larger than the limit."),
             415: OpenApiResponse(ErrorSerializer, description="The request is not multipart/form-data."),
+            503: OpenApiResponse(ErrorSerializer, description="The file store is unavailable; try again later."),
         },
     )
     def post(self, request):

@@ -37,7 +37,11 @@ class Analysis(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     created = models.DateTimeField(auto_now_add=True)
     finished = models.DateTimeField(null=True, blank=True)
-    heartbeat = models.DateTimeField(null=True, blank=True)  # last progress report of the worker
+    # The lease of the worker run processing it (see services._Lease): the run's token and
+    # its last report. A running analysis whose heartbeat is older than
+    # SEGMENTER_STALE_AFTER_SECONDS has lost its worker, which can then no longer write it.
+    owner = models.CharField(max_length=32, blank=True)
+    heartbeat = models.DateTimeField(null=True, blank=True)
     kind = models.CharField(max_length=8, choices=Kind.choices)
     status = models.CharField(max_length=8, choices=Status.choices, default=Status.QUEUED)
     error = models.TextField(blank=True)
@@ -52,6 +56,7 @@ class Analysis(models.Model):
 
     class Meta:
         ordering = ("-created",)
+        indexes = [models.Index(fields=("status", "heartbeat"), name="analysis_status_heartbeat")]  # the reaper
 
     def __str__(self) -> str:
         return f"{self.source_name} ({self.id})"

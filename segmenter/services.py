@@ -4,24 +4,34 @@ Upload checks live here, in one place, for the web pages, the API and the comman
 ``upload_read`` decodes every slice of an upload before anything is stored, so bad input
 is refused whole. ``analysis_create`` stores a valid upload and queues its processing;
 ``analysis_process`` (run by the task, in the request with the immediate backend or in a
-db_worker) segments it and stores the result all at once, or nothing.
+worker) segments it under a lease and stores the result all at once, or nothing;
+``abandoned_reap`` cleans up after workers that stopped. Selectors never write.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import math
 import os
+import re
+import tempfile
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
+from enum import StrEnum
+from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+from django.apps import apps
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone, translation
 from django.utils.formats import number_format
 from django.utils.translation import gettext as _
@@ -263,9 +273,43 @@ def upload_read(*, stream: BinaryIO, name: str, size: int) -> ParsedUpload:
 # --- Services ---------------------------------------------------------------------------
 
 
+class StorageUnavailable(UploadError):
+    """The file store refused a write (read-only, full, no permission): nothing is wrong
+    with the upload, and the same request may work later."""
+
+    status_code = 503
+
+    def __init__(self) -> None:
+        super().__init__(_("Storage is unavailable; please try again later."))
+
+
+class LeaseLost(RuntimeError):
+    """A worker run no longer holds the analysis it was writing: the analysis went stale
+    (no heartbeat for SEGMENTER_STALE_AFTER_SECONDS) or was marked failed meanwhile."""
+
+
+class Outcome(StrEnum):
+    """How one run of analysis_process ended (the task's return value)."""
+
+    DONE = "done"
+    FAILED = "failed"
+    STORAGE_UNAVAILABLE = "storage unavailable"
+    LEASE_LOST = "lease lost"
+    SKIPPED = "skipped"  # not queued: already taken by another run, finished, or gone
+
+
+#: Errors of a file store that mean "try again later", not "this upload is bad".
+_STORAGE_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EIO})
+
+
+def _is_storage_outage(exc: BaseException) -> bool:
+    return isinstance(exc, PermissionError) or (isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS)
+
+
 def analysis_create(*, stream: BinaryIO, name: str, size: int) -> Analysis:
     """Validate an upload, store it for a worker (if one will process it) and queue its
-    processing. Raises UploadError.
+    processing. Raises UploadError (StorageUnavailable, a 503, when the file store
+    refuses the upload or, processed here, its results).
 
     With the immediate task backend the analysis is processed before this returns.
     """
@@ -282,8 +326,11 @@ def analysis_create(*, stream: BinaryIO, name: str, size: int) -> Analysis:
             if not _processed_in_process():  # a worker reads the upload from storage
                 analysis.upload.save(clean_name(name), _as_file(stream, name), save=False)
             analysis.save()
-    except Exception:
-        _delete_folder(analysis_folder(analysis.id))
+    except Exception as exc:
+        _delete_folder_quietly(analysis_folder(analysis.id))
+        if _is_storage_outage(exc):
+            log.error("storage refused the upload of %s", analysis.id, exc_info=exc)
+            raise StorageUnavailable() from exc
         raise
     # Enqueued once the row is saved (not on commit of an outer transaction, so that the
     # immediate backend has processed it when this returns, inside tests' transactions too).
@@ -291,10 +338,12 @@ def analysis_create(*, stream: BinaryIO, name: str, size: int) -> Analysis:
     # decoding the upload again; a worker process reads the stored upload.
     _decoded[str(analysis.id)] = parsed.slices
     try:
-        _enqueue(analysis)
+        outcome = _enqueue(analysis)
     finally:
         _decoded.pop(str(analysis.id), None)
     analysis.refresh_from_db()
+    if outcome == Outcome.STORAGE_UNAVAILABLE:  # processed here: the study is failed, say why
+        raise StorageUnavailable()
     return analysis
 
 
@@ -313,95 +362,183 @@ def _processed_in_process() -> bool:
     return isinstance(process_analysis.get_backend(), ImmediateBackend)
 
 
-def _enqueue(analysis: Analysis) -> None:
+def _enqueue(analysis: Analysis) -> str | None:
+    """Queue the analysis; the run's Outcome when it ran in this process, else None."""
+    from django_tasks import TaskResultStatus
+
     from .tasks import process_analysis
 
-    process_analysis.enqueue(str(analysis.id))
+    result = process_analysis.enqueue(str(analysis.id))
+    return result.return_value if result.status == TaskResultStatus.SUCCESSFUL else None
 
 
-def _delete_folder(folder: str) -> None:
-    """Delete every file below ``folder`` in the default storage."""
+def _delete_folder(folder: str) -> int:
+    """Delete every file below ``folder`` in the default storage; how many were deleted."""
     try:
         dirs, files = default_storage.listdir(folder)
     except (FileNotFoundError, NotADirectoryError):
-        return
+        return 0
     for f in files:
         default_storage.delete(f"{folder}/{f}")
-    for d in dirs:
-        _delete_folder(f"{folder}/{d}")
+    return len(files) + sum(_delete_folder(f"{folder}/{d}") for d in dirs)
 
 
-def _slice_folder(analysis: Analysis) -> str:
-    return f"{analysis_folder(analysis.id)}/slices"
-
-
-def analysis_process(*, analysis_id: str) -> None:
-    """Segment a stored upload; store every slice's files and rows and the study result,
-    or, if anything fails, nothing (the analysis is then marked failed with the reason)."""
+def _delete_folder_quietly(folder: str) -> int:
+    """_delete_folder on a clean-up path: a store that refuses is logged, never raised."""
     try:
-        analysis = Analysis.objects.get(pk=analysis_id)
-    except Analysis.DoesNotExist:
-        log.warning("analysis %s vanished before processing", analysis_id)
-        return
-    if analysis.status == Analysis.Status.DONE:
-        return
+        return _delete_folder(folder)
+    except OSError as exc:
+        log.warning("could not remove %s: %s", folder, exc)
+        return 0
+
+
+def _slice_folder(analysis_id) -> str:
+    return f"{analysis_folder(analysis_id)}/slices"
+
+
+def _stopped_message() -> str:
+    return _("Processing stopped before it finished; please upload the file again.")
+
+
+def _lease_cutoff(now):
+    """Heartbeats older than this have expired."""
+    return now - timedelta(seconds=settings.SEGMENTER_STALE_AFTER_SECONDS)
+
+
+class _Lease:
+    """One worker run's hold on a running analysis, and the files that run wrote.
+
+    A run claims a queued analysis (status queued -> running, with a fresh token in
+    ``owner``); every later write of the running analysis (progress, heartbeat, done) is
+    a compare-and-set on status running, this token and a heartbeat younger than
+    SEGMENTER_STALE_AFTER_SECONDS. So once a lease has expired, or the analysis was
+    marked failed, the run can write nothing more: renew() raises LeaseLost, and the run
+    removes what it wrote (only that: the names storage gave its own saves).
+    """
+
+    def __init__(self, analysis_id, token: str) -> None:
+        self.analysis_id = analysis_id
+        self.token = token
+        self.written: list[str] = []  # appended from the PNG writer thread too
+
+    @classmethod
+    def claim(cls, analysis_id) -> _Lease | None:
+        """The lease on a queued analysis, now running; None if it is not queued."""
+        token = uuid.uuid4().hex
+        claimed = Analysis.objects.filter(pk=analysis_id, status=Analysis.Status.QUEUED).update(
+            status=Analysis.Status.RUNNING, owner=token, heartbeat=timezone.now(), slices_done=0, error=""
+        )
+        return cls(analysis_id, token) if claimed else None
+
+    def _held(self):
+        return Analysis.objects.filter(pk=self.analysis_id, status=Analysis.Status.RUNNING, owner=self.token)
+
+    def renew(self, **fields) -> None:
+        """Write ``fields`` and a fresh heartbeat, if the lease still holds; else LeaseLost."""
+        now = timezone.now()
+        if not self._held().filter(heartbeat__gte=_lease_cutoff(now)).update(heartbeat=now, **fields):
+            raise LeaseLost(f"analysis {self.analysis_id} is no longer held by run {self.token}")
+
+    def fail(self, message: str) -> bool:
+        """Mark the analysis failed, if this run still owns it (expired or not); whether it did."""
+        return bool(
+            self._held().update(status=Analysis.Status.FAILED, error=message, finished=timezone.now(), slices_done=0)
+        )
+
+    def store_png(self, path: str, array: np.ndarray) -> str:
+        try:
+            name = default_storage.save(path, ContentFile(png_bytes(array)))
+        except Exception as exc:
+            if _is_storage_outage(exc):
+                raise StorageUnavailable() from exc
+            raise
+        self.written.append(name)
+        return name
+
+    def remove_written(self) -> None:
+        """Delete the files this run stored; a store that refuses is logged, never raised."""
+        for name in self.written:
+            try:
+                default_storage.delete(name)
+            except OSError as exc:
+                log.warning("could not remove %s: %s", name, exc)
+        self.written.clear()
+
+
+def analysis_process(*, analysis_id: str) -> Outcome:
+    """Segment a stored upload; store every slice's files and rows and the study result,
+    or, if anything fails, nothing (the analysis is then marked failed with the reason).
+
+    Only a queued analysis is processed, by the run that claims it (see _Lease); a run
+    that loses its lease midway stops and removes what it wrote (Outcome.LEASE_LOST).
+    """
+    slices = _decoded.pop(str(analysis_id), None)
+    lease = _Lease.claim(analysis_id)
+    if lease is None:
+        log.warning("analysis %s is not queued (taken by another run, finished or gone); skipped", analysis_id)
+        return Outcome.SKIPPED
+    analysis = Analysis.objects.get(pk=analysis_id)
     # In a worker, messages are written in the uploader's language, not the worker's.
     with translation.override(analysis.language or None):
-        try:
-            slices = _decoded.pop(str(analysis.id), None)
-            if slices is None:
+        if slices is None:
+            try:
                 with analysis.upload.open("rb") as fh:
                     slices = upload_read(stream=fh, name=analysis.source_name, size=analysis.upload.size).slices
-            _segment_into(analysis, slices)
-        except Exception as exc:
-            _fail(analysis, exc)
-        finally:
-            _discard_upload(analysis)
+            except Exception as exc:
+                return _fail(analysis, lease, exc)
+        return _segment_into(analysis, lease, slices)
 
 
 def analysis_record(*, source_name: str, kind: str, slices: list[CTSlice]) -> Analysis:
     """Segment slices that are already read and store them as a finished analysis
     (for the command line's --save; uploads go through analysis_create)."""
-    analysis = Analysis.objects.create(
-        kind=kind, source_name=clean_name(source_name), slices_total=len(slices)
-    )
-    try:
-        _segment_into(analysis, slices)
-    except Exception as exc:
-        _fail(analysis, exc)
+    analysis = Analysis.objects.create(kind=kind, source_name=clean_name(source_name), slices_total=len(slices))
+    lease = _Lease.claim(analysis.pk)
+    _segment_into(analysis, lease, slices)
     analysis.refresh_from_db()
     return analysis
 
 
-def _segment_into(analysis: Analysis, slices: list[CTSlice]) -> None:
+def _segment_into(analysis: Analysis, lease: _Lease, slices: list[CTSlice]) -> Outcome:
     """Segment ``slices`` in order, writing each slice's PNGs as it goes and reporting
-    progress; then create all Slice rows and mark the analysis done in one transaction."""
-    Analysis.objects.filter(pk=analysis.pk).update(
-        status=Analysis.Status.RUNNING, heartbeat=timezone.now(), slices_done=0, slices_total=len(slices), error=""
-    )
-    folder = _slice_folder(analysis)
-    _delete_folder(folder)  # leftovers of an interrupted earlier run
+    progress; then create all Slice rows and mark the analysis done in one transaction.
+    Ends the analysis failed (and without files) on any error; returns how it ended."""
+    try:
+        _segment_slices(analysis, lease, slices)
+    except LeaseLost:
+        log.warning("analysis %s: lease lost; this run stops and removes what it wrote", analysis.pk)
+        lease.remove_written()
+        if lease.fail(_stopped_message()):
+            _discard_upload(analysis)  # expired, but nobody had reaped it yet
+        return Outcome.LEASE_LOST
+    except Exception as exc:
+        return _fail(analysis, lease, exc)
+    _discard_upload(analysis)
+    return Outcome.DONE
+
+
+def _segment_slices(analysis: Analysis, lease: _Lease, slices: list[CTSlice]) -> None:
+    lease.renew(slices_done=0, slices_total=len(slices))
+    folder = _slice_folder(analysis.pk)
     segmenter = get_segmenter()
     rows = []
     reported = time.monotonic()
     # Each slice's PNGs are encoded and stored on a second thread while the networks run
     # and the label map is measured (zlib and the runtime both release the GIL). On
-    # failure the with-block waits for the writes, so _fail then finds and removes them.
+    # failure the with-block waits for the writes, so the lease then knows every file.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="slice-png") as writer:
         for k, ct in enumerate(slices, start=1):
-            image = writer.submit(_store_png, f"{folder}/{k:04d}-image.png", ct.pixels)
+            image = writer.submit(lease.store_png, f"{folder}/{k:04d}-image.png", ct.pixels)
             labels = segmenter.segment(ct.pixels, spacing_mm=ct.pixel_spacing_mm)
-            labels_file = writer.submit(_store_png, f"{folder}/{k:04d}-labels.png", labels)
+            labels_file = writer.submit(lease.store_png, f"{folder}/{k:04d}-labels.png", labels)
             result = grade_slice(ct, labels)
             rows.append(_slice_row(analysis, k, ct, result, image.result(), labels_file.result()))
             if time.monotonic() - reported >= PROGRESS_INTERVAL and k < len(slices):
-                Analysis.objects.filter(pk=analysis.pk).update(slices_done=k, heartbeat=timezone.now())
+                lease.renew(slices_done=k)
                 reported = time.monotonic()
     total, severity = assess_study([Areas.from_dict(r.areas) for r in rows])
-    with transaction.atomic():
-        Slice.objects.filter(analysis=analysis).delete()
-        Slice.objects.bulk_create(rows)
-        Analysis.objects.filter(pk=analysis.pk).update(
+    with transaction.atomic():  # the compare-and-set first: on PostgreSQL it locks the row
+        lease.renew(
             status=Analysis.Status.DONE,
             finished=timezone.now(),
             slices_total=len(rows),
@@ -409,11 +546,7 @@ def _segment_into(analysis: Analysis, slices: list[CTSlice]) -> None:
             areas=total.as_dict(),
             severity=severity.as_dict(),
         )
-
-
-
-def _store_png(path: str, array: np.ndarray) -> str:
-    return default_storage.save(path, ContentFile(png_bytes(array)))
+        Slice.objects.bulk_create(rows)
 
 
 def _slice_row(analysis: Analysis, index: int, ct: CTSlice, result: SliceAnalysis, image: str, labels: str) -> Slice:
@@ -431,24 +564,26 @@ def _slice_row(analysis: Analysis, index: int, ct: CTSlice, result: SliceAnalysi
     )
 
 
-def _fail(analysis: Analysis, exc: Exception) -> None:
-    """Remove whatever a failed run wrote and record why it failed."""
+def _fail(analysis: Analysis, lease: _Lease, exc: Exception) -> Outcome:
+    """Record why a run failed, then remove whatever it wrote. The status is written
+    first and the clean-up never raises, so a failing store cannot leave it running."""
     if isinstance(exc, UploadError):
         message = str(exc)
+        if isinstance(exc, StorageUnavailable):
+            log.error("analysis %s failed: the file store refused a write", analysis.pk, exc_info=exc)
     else:
         log.error("analysis %s failed", analysis.pk, exc_info=exc)
         message = _("Processing failed because of an internal error; please try again.")
-    _delete_folder(_slice_folder(analysis))
-    Slice.objects.filter(analysis=analysis).delete()
-    Analysis.objects.filter(pk=analysis.pk).update(
-        status=Analysis.Status.FAILED, error=message, finished=timezone.now(), slices_done=0
-    )
+    if lease.fail(message):
+        _discard_upload(analysis)
+    lease.remove_written()
+    return Outcome.STORAGE_UNAVAILABLE if isinstance(exc, StorageUnavailable) else Outcome.FAILED
 
 
 def _discard_upload(analysis: Analysis) -> None:
-    """The upload is kept only until it has been processed."""
+    """The upload is kept only until it has been processed (a refusing store is logged)."""
     if analysis.upload:
-        _delete_folder(f"{analysis_folder(analysis.id)}/upload")
+        _delete_folder_quietly(f"{analysis_folder(analysis.pk)}/upload")
         Analysis.objects.filter(pk=analysis.pk).update(upload="")
 
 
@@ -459,24 +594,168 @@ def analysis_delete(*, analysis: Analysis) -> None:
     _delete_folder(folder)
 
 
+# --- The reaper -------------------------------------------------------------------------
+# Work that lost its worker (a killed or paused process, a crashed machine) is cleaned up
+# here without anyone visiting it: each `manage.py worker` reaps at start and every
+# SEGMENTER_REAP_EVERY_SECONDS, each task reaps at its start (throttled the same way, so
+# that the immediate backend's web processes reap too), and `manage.py reap` on demand.
+
+#: How Django names an upload it spools to disk (TemporaryUploadedFile): tmp*.upload<.ext>.
+_TEMP_UPLOAD = re.compile(r"^tmp[^/]*\.upload(\.[^/]*)?$")
+_last_reap = -math.inf  # time.monotonic() of this process' last reap
+
+
+@dataclass
+class Reaped:
+    """What one pass of the reaper cleaned, as lines for people."""
+
+    analyses: list[str] = field(default_factory=list)
+    task_rows: list[str] = field(default_factory=list)
+    temp_uploads: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.analyses or self.task_rows or self.temp_uploads)
+
+
+def abandoned_reap() -> Reaped:
+    """Clean up after workers that stopped: running analyses whose lease expired become
+    failed and lose their files and upload; task rows left running for an analysis no
+    longer running become failed; Django's spooled uploads older than the stale timeout
+    are deleted. Safe to run anywhere, any number of times at once: every change is a
+    compare-and-set, so a live worker and a second reaper are never disturbed."""
+    now = timezone.now()
+    reaped = Reaped()
+    cutoff = _lease_cutoff(now)
+    reaped_ids = set()
+    expired = Analysis.objects.filter(status=Analysis.Status.RUNNING).filter(
+        Q(heartbeat__lt=cutoff) | Q(heartbeat__isnull=True)
+    )
+    for analysis in expired:
+        stopped = analysis.heartbeat + (now - cutoff) if analysis.heartbeat else now
+        with translation.override(analysis.language or None):
+            message = _stopped_message()
+        taken = Analysis.objects.filter(
+            pk=analysis.pk, status=Analysis.Status.RUNNING, heartbeat=analysis.heartbeat
+        ).update(status=Analysis.Status.FAILED, error=message, finished=stopped, slices_done=0)
+        if not taken:
+            continue  # renewed or finished since it was read
+        reaped_ids.add(str(analysis.pk))
+        removed = _delete_folder_quietly(_slice_folder(analysis.pk))
+        Slice.objects.filter(analysis=analysis).delete()  # none should exist; never keep any
+        _discard_upload(analysis)
+        silent = (now - analysis.heartbeat).total_seconds() if analysis.heartbeat else None
+        reaped.analyses.append(
+            f"analysis {analysis.pk} ({analysis.source_name}): running {analysis.slices_done}/{analysis.slices_total}"
+            + (f", silent {silent:.0f} s" if silent is not None else ", never reported")
+            + f" -> failed; {removed} files removed"
+        )
+    reaped.task_rows = _orphan_task_rows_reap(now, cutoff)
+    reaped.temp_uploads = _temp_uploads_reap(now, cutoff)
+    for line in (*reaped.analyses, *reaped.task_rows, *reaped.temp_uploads):
+        log.warning("reaped %s", line)
+    return reaped
+
+
+def abandoned_reap_if_due() -> Reaped | None:
+    """abandoned_reap, at most once per SEGMENTER_REAP_EVERY_SECONDS in this process;
+    a failing reap is logged, never raised (it must not stop the work that called it)."""
+    global _last_reap
+    if time.monotonic() - _last_reap < settings.SEGMENTER_REAP_EVERY_SECONDS:
+        return None
+    _last_reap = time.monotonic()
+    try:
+        return abandoned_reap()
+    except Exception:
+        log.exception("the reaper failed")
+        return None
+
+
+def _orphan_task_rows_reap(now, cutoff) -> list[str]:
+    """django-tasks-db rows left running for an analysis that is not running under a live
+    lease, started before the cutoff (a worker that died before it could finish them)."""
+    if not apps.is_installed("django_tasks_db"):
+        return []
+    from django_tasks import TaskResultStatus
+    from django_tasks_db.models import DBTaskResult
+
+    from .tasks import process_analysis
+
+    rows = DBTaskResult.objects.filter(
+        status=TaskResultStatus.RUNNING, task_path=process_analysis.module_path
+    ).filter(Q(started_at__lt=cutoff) | Q(started_at__isnull=True))
+    lines = []
+    for row in rows:
+        args = (row.args_kwargs or {}).get("args") or []
+        analysis_id = args[0] if args else (row.args_kwargs or {}).get("kwargs", {}).get("analysis_id")
+        live = Analysis.objects.filter(pk=analysis_id, status=Analysis.Status.RUNNING, heartbeat__gte=cutoff)
+        if _valid_uuid(analysis_id) and live.exists():
+            continue
+        taken = DBTaskResult.objects.filter(pk=row.pk, status=TaskResultStatus.RUNNING).update(
+            status=TaskResultStatus.FAILED,
+            finished_at=now,
+            exception_class_path=f"{LeaseLost.__module__}.{LeaseLost.__qualname__}",
+            traceback=f"Reaped at {now.isoformat()}: its worker stopped (workers {', '.join(row.worker_ids)}).",
+        )
+        if taken:
+            lines.append(f"task {row.pk} (analysis {analysis_id}): running since {row.started_at} -> failed")
+    return lines
+
+
+def _valid_uuid(value) -> bool:
+    try:
+        uuid.UUID(str(value))
+    except ValueError:
+        return False
+    return True
+
+
+def _temp_uploads_reap(now, cutoff) -> list[str]:
+    """Django's spooled uploads (FILE_UPLOAD_TEMP_DIR, else the system's temporary folder)
+    of this user untouched since the cutoff: left by a web process killed mid-request."""
+    folder = Path(settings.FILE_UPLOAD_TEMP_DIR or tempfile.gettempdir())
+    limit = cutoff.timestamp()
+    lines = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError as exc:
+        log.warning("could not list %s: %s", folder, exc)
+        return lines
+    for entry in entries:
+        if not _TEMP_UPLOAD.match(entry.name):
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+            if not entry.is_file(follow_symlinks=False) or info.st_uid != os.getuid() or info.st_mtime >= limit:
+                continue
+            os.unlink(entry.path)
+        except OSError as exc:
+            log.warning("could not remove %s: %s", entry.path, exc)
+            continue
+        age = now.timestamp() - info.st_mtime
+        lines.append(f"temporary upload {entry.path} ({megabytes(info.st_size)} MB, {age:.0f} s old) -> deleted")
+    return lines
+
+
 # --- Selectors --------------------------------------------------------------------------
 
 
 def analysis_get(*, analysis_id) -> Analysis:
-    """The analysis with this id (raises Analysis.DoesNotExist). A running analysis whose
-    worker stopped reporting is marked failed first, so it is never shown as running
-    forever nor, half done, as complete."""
+    """The analysis with this id, as people should see it (raises Analysis.DoesNotExist).
+
+    A pure read: it writes nothing and deletes nothing. A running analysis whose lease
+    has expired is returned as failed, because that is final: its worker can no longer
+    write it (see _Lease), and the reaper will record the failure and remove its files.
+    So it is never shown as running forever nor, half done, as complete.
+    """
     analysis = Analysis.objects.get(pk=analysis_id)
-    if analysis.status == Analysis.Status.RUNNING and analysis.heartbeat:
-        limit = timedelta(seconds=settings.SEGMENTER_STALE_AFTER_SECONDS)
-        if timezone.now() - analysis.heartbeat > limit:
-            _delete_folder(_slice_folder(analysis))
-            Analysis.objects.filter(pk=analysis.pk, status=Analysis.Status.RUNNING).update(
-                status=Analysis.Status.FAILED,
-                error=_("Processing stopped before it finished; please upload the file again."),
-                finished=timezone.now(),
-                slices_done=0,
-            )
-            _discard_upload(analysis)
-            analysis.refresh_from_db()
+    if analysis.status == Analysis.Status.RUNNING and _lease_expired(analysis):
+        analysis.status = Analysis.Status.FAILED
+        analysis.error = _stopped_message()
+        analysis.slices_done = 0
+        if analysis.heartbeat:
+            analysis.finished = analysis.heartbeat + timedelta(seconds=settings.SEGMENTER_STALE_AFTER_SECONDS)
     return analysis
+
+
+def _lease_expired(analysis: Analysis) -> bool:
+    return analysis.heartbeat is None or analysis.heartbeat < _lease_cutoff(timezone.now())

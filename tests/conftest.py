@@ -33,6 +33,15 @@ def media_root(settings, tmp_path) -> Path:
     return root
 
 
+@pytest.fixture(autouse=True)
+def upload_temp_dir(settings, tmp_path) -> Path:
+    """Spooled uploads go to a folder of the test's own, which is all the reaper sweeps."""
+    folder = tmp_path / "upload-tmp"
+    folder.mkdir()
+    settings.FILE_UPLOAD_TEMP_DIR = str(folder)
+    return folder
+
+
 @pytest.fixture
 def stored_files(media_root):
     """A function listing every file under MEDIA_ROOT, as paths relative to it."""

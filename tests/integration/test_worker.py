@@ -3,7 +3,8 @@
 A web server and a worker run as subprocesses sharing a fresh database (a temporary
 SQLite file, or a temporary database on the PostgreSQL server of DATABASE_URL); the test
 uploads a zip through the API and watches its progress until the result is ready, then
-kills a worker halfway through another study and sees that study marked failed.
+kills a worker halfway through another study and sees that study marked failed, and
+pauses one (SIGSTOP) past its lease and sees that it cannot bring its study back.
 """
 
 from __future__ import annotations
@@ -102,9 +103,15 @@ def stack(tmp_path, database_url):
 
     class Stack:
         url = base
+        media = tmp_path / "media"
 
-        def start_worker(self):
-            return start("worker", ["db_worker", "--no-reload", "--interval", "0.2", "--no-startup-delay"])
+        def start_worker(self, name="worker", reap_every=60):
+            args = ["--no-reload", "--interval", "0.2", "--no-startup-delay", "--reap-every", str(reap_every)]
+            return start(name, ["worker", *args])
+
+        def manage(self, *args) -> str:
+            done = subprocess.run([*manage, *args], env=env, cwd=ROOT, check=True, capture_output=True, text=True)
+            return done.stdout
 
     yield Stack()
     for p in processes.values():
@@ -174,3 +181,41 @@ def test_a_worker_killed_mid_study_leaves_it_failed_not_half_done(stack, data_ro
     assert final["status"] == "failed"
     assert "stopped" in final["error"]
     assert final["slices"] == [] and final["severity"] is None
+
+
+def _files_of(stack, analysis_id: str) -> list[Path]:
+    return [p for p in (stack.media / "analyses" / analysis_id).rglob("*") if p.is_file()]
+
+
+def _eventually(check, timeout: float = 15.0):
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail("timed out")
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_a_paused_worker_resumed_after_its_study_was_reaped_cannot_bring_it_back(stack, data_root):
+    paused = stack.start_worker("paused")
+    created = _upload(stack, _study_zip(data_root, 12))
+    _watch(stack, created["id"], lambda b: b["progress"]["done"] >= 2)
+    paused.send_signal(signal.SIGSTOP)
+    try:
+        _watch(stack, created["id"], lambda b: b["status"] == "failed", timeout=20)  # the lease expired
+        assert _files_of(stack, created["id"])  # reading it deleted nothing
+        stack.start_worker("reaper", reap_every=0.5)  # reaps at start, without anyone visiting the study
+        _eventually(lambda: not _files_of(stack, created["id"]))
+    finally:
+        paused.send_signal(signal.SIGCONT)
+    time.sleep(3 * SLICE_SECONDS + 1)  # the resumed worker finishes its slice and finds its lease gone
+    final = requests.get(created["links"]["self"], timeout=10).json()
+    assert final["status"] == "failed" and "stopped" in final["error"]
+    assert final["slices"] == [] and final["severity"] is None
+    assert _files_of(stack, created["id"]) == []
+    assert paused.poll() is None  # it stopped that study, not itself
+    rows = stack.manage("shell", "-v", "0", "-c", "from django_tasks_db.models import DBTaskResult as T; "
+                        "print(*T.objects.values_list('status', 'exception_class_path'))")
+    assert rows.strip() == "('FAILED', 'segmenter.services.LeaseLost')"  # the task row, too
+    again = _upload(stack, _study_zip(data_root, 3))
+    assert _watch(stack, again["id"], lambda b: b["status"] in ("done", "failed"))[-1]["status"] == "done"
