@@ -48,6 +48,10 @@ class Analysis(models.Model):
     # The uploader's language: what a worker writes for them (a failure's reason) uses it.
     language = models.CharField(max_length=16, blank=True)
     source_name = models.CharField(max_length=255)  # the uploaded file's (sanitised) name
+    # The browser that uploaded it through the web form: a hash of the random token in its
+    # signed cookie (services.browser_key), so that it alone can list and delete it.
+    # Empty for API and command-line uploads.
+    browser = models.CharField(max_length=64, blank=True, db_index=True)
     upload = models.FileField(upload_to=_upload_to, max_length=500, blank=True)  # kept until processed
     slices_total = models.PositiveIntegerField(default=0)
     slices_done = models.PositiveIntegerField(default=0)

@@ -11,6 +11,7 @@ worker) segments it under a lease and stores the result all at once, or nothing;
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import math
 import os
@@ -306,7 +307,7 @@ def _is_storage_outage(exc: BaseException) -> bool:
     return isinstance(exc, PermissionError) or (isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS)
 
 
-def analysis_create(*, stream: BinaryIO, name: str, size: int) -> Analysis:
+def analysis_create(*, stream: BinaryIO, name: str, size: int, browser: str = "") -> Analysis:
     """Validate an upload, store it for a worker (if one will process it) and queue its
     processing. Raises UploadError (StorageUnavailable, a 503, when the file store
     refuses the upload or, processed here, its results).
@@ -320,6 +321,7 @@ def analysis_create(*, stream: BinaryIO, name: str, size: int) -> Analysis:
         source_name=clean_name(name),
         slices_total=len(parsed.slices),
         language=translation.get_language() or "",
+        browser=browser,
     )
     try:
         with transaction.atomic():
@@ -585,6 +587,18 @@ def _discard_upload(analysis: Analysis) -> None:
     if analysis.upload:
         _delete_folder_quietly(f"{analysis_folder(analysis.pk)}/upload")
         Analysis.objects.filter(pk=analysis.pk).update(upload="")
+
+
+def browser_key(token: str) -> str:
+    """What the database keeps of a browser's cookie token: its SHA-256, never the token."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def analyses_of_browser(*, browser: str, limit: int = 50) -> list[Analysis]:
+    """The latest analyses uploaded from one browser (``browser_key`` of its token)."""
+    if not browser:
+        return []
+    return list(Analysis.objects.filter(browser=browser).order_by("-created")[:limit])
 
 
 def analysis_delete(*, analysis: Analysis) -> None:

@@ -12,6 +12,7 @@ _slice = "a/<uuid:analysis_id>/slices/<int:index>/"
 urlpatterns = [
     path("", views.home, name="home"),
     path("a/<uuid:analysis_id>/", views.analysis, name="analysis"),
+    path("a/<uuid:analysis_id>/delete", views.analysis_delete, name="delete"),
     path("a/<uuid:analysis_id>/status.json", views.analysis_status, name="status"),
     path("a/<uuid:analysis_id>/report.csv", views.report_csv_download, name="report_csv"),
     path("a/<uuid:analysis_id>/report.json", views.report_json_download, name="report_json"),

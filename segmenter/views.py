@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import secrets
 import tempfile
 import zipfile
 
@@ -36,6 +37,11 @@ from .ml.pipeline import report_csv, report_json, report_rows
 from .ml.severity import Areas
 from .models import Analysis, Slice
 
+#: The signed cookie that ties "my analyses" to this browser: a random token, signed with
+#: SECRET_KEY under this salt; the database keeps only its hash (services.browser_key).
+BROWSER_COOKIE = "segmenter_browser"
+BROWSER_COOKIE_SALT = "segmenter.views.browser"
+BROWSER_COOKIE_MAX_AGE_S = 365 * 24 * 3600
 #: Room for the multipart framing, headers and the CSRF field around the file itself.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 #: Longest side of a gallery thumbnail, in pixels.
@@ -89,13 +95,28 @@ def _slice(analysis: Analysis, index: int) -> Slice:
 def home(request):
     if request.method == "POST":
         return _upload(request)
-    return render(request, "segmenter/home.html", _home_context())
+    return render(request, "segmenter/home.html", _home_context(request))
 
 
-def _home_context(error: str = "") -> dict:
+def _browser_token(request) -> str:
+    """This browser's token from its signed cookie, or "" (none, or tampered with)."""
+    return request.get_signed_cookie(BROWSER_COOKIE, default="", salt=BROWSER_COOKIE_SALT) or ""
+
+
+def _remember_browser(response, token: str):
+    response.set_signed_cookie(
+        BROWSER_COOKIE, token, salt=BROWSER_COOKIE_SALT, max_age=BROWSER_COOKIE_MAX_AGE_S,
+        httponly=True, samesite="Lax", secure=settings.SESSION_COOKIE_SECURE,
+    )
+    return response
+
+
+def _home_context(request, error: str = "") -> dict:
+    token = _browser_token(request)
     return {
         "form": UploadForm(),
         "error": error,
+        "mine": services.analyses_of_browser(browser=services.browser_key(token)) if token else [],
         "upload_config": {
             "maxBytes": settings.SEGMENTER_MAX_UPLOAD_BYTES,
             "strings": {
@@ -124,15 +145,33 @@ def _upload(request):
     if not form.is_valid():
         return _refuse(request, form.errors["file"][0])
     upload = form.cleaned_data["file"]
+    token = _browser_token(request) or secrets.token_urlsafe(32)
     try:
-        analysis = services.analysis_create(stream=upload, name=upload.name, size=upload.size)
+        analysis = services.analysis_create(
+            stream=upload, name=upload.name, size=upload.size, browser=services.browser_key(token)
+        )
     except services.UploadError as exc:
         return _refuse(request, str(exc), exc.status_code)
     if analysis.kind == Analysis.Kind.SLICE and analysis.status == Analysis.Status.DONE:
         url = reverse("segmenter:slice", args=[analysis.id, 1])  # straight to the result
     else:
         url = reverse("segmenter:analysis", args=[analysis.id])
-    return JsonResponse({"url": url}) if _wants_json(request) else redirect(url)
+    response = JsonResponse({"url": url}) if _wants_json(request) else redirect(url)
+    return _remember_browser(response, token)
+
+
+@require_http_methods(["POST"])
+def analysis_delete(request, analysis_id):
+    """Delete one of this browser's analyses, with its files; anyone else's is a 404."""
+    token = _browser_token(request)
+    try:
+        analysis = Analysis.objects.get(pk=analysis_id, browser=services.browser_key(token)) if token else None
+    except Analysis.DoesNotExist:
+        analysis = None
+    if analysis is None:
+        raise Http404("no such analysis")
+    services.analysis_delete(analysis=analysis)
+    return redirect(reverse("segmenter:home") + "#mine")
 
 
 def _too_large() -> str:
@@ -157,7 +196,7 @@ def _refuse(request, message: str, status: int = 400):
     """The upload form again with the reason, or {"error": reason} for a script."""
     if _wants_json(request):
         return JsonResponse({"error": message}, status=status)
-    return render(request, "segmenter/home.html", _home_context(message), status=status)
+    return render(request, "segmenter/home.html", _home_context(request, message), status=status)
 
 
 # --- Results ---------------------------------------------------------------------------------
