@@ -19,6 +19,7 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from pydicom.pixels import apply_modality_lut
 
+from segmenter.hostile import mutate
 from segmenter.ml.archive import read_zip
 from segmenter.ml.imaging import UnreadableImage, read_slices
 from segmenter.ml.volumes import read_nifti
@@ -26,29 +27,6 @@ from segmenter.ml.volumes import read_nifti
 SEED = 20261202
 READER_MUTANTS = 400  # per file, straight to the readers
 API_MUTANTS = 30  # per file, through the whole API
-
-
-def mutate(data: bytes, rng: np.random.Generator) -> bytes:
-    """One seeded mutation of ``data``; mutations hit the first 4 KB (the headers) half the time."""
-    b = bytearray(data)
-    n = len(b)
-    reach = min(n, 4096) if rng.random() < 0.5 else n
-    kind = rng.integers(5)
-    at = int(rng.integers(reach))
-    if kind == 0:  # flip a few bytes
-        for k in rng.integers(reach, size=int(rng.integers(1, 9))):
-            b[int(k)] ^= int(rng.integers(1, 256))
-    elif kind == 1:  # overwrite a span with random bytes
-        span = int(rng.integers(1, 64))
-        b[at : at + span] = rng.integers(0, 256, size=len(b[at : at + span]), dtype=np.uint8).tobytes()
-    elif kind == 2:  # a header field at its extreme
-        b[at : at + 4] = bytes([0xFF if rng.random() < 0.5 else 0x00]) * len(b[at : at + 4])
-    elif kind == 3:  # a span repeated
-        span = int(rng.integers(1, 256))
-        b[at:at] = b[at : at + span]
-    else:  # cut short
-        del b[max(1, at) :]
-    return bytes(b)
 
 
 def _nifti(samples) -> bytes:
@@ -114,3 +92,12 @@ def test_no_mutant_gets_a_server_error_from_the_api(client, originals, django_ca
                 assert response.json()["status"] in ("done", "queued", "running"), (name, k, response.json())
             statuses.append(response.status_code)
     assert 400 in statuses and 201 in statuses
+
+
+def test_the_hostile_corpus_of_the_probe_is_88_small_files(data_root):
+    from segmenter.hostile import corpus
+
+    files = corpus(data_root)
+    assert len(files) == 88
+    assert max(len(d) for d in files.values()) < 5 * 1024 * 1024
+    assert {"j2k-40000.dcm", "stored-60x4096.zip", "under-2gib.nii.gz", "ct-4096.png"} <= set(files)
