@@ -2,7 +2,7 @@
 
 Real inputs are built from the real data set (``/work/shared/data``, or the folder named by
 ``SEGMENTER_DATA_ROOT``); nothing is copied into the repository. Tests that need it are
-skipped, with the reason, when the folder is missing.
+skipped, with the reason, when the folder is missing (a failure when REQUIRE_DATA=1, as in CI).
 """
 
 from __future__ import annotations
@@ -68,6 +68,14 @@ def use_engine(settings):
 def stand_in_engine(use_engine):
     """The deterministic stand-in (tests/stubs.py) instead of the trained ensemble."""
     use_engine(stubs.StandInSegmenter)
+
+
+@pytest.fixture(autouse=True)
+def _stand_in_unless_real_engine(request):
+    """Every test gets the stand-in engine unless it is marked ``real_engine``: a test that
+    forgets to ask for one never loads the trained networks by accident."""
+    if request.node.get_closest_marker("real_engine") is None:
+        request.getfixturevalue("stand_in_engine")
 
 
 # --- Real inputs -----------------------------------------------------------------------
@@ -144,7 +152,10 @@ def _png(image: Image.Image) -> bytes:
 @pytest.fixture(scope="session")
 def data_root() -> Path:
     if not (DATA_ROOT / "dicom-samples" / "0.dcm").is_file():
-        pytest.skip(f"the real CT data set is not at {DATA_ROOT} (set SEGMENTER_DATA_ROOT)")
+        reason = f"the real CT data set is not at {DATA_ROOT} (set SEGMENTER_DATA_ROOT)"
+        if os.environ.get("REQUIRE_DATA") == "1":  # CI: a missing data set fails, never shrinks the run
+            pytest.fail(reason + " and REQUIRE_DATA=1")
+        pytest.skip(reason)
     return DATA_ROOT
 
 

@@ -58,6 +58,7 @@ def test_the_upload_is_stored_only_for_a_worker(client, samples, stand_in_engine
 
 
 @pytest.mark.slow
+@pytest.mark.real_engine
 @pytest.mark.django_db
 def test_the_real_engine_finds_lung_on_the_dicom_sample(client, upload, samples):
     weights = django_settings.SEGMENTER_WEIGHTS_DIR

@@ -10,16 +10,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segmenter.ml.data import DEFAULT_DATA_ROOT
-
-
-@pytest.fixture(scope="session")
-def data_root() -> Path:
-    root = Path(os.environ.get("SEGMENTER_DATA_ROOT") or DEFAULT_DATA_ROOT)
-    if not (root / "dicom-samples" / "0.dcm").is_file():
-        pytest.skip(f"real data not found at {root} (set SEGMENTER_DATA_ROOT)")
-    return root
-
 
 @pytest.fixture(scope="session")
 def dicom_path(data_root) -> Path:
@@ -40,7 +30,6 @@ def png(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format="PNG")
     return buf.getvalue()
-
 
 
 @pytest.fixture(scope="session")
