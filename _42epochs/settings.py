@@ -1,8 +1,9 @@
 """Django settings, all from the environment, with safe defaults for local use.
 
-Variables (see .env.example): DJANGO_DEBUG, DJANGO_SECRET_KEY (required when debug is
-off), DJANGO_ALLOWED_HOSTS, DJANGO_CSRF_TRUSTED_ORIGINS, DATABASE_URL, DJANGO_MEDIA_ROOT,
-DJANGO_TASKS_BACKEND, SEGMENTER_MAX_UPLOAD_MB, SEGMENTER_WEIGHTS_DIR, SEGMENTER_THREADS.
+Variables (see .env.example): DJANGO_DEBUG (off unless 1), DJANGO_SECRET_KEY (required to
+serve when debug is off), DJANGO_ALLOWED_HOSTS, DJANGO_CSRF_TRUSTED_ORIGINS,
+DJANGO_SECURE_COOKIES, DATABASE_URL, DJANGO_MEDIA_ROOT, DJANGO_TASKS_BACKEND,
+SEGMENTER_MAX_UPLOAD_MB, SEGMENTER_WEIGHTS_DIR, SEGMENTER_THREADS.
 """
 
 from __future__ import annotations
@@ -54,13 +55,13 @@ def env_list(name: str, default: list[str]) -> list[str]:
 
 
 # --- Core ---------------------------------------------------------------------------------
-# Debug defaults to on for a local checkout (`make run`); a deployment sets DJANGO_DEBUG=0
-# and must then give its own secret key.
-DEBUG = env_bool("DJANGO_DEBUG", True)
+# Debug (traceback pages, the built-in development key) only when asked for: DJANGO_DEBUG=1,
+# which `make run` sets. Without debug there is no default secret key: commands that sign
+# nothing (migrate, collectstatic, segment, db_worker) run without one, and a serving
+# process refuses to start without one (segmenter.checks.require_secret_key).
+DEBUG = env_bool("DJANGO_DEBUG", False)
 SECRET_KEY = env_str("DJANGO_SECRET_KEY", "")
-if not SECRET_KEY:
-    if not DEBUG:
-        raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off")
+if not SECRET_KEY and DEBUG:
     SECRET_KEY = "insecure-local-development-key-do-not-deploy"
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
