@@ -81,7 +81,9 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "segmenter.middleware.SecurityHeadersMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    "segmenter.middleware.ApiOriginMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -203,8 +205,39 @@ USE_TZ = True
 # --- Security -----------------------------------------------------------------------------
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
+# Behind HTTPS (a TLS-terminating proxy): Secure cookies and HSTS. HSTS is sent on
+# requests Django sees as secure, so the proxy must say so (DJANGO_TRUST_X_FORWARDED_PROTO=1
+# when it sets X-Forwarded-Proto and drops any a client sent).
 SESSION_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", False)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+SECURE_HSTS_SECONDS = env_int("DJANGO_HSTS_SECONDS", 365 * 24 * 3600) if SESSION_COOKIE_SECURE else 0
+SECURE_HSTS_INCLUDE_SUBDOMAINS = False
+if env_bool("DJANGO_TRUST_X_FORWARDED_PROTO", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# The API refuses browser requests from other sites' pages; CSRF_TRUSTED_ORIGINS (above)
+# are the other origins whose pages may use it (segmenter.middleware.ApiOriginMiddleware).
+# A CSRF failure under /api/ answers JSON.
+CSRF_FAILURE_VIEW = "segmenter.errors.csrf_failure"
+# Content-Security-Policy (segmenter.middleware.SecurityHeadersMiddleware, in the format of
+# Django 6's SECURE_CSP): scripts, styles, images and requests from this site only, no
+# inline script or style (data reach scripts through json_script), no framing, no plugins.
+SECURE_CSP = {
+    "default-src": ["'self'"],
+    "script-src": ["'self'"],
+    "style-src": ["'self'"],
+    "img-src": ["'self'"],
+    "connect-src": ["'self'"],
+    "form-action": ["'self'"],
+    "frame-ancestors": ["'none'"],
+    "base-uri": ["'none'"],
+    "object-src": ["'none'"],
+}
+# Browser features no page of the site uses, refused to it and to anything it embeds.
+PERMISSIONS_POLICY = dict.fromkeys(
+    ["accelerometer", "bluetooth", "camera", "display-capture", "geolocation", "gyroscope", "magnetometer",
+     "microphone", "payment", "serial", "usb"],
+    (),
+)
 
 LOGGING = {
     "version": 1,

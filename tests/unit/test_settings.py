@@ -1,5 +1,5 @@
 """The settings read from the environment: debug only when asked for, no default secret
-key outside debug."""
+key outside debug, HSTS only behind HTTPS."""
 
 from __future__ import annotations
 
@@ -46,6 +46,18 @@ def test_without_debug_there_is_no_default_secret_key(load):
 
 def test_debug_has_a_development_key(load):
     assert "insecure" in load(DJANGO_DEBUG="1")["SECRET_KEY"]
+
+
+def test_hsts_is_off_unless_cookies_are_secure(load):
+    assert load()["SECURE_HSTS_SECONDS"] == 0
+    assert load(DJANGO_SECURE_COOKIES="1")["SECURE_HSTS_SECONDS"] == 365 * 24 * 3600
+    assert load(DJANGO_SECURE_COOKIES="1", DJANGO_HSTS_SECONDS="600")["SECURE_HSTS_SECONDS"] == 600
+    assert load(DJANGO_HSTS_SECONDS="600")["SECURE_HSTS_SECONDS"] == 0
+
+
+def test_the_forwarded_scheme_is_trusted_only_when_asked_for(load):
+    assert "SECURE_PROXY_SSL_HEADER" not in load()
+    assert load(DJANGO_TRUST_X_FORWARDED_PROTO="1")["SECURE_PROXY_SSL_HEADER"] == ("HTTP_X_FORWARDED_PROTO", "https")
 
 
 def test_a_serving_process_refuses_to_start_without_a_secret_key():
