@@ -159,8 +159,13 @@ SEGMENTER_ZIP_MAX_MEMBERS = env_int("SEGMENTER_ZIP_MAX_MEMBERS", 2000)
 SEGMENTER_ZIP_MAX_MEMBER_MB = env_int("SEGMENTER_ZIP_MAX_MEMBER_MB", 64)
 SEGMENTER_ZIP_MAX_TOTAL_MB = env_int("SEGMENTER_ZIP_MAX_TOTAL_MB", 2048)
 SEGMENTER_MAX_SLICES = env_int("SEGMENTER_MAX_SLICES", 1000)
-# Bodies above this go to a per-request temporary file rather than memory.
+# Bodies above this go to a per-request temporary file rather than memory, named in ASCII
+# whatever the upload is called (segmenter/uploadhandlers.py).
 FILE_UPLOAD_MAX_MEMORY_SIZE = 4 * 1024 * 1024
+FILE_UPLOAD_HANDLERS = [
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "segmenter.uploadhandlers.TemporaryFileUploadHandler",
+]
 
 # --- Engine -------------------------------------------------------------------------------
 SEGMENTER_WEIGHTS_DIR = Path(env_str("SEGMENTER_WEIGHTS_DIR", str(BASE_DIR / "weights")))
