@@ -33,10 +33,13 @@ install-dev: $(VENV)/.installed-dev
 run: install
 	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(PY) manage.py runserver 127.0.0.1:$(PORT)
 
-## serve: gunicorn with $(WORKERS) workers, each loading the ensemble once after fork
+## serve: gunicorn with $(WORKERS) sync workers, each loading the ensemble once after fork; a request
+##   running past GUNICORN_TIMEOUT seconds (300) ends with its worker, which is replaced
+##   (collectstatic and gunicorn share these settings: the manifest one writes is the one served)
+serve: export DJANGO_STATIC_MANIFEST := 1
+serve: export DJANGO_DEBUG ?= 0
 serve: install
 	$(PY) manage.py collectstatic --noinput -v 0
-	DJANGO_DEBUG=$${DJANGO_DEBUG:-0} DJANGO_STATIC_MANIFEST=1 \
 	DJANGO_SECRET_KEY=$${DJANGO_SECRET_KEY:-$$($(PY) -c 'import secrets; print(secrets.token_urlsafe(50))')} \
 	WEB_CONCURRENCY=$(WORKERS) PORT=$(PORT) $(VENV)/bin/gunicorn -c python:_42epochs.gunicorn
 

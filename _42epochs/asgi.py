@@ -8,6 +8,9 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "_42epochs.settings")
 
 application = get_asgi_application()
 
-from segmenter.engine import warm_up  # after get_*_application(): needs configured settings
+# After get_*_application(): these need configured settings.
+from segmenter.checks import require_secret_key
+from segmenter.engine import warm_up
 
+require_secret_key()
 warm_up()

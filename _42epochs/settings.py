@@ -1,8 +1,9 @@
 """Django settings, all from the environment, with safe defaults for local use.
 
-Variables (see .env.example): DJANGO_DEBUG, DJANGO_SECRET_KEY (required when debug is
-off), DJANGO_ALLOWED_HOSTS, DJANGO_CSRF_TRUSTED_ORIGINS, DATABASE_URL, DJANGO_MEDIA_ROOT,
-DJANGO_TASKS_BACKEND, SEGMENTER_MAX_UPLOAD_MB, SEGMENTER_WEIGHTS_DIR, SEGMENTER_THREADS.
+Variables (see .env.example): DJANGO_DEBUG (off unless 1), DJANGO_SECRET_KEY (required to
+serve when debug is off), DJANGO_ALLOWED_HOSTS, DJANGO_CSRF_TRUSTED_ORIGINS,
+DJANGO_SECURE_COOKIES, DATABASE_URL, DJANGO_MEDIA_ROOT, DJANGO_TASKS_BACKEND,
+SEGMENTER_MAX_UPLOAD_MB, SEGMENTER_WEIGHTS_DIR, SEGMENTER_THREADS.
 """
 
 from __future__ import annotations
@@ -54,13 +55,13 @@ def env_list(name: str, default: list[str]) -> list[str]:
 
 
 # --- Core ---------------------------------------------------------------------------------
-# Debug defaults to on for a local checkout (`make run`); a deployment sets DJANGO_DEBUG=0
-# and must then give its own secret key.
-DEBUG = env_bool("DJANGO_DEBUG", True)
+# Debug (traceback pages, the built-in development key) only when asked for: DJANGO_DEBUG=1,
+# which `make run` sets. Without debug there is no default secret key: commands that sign
+# nothing (migrate, collectstatic, segment, db_worker) run without one, and a serving
+# process refuses to start without one (segmenter.checks.require_secret_key).
+DEBUG = env_bool("DJANGO_DEBUG", False)
 SECRET_KEY = env_str("DJANGO_SECRET_KEY", "")
-if not SECRET_KEY:
-    if not DEBUG:
-        raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off")
+if not SECRET_KEY and DEBUG:
     SECRET_KEY = "insecure-local-development-key-do-not-deploy"
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
@@ -80,7 +81,9 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "segmenter.middleware.SecurityHeadersMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    "segmenter.middleware.ApiOriginMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -159,8 +162,13 @@ SEGMENTER_MAX_SLICES = env_int("SEGMENTER_MAX_SLICES", 1000)
 # Decoded pixels one upload may hold, all its slices together, in millions; checked from
 # each file's header before it is decoded (segmenter.ml.headers.PixelBudget).
 SEGMENTER_MAX_DECODED_PIXELS = env_int("SEGMENTER_MAX_DECODED_MPIXELS", 300) * 1_000_000
-# Bodies above this go to a per-request temporary file rather than memory.
+# Bodies above this go to a per-request temporary file rather than memory, named in ASCII
+# whatever the upload is called (segmenter/uploadhandlers.py).
 FILE_UPLOAD_MAX_MEMORY_SIZE = 4 * 1024 * 1024
+FILE_UPLOAD_HANDLERS = [
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "segmenter.uploadhandlers.TemporaryFileUploadHandler",
+]
 
 # --- Engine -------------------------------------------------------------------------------
 SEGMENTER_WEIGHTS_DIR = Path(env_str("SEGMENTER_WEIGHTS_DIR", str(BASE_DIR / "weights")))
@@ -208,8 +216,39 @@ USE_TZ = True
 # --- Security -----------------------------------------------------------------------------
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
+# Behind HTTPS (a TLS-terminating proxy): Secure cookies and HSTS. HSTS is sent on
+# requests Django sees as secure, so the proxy must say so (DJANGO_TRUST_X_FORWARDED_PROTO=1
+# when it sets X-Forwarded-Proto and drops any a client sent).
 SESSION_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", False)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+SECURE_HSTS_SECONDS = env_int("DJANGO_HSTS_SECONDS", 365 * 24 * 3600) if SESSION_COOKIE_SECURE else 0
+SECURE_HSTS_INCLUDE_SUBDOMAINS = False
+if env_bool("DJANGO_TRUST_X_FORWARDED_PROTO", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# The API refuses browser requests from other sites' pages; CSRF_TRUSTED_ORIGINS (above)
+# are the other origins whose pages may use it (segmenter.middleware.ApiOriginMiddleware).
+# A CSRF failure under /api/ answers JSON.
+CSRF_FAILURE_VIEW = "segmenter.errors.csrf_failure"
+# Content-Security-Policy (segmenter.middleware.SecurityHeadersMiddleware, in the format of
+# Django 6's SECURE_CSP): scripts, styles, images and requests from this site only, no
+# inline script or style (data reach scripts through json_script), no framing, no plugins.
+SECURE_CSP = {
+    "default-src": ["'self'"],
+    "script-src": ["'self'"],
+    "style-src": ["'self'"],
+    "img-src": ["'self'"],
+    "connect-src": ["'self'"],
+    "form-action": ["'self'"],
+    "frame-ancestors": ["'none'"],
+    "base-uri": ["'none'"],
+    "object-src": ["'none'"],
+}
+# Browser features no page of the site uses, refused to it and to anything it embeds.
+PERMISSIONS_POLICY = dict.fromkeys(
+    ["accelerometer", "bluetooth", "camera", "display-capture", "geolocation", "gyroscope", "magnetometer",
+     "microphone", "payment", "serial", "usb"],
+    (),
+)
 
 LOGGING = {
     "version": 1,

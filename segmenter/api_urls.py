@@ -1,14 +1,15 @@
-from django.http import JsonResponse
 from django.urls import path, re_path
+from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.views import SpectacularJSONAPIView
 
-from . import api
+from . import api, errors
 
 app_name = "api"
 
 
+@csrf_exempt  # like the API's views: a POST to an unknown path is a 404, not a CSRF failure
 def not_found(request, *args, **kwargs):
-    return JsonResponse({"error": "No such resource in the API."}, status=404)
+    return errors.json_error("No such resource in the API.", 404)
 
 
 urlpatterns = [

@@ -6,6 +6,7 @@ import os
 
 from django.conf import settings
 from django.core.checks import Error, Warning, register
+from django.core.exceptions import ImproperlyConfigured
 
 from .ml.weights import WeightsError, read_manifest
 
@@ -41,3 +42,17 @@ def upload_limits(app_configs, **kwargs):
     if settings.SEGMENTER_MAX_UPLOAD_BYTES > 4 * 1024**3:
         return [Warning("uploads over 4 GB are allowed; is that intended?", id="segmenter.W001")]
     return []
+
+
+def require_secret_key() -> None:
+    """Refuse to serve without a secret key (called by the WSGI and ASGI entry points).
+
+    Outside debug the settings give no default key, so that a deployment cannot run on a
+    published one; commands that sign nothing work without it, a serving process does not.
+    """
+    try:
+        settings.SECRET_KEY  # noqa: B018 - Django refuses an empty key when it is read
+    except ImproperlyConfigured:
+        raise ImproperlyConfigured(
+            "DJANGO_SECRET_KEY must be set to serve with DJANGO_DEBUG off (DJANGO_DEBUG=1 for local development)"
+        ) from None

@@ -1,8 +1,6 @@
 from django.conf import settings
 from django.utils.translation import gettext_lazy as _
 
-from .ml.overlay import DEFAULT_STYLES
-
 #: ml.pipeline.DISCLAIMER, translatable (a unit test keeps the English text the same).
 DISCLAIMER = _("For research and demonstration only; not for diagnosis.")
 
@@ -19,6 +17,4 @@ def segmenter(request):
         "max_upload_mb": settings.SEGMENTER_MAX_UPLOAD_BYTES // (1024 * 1024),
         "max_upload_size": upload_limit_mb(),
         "max_upload_bytes": settings.SEGMENTER_MAX_UPLOAD_BYTES,
-        # The default layer colours, for legends (set as CSS variables in base.html).
-        "layer_colours": {name: style.colour for name, style in DEFAULT_STYLES.items()},
     }

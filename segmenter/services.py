@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import re
+import secrets
 import tempfile
 import time
 import uuid
@@ -178,6 +179,15 @@ def clean_name(name: str) -> str:
     return base[-200:] or "upload"
 
 
+def stored_upload_name(name: str) -> str:
+    """The file name an upload is stored under for a worker: a random token and the
+    upload's type suffix (``.png``, ``.nii.gz``; none for other names), short and ASCII
+    whatever the upload is called. The name shown stays ``clean_name(name)``."""
+    lower = clean_name(name).lower()
+    suffix = max((s for s in ALLOWED_SUFFIXES if lower.endswith(s)), key=len, default="")
+    return f"{secrets.token_hex(8)}{suffix}"
+
+
 def _suffix_allowed(name: str) -> bool:
     lower = name.lower()
     if lower.endswith(ALLOWED_SUFFIXES):
@@ -326,7 +336,7 @@ def analysis_create(*, stream: BinaryIO, name: str, size: int, browser: str = ""
     try:
         with transaction.atomic():
             if not _processed_in_process():  # a worker reads the upload from storage
-                analysis.upload.save(clean_name(name), _as_file(stream, name), save=False)
+                analysis.upload.save(stored_upload_name(name), _as_file(stream, name), save=False)
             analysis.save()
     except Exception as exc:
         _delete_folder_quietly(analysis_folder(analysis.id))

@@ -24,6 +24,18 @@ from tests import stubs
 DATA_ROOT = Path(os.environ.get("SEGMENTER_DATA_ROOT", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
+#: The tests' own secret key: outside debug the settings have none (see _42epochs/settings.py).
+TEST_SECRET_KEY = "tests-only-secret-key-never-used-outside-pytest"
+
+
+def pytest_configure(config) -> None:
+    """The tests sign (CSRF tokens, sessions) with their own key unless one is given."""
+    from django.conf import settings
+
+    if not os.environ.get("DJANGO_SECRET_KEY"):
+        settings.SECRET_KEY = TEST_SECRET_KEY
+
+
 @pytest.fixture(autouse=True)
 def media_root(settings, tmp_path) -> Path:
     """Each test stores its files in its own folder, removed with tmp_path."""

@@ -40,12 +40,25 @@ def browser():
         browser.close()
 
 
+#: Reports every Content-Security-Policy violation of a page on its console.
+REPORT_CSP_VIOLATIONS = """
+document.addEventListener("securitypolicyviolation", (event) => {
+  console.error("CSP violation: " + event.violatedDirective + " blocked " + (event.blockedURI || "inline"));
+});
+"""
+
+
 @pytest.fixture
 def page(browser, live_server, stand_in_engine, transactional_db):
-    """A fresh browser tab (own cookies) on a laptop-sized screen, in English."""
+    """A fresh browser tab (own cookies) on a laptop-sized screen, in English. The test
+    fails if the site's Content-Security-Policy blocked anything on any page it opened."""
     context = browser.new_context(viewport={"width": 1366, "height": 900}, accept_downloads=True, locale="en-GB")
     context.set_default_timeout(30_000)
+    context.add_init_script(REPORT_CSP_VIOLATIONS)
     page = context.new_page()
+    violations: list[str] = []
+    page.on("console", lambda message: message.text.startswith("CSP violation") and violations.append(message.text))
     page.base_url = live_server.url
     yield page
     context.close()
+    assert violations == [], "the Content-Security-Policy blocked part of a page"
