@@ -107,9 +107,9 @@ def test_a_deflated_dicom_that_inflates_past_the_limit_is_refused_before_pydicom
 def test_a_zip_of_stored_large_pngs_stops_at_the_budget_naming_the_slice_that_passes_it(monkeypatch):
     big = png(np.zeros((2048, 2048), np.uint8))  # 4.2 million pixels in a few KB
     archive = zip_bytes({f"s{k}.png": big for k in range(5)}, compression=zipfile.ZIP_STORED)
-    decoded = set()
+    decoded: list = []  # the images themselves, so that no id is reused while the test runs
     real_load = Image.Image.load
-    monkeypatch.setattr(Image.Image, "load", lambda self: decoded.add(id(self)) or real_load(self))
+    monkeypatch.setattr(Image.Image, "load", lambda self: (self in decoded or decoded.append(self)) or real_load(self))
     with pytest.raises(UnreadableImage) as caught:
         read_zip(archive, ArchiveLimits(max_pixels=10_000_000))
     reason = caught.value.params["reason"]
