@@ -248,3 +248,35 @@ def test_outline_mode_draws_each_layers_edge_and_leaves_its_inside(page, samples
     page.locator("#ggo-fill").check()
     page.wait_for_timeout(100)
     assert _pixel(page, *inside) != (g(inside),) * 3
+
+
+@pytest.mark.parametrize("path", ["home", "study", "slice"])
+def test_at_390_px_no_page_is_wider_than_the_screen(page, samples, path):
+    page.set_viewport_size({"width": 390, "height": 844})
+    if path == "home":
+        page.goto(page.base_url + "/")
+    else:
+        members = {"case/a-very-long-file-name-of-a-slice-0001.dcm": samples.dicom(0),
+                   "case/a-very-long-file-name-of-a-slice-0002.jpg": samples.jpeg(2)}
+        _study(page, samples, members)
+        if path == "slice":
+            page.goto(page.url + "slices/1/")
+            page.wait_for_selector("#overlay-figure[data-ready='true']")
+    width = page.evaluate("() => document.documentElement.scrollWidth")
+    wide = page.evaluate(
+        "() => Array.from(document.querySelectorAll('body *')).filter(e => e.getBoundingClientRect().right > 390.5)"
+        ".map(e => `${e.tagName}.${e.className} ${Math.round(e.getBoundingClientRect().width)} px`).slice(0, 8)"
+    )
+    assert width <= 390, f"the {path} page is {width} px wide: {wide}"
+    if path == "study":
+        # File names wrap at word-ish breaks, not a letter a line.
+        name = page.get_by_role("link", name="case/a-very-long-file-name-of-a-slice-0001.dcm", exact=True)
+        assert name.bounding_box()["width"] > 100
+        # The plot's axis text is readable, and the grade boundary is named.
+        size = page.evaluate(
+            "() => { const t = document.querySelector('.lesion-plot .plot-label');"
+            " return t.getBoundingClientRect().height; }"
+        )
+        assert size >= 10
+        page.locator("#viewer").scroll_into_view_if_needed()
+        _screenshot(page, "viewer-390.png")
