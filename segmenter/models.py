@@ -89,6 +89,9 @@ class Slice(models.Model):
     height = models.PositiveIntegerField()
     image = models.FileField(max_length=500)  # the slice as an 8-bit grey PNG (lung window)
     labels = models.FileField(max_length=500)  # label map PNG: 0 GGO, 1 consolidation, 2 other lung, 3 background
+    # Hounsfield units as an RGB PNG (ml.overlay.pack_hu), for the viewer's window/level;
+    # empty for slices whose source carried none (8-bit images, uncalibrated CT numbers).
+    hu = models.FileField(max_length=500, blank=True)
     areas = models.JSONField()  # severity.Areas of this slice
     severity = models.JSONField()  # severity.Severity.as_dict()
 

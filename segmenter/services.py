@@ -44,7 +44,7 @@ from .ml.archive import ArchiveLimits, read_zip
 from .ml.ctcheck import check_slices
 from .ml.headers import PixelBudget
 from .ml.imaging import DICOM_SUFFIXES, IMAGE_SUFFIXES, CTSlice, UnreadableImage, read_slices
-from .ml.overlay import png_bytes
+from .ml.overlay import pack_hu, png_bytes
 from .ml.pipeline import SliceAnalysis, grade_slice
 from .ml.severity import Areas, assess_study
 from .ml.volumes import NIFTI_SUFFIXES, is_nifti_name, read_nifti
@@ -541,10 +541,12 @@ def _segment_slices(analysis: Analysis, lease: _Lease, slices: list[CTSlice]) ->
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="slice-png") as writer:
         for k, ct in enumerate(slices, start=1):
             image = writer.submit(lease.store_png, f"{folder}/{k:04d}-image.png", ct.pixels)
+            hu = None if ct.hu is None else writer.submit(lease.store_png, f"{folder}/{k:04d}-hu.png", pack_hu(ct.hu))
             labels = segmenter.segment(ct.pixels, spacing_mm=ct.pixel_spacing_mm)
             labels_file = writer.submit(lease.store_png, f"{folder}/{k:04d}-labels.png", labels)
             result = grade_slice(ct, labels)
-            rows.append(_slice_row(analysis, k, ct, result, image.result(), labels_file.result()))
+            hu_file = "" if hu is None else hu.result()
+            rows.append(_slice_row(analysis, k, ct, result, image.result(), labels_file.result(), hu_file))
             if time.monotonic() - reported >= PROGRESS_INTERVAL and k < len(slices):
                 lease.renew(slices_done=k)
                 reported = time.monotonic()
@@ -561,7 +563,9 @@ def _segment_slices(analysis: Analysis, lease: _Lease, slices: list[CTSlice]) ->
         Slice.objects.bulk_create(rows)
 
 
-def _slice_row(analysis: Analysis, index: int, ct: CTSlice, result: SliceAnalysis, image: str, labels: str) -> Slice:
+def _slice_row(
+    analysis: Analysis, index: int, ct: CTSlice, result: SliceAnalysis, image: str, labels: str, hu: str = ""
+) -> Slice:
     h, w = ct.pixels.shape
     return Slice(
         analysis=analysis,
@@ -571,6 +575,7 @@ def _slice_row(analysis: Analysis, index: int, ct: CTSlice, result: SliceAnalysi
         height=h,
         image=image,
         labels=labels,
+        hu=hu,
         areas=result.areas.as_dict(),
         severity=result.severity.as_dict(),
     )

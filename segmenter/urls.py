@@ -20,6 +20,7 @@ urlpatterns = [
     path(_slice, views.slice_detail, name="slice"),
     path(_slice + "image.png", views.slice_image, name="slice_image"),
     path(_slice + "labels.png", views.slice_labels, name="slice_labels"),
+    path(_slice + "hu.png", views.slice_hu, name="slice_hu"),
     path(_slice + "overlay.png", views.slice_overlay, name="slice_overlay"),
     path(_slice + "thumbnail.png", views.slice_thumbnail, name="slice_thumbnail"),
 ]

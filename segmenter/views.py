@@ -32,7 +32,8 @@ from PIL import Image
 from . import services
 from .context_processors import upload_limit_mb
 from .forms import LAYER_LABELS, UploadForm, overlay_query, overlay_styles, page_styles
-from .ml.overlay import LAYERS, png_bytes, read_label_png, render_overlay
+from .ml.constants import MODEL_WINDOW_LEVEL_HU, MODEL_WINDOW_WIDTH_HU
+from .ml.overlay import HU_PNG_OFFSET, LAYERS, png_bytes, read_label_png, render_overlay
 from .ml.pipeline import report_csv, report_json, report_rows
 from .ml.severity import Areas
 from .models import Analysis, Slice
@@ -54,6 +55,17 @@ PROGRESS_POLL_MS = 1000
 STUDY_TABLE_ROWS = 100
 #: How long browsers may keep a slice's files (they never change once stored).
 FILE_MAX_AGE_S = 3600
+#: The viewer's window presets for slices with Hounsfield units, (width, level) in HU,
+#: in the order of its buttons; "model" is the window the networks read, as stored in
+#: the grey PNG.
+WINDOW_PRESETS = {
+    "model": (MODEL_WINDOW_WIDTH_HU, MODEL_WINDOW_LEVEL_HU),
+    "lung": (1500.0, -600.0),
+    "mediastinum": (350.0, 40.0),
+    "bone": (2000.0, 300.0),
+}
+#: A slice number that cannot occur, replaced by "{index}" in the viewer's URL templates.
+_INDEX_PLACEHOLDER = 987654321
 UNREADABLE_BODY_ERRORS = (
     MultiPartParserError,
     RequestDataTooBig,
@@ -221,6 +233,8 @@ def analysis(request, analysis_id):
         return redirect("segmenter:slice", analysis_id=analysis.id, index=1)
     ctx["slices"] = list(analysis.slices.all())
     ctx["page"] = Paginator(ctx["slices"], STUDY_TABLE_ROWS).get_page(request.GET.get("page"))
+    first = ctx["slices"][0] if ctx["slices"] else None
+    ctx.update(_viewer_context(request, analysis, ctx["slices"], first, stack=True))
     return render(request, "segmenter/study.html", ctx)
 
 
@@ -247,31 +261,83 @@ def slice_detail(request, analysis_id, index):
     if analysis.status != Analysis.Status.DONE:
         return redirect("segmenter:analysis", analysis_id=analysis.id)
     slice_ = _slice(analysis, index)
-    styles, mask_only = page_styles(request.GET)
-    urls = {
-        name: reverse(f"segmenter:slice_{name}", args=[analysis.id, index]) for name in ("image", "labels", "overlay")
-    }
     ctx = {
         "analysis": analysis,
         "slice": slice_,
         "previous_index": index - 1 if index > 1 else None,
         "next_index": index + 1 if index < analysis.slices_total else None,
         "study_page": (index - 1) // STUDY_TABLE_ROWS + 1,  # where "Back to the study" lands
-        "layers": [{"name": n, "label": LAYER_LABELS[n], "value": LAYERS[n], "style": styles[n]} for n in LAYERS],
-        "mask_only": mask_only,
         # Previous and next keep the layer choices (the script keeps this query in step).
         "layer_query": f"?{request.GET.urlencode()}" if "layers" in request.GET else "",
-        "overlay_url": f"{urls['overlay']}?{overlay_query(styles, mask_only)}",
-        "urls": urls,
-        "slice_data": {
-            **urls,
-            "width": slice_.width,
-            "height": slice_.height,
-            "labels_of": {n: LAYERS[n] for n in LAYERS},
-        },
-        "slice_strings": {"unavailable": _("The interactive view could not load; the image shows the default layers.")},
+        **_viewer_context(request, analysis, [slice_], slice_, stack=False),
     }
     return render(request, "segmenter/slice.html", ctx)
+
+
+def _url_template(name: str, analysis: Analysis) -> str:
+    """The URL of a slice's file with "{index}" for its number, for the viewer's script."""
+    return reverse(name, args=[analysis.id, _INDEX_PLACEHOLDER]).replace(str(_INDEX_PLACEHOLDER), "{index}")
+
+
+def _viewer_context(request, analysis: Analysis, slices: list[Slice], shown: Slice | None, *, stack: bool) -> dict:
+    """What the stack viewer (templates/segmenter/_viewer.html, static/segmenter/viewer.js)
+    needs: the layer controls from the query, the server-rendered fallback of ``shown``,
+    and, as JSON, the slices it can move through (``stack``: the whole study, with the
+    position in the address as #slice=N; else just ``shown``)."""
+    styles, mask_only = page_styles(request.GET)
+    ctx = {
+        "layers": [
+            {
+                "name": n, "label": LAYER_LABELS[n], "value": LAYERS[n], "style": styles[n],
+                "outline": request.GET.get(f"{n}_draw") == "outline",
+            }
+            for n in LAYERS
+        ],
+        "mask_only": mask_only,
+        "view_mode": request.GET.get("view", ""),
+        "layer_form_action": request.path,
+        "viewer_stack": stack,
+        "viewer_windowed": any(s.hu for s in slices),
+        "window_presets": [
+            {"name": name, "label": label, "width": f"{w:g}", "level": f"{lv:g}".replace("-", "\u2212")}
+            for (name, (w, lv)), label in zip(WINDOW_PRESETS.items(), _window_labels())
+        ],
+    }
+    if shown is None:
+        return ctx
+    urls = {n: reverse(f"segmenter:slice_{n}", args=[analysis.id, shown.index]) for n in ("image", "labels", "overlay")}
+    ctx.update(
+        urls=urls,
+        shown=shown,
+        overlay_url=f"{urls['overlay']}?{overlay_query(styles, mask_only)}",
+        viewer_data={
+            "slices": [
+                {"index": s.index, "name": s.name, "width": s.width, "height": s.height, "hu": bool(s.hu)}
+                for s in slices
+            ],
+            "start": shown.index,
+            "stack": stack,
+            "urls": {
+                name: _url_template(f"segmenter:slice_{name}", analysis)
+                for name in ("image", "labels", "hu", "overlay")
+            }
+            | {"page": _url_template("segmenter:slice", analysis)},
+            "labelsOf": {n: LAYERS[n] for n in LAYERS},
+            "huOffset": HU_PNG_OFFSET,
+            "windows": {name: list(wl) for name, wl in WINDOW_PRESETS.items()},
+        },
+        viewer_strings={
+            "unavailable": _("The interactive view could not load; the image shows the default layers."),
+            "position": _("slice %(index)s / %(total)s"),
+            "window": _("W %(width)s / L %(level)s"),
+            "zoom": _("zoom %(percent)s"),
+        },
+    )
+    return ctx
+
+
+def _window_labels() -> list[str]:
+    return [_("As analysed"), _("Lung"), _("Mediastinum"), _("Bone")]
 
 
 # --- Downloads -------------------------------------------------------------------------------
@@ -317,6 +383,16 @@ def slice_labels(request, analysis_id, index):
     """The label map PNG: 0 GGO, 1 consolidation, 2 other lung, 3 outside the lungs."""
     slice_ = _slice(_done_analysis(analysis_id), index)
     return _cached(_attachment(_open(slice_.labels), f"{slice_.stem}-labels.png"))
+
+
+@require_safe
+def slice_hu(request, analysis_id, index):
+    """The slice's Hounsfield units as an RGB PNG (ml.overlay.pack_hu: R high byte, G low
+    byte of HU + 32768), for the viewer's window/level; a 404 for slices without HU."""
+    slice_ = _slice(_done_analysis(analysis_id), index)
+    if not slice_.hu:
+        raise Http404("this slice carries no Hounsfield units")
+    return _cached(_attachment(_open(slice_.hu), f"{slice_.stem}-hu.png"))
 
 
 @require_safe

@@ -68,6 +68,8 @@ class CTSlice:
     instance_number: DICOM InstanceNumber, when present (for ordering).
     colour_share: the share of pixels that were coloured in the file (see ctcheck); 0
     for grey files.
+    hu: int16 (H, W), the slice's Hounsfield units rounded to integers, when the source
+    carried them (``calibrated``); None otherwise. The viewer windows it in the browser.
     """
 
     pixels: np.ndarray
@@ -78,6 +80,7 @@ class CTSlice:
     position_mm: float | None = None
     instance_number: int | None = None
     colour_share: float = 0.0
+    hu: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -100,6 +103,13 @@ def window(
     lo = level - width / 2.0
     scaled = (np.asarray(hu, dtype=np.float32) - lo) * (255.0 / width)
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def hu_int16(hu: np.ndarray) -> np.ndarray:
+    """Hounsfield units (any shape, any numeric dtype) -> int16, rounded and clipped to
+    the int16 range (CT numbers lie within -1024..+3071, or a few times that for metal)."""
+    values = np.nan_to_num(np.asarray(hu, dtype=np.float32), nan=AIR_HU, posinf=32767, neginf=-32768)
+    return np.clip(np.rint(values), -32768, 32767).astype(np.int16)
 
 
 def _smoothed_histogram(values: np.ndarray, lo: float, hi: float, bins: int = 160):
@@ -455,19 +465,19 @@ def _dicom_slices(data: bytes, name: str, force: bool, budget: PixelBudget) -> l
 
                 rgb = convert_color_space(frame, ds.PhotometricInterpretation, "RGB")
             rgb8 = _to_u8(rgb)
-            pixels, calibrated, colour = to_grey_u8(rgb8), False, colour_share(rgb8)
+            pixels, calibrated, colour, hu16 = to_grey_u8(rgb8), False, colour_share(rgb8), None
         else:
-            colour = 0.0
+            colour, hu16 = 0.0, None
             has_rescale = "RescaleSlope" in ds or "RescaleIntercept" in ds
             modality = str(getattr(ds, "Modality", "CT") or "CT")
             if has_rescale or modality == "CT":
                 hu = apply_modality_lut(frame, ds).astype(np.float32)
-                pixels, calibrated = window(hu), True
+                pixels, calibrated, hu16 = window(hu), True, hu_int16(hu)
             else:
                 values = frame.astype(np.float32)
                 if str(getattr(ds, "PhotometricInterpretation", "")) == "MONOCHROME1":
                     values = values.max() - values
-                pixels, calibrated = window(calibrate_uncalibrated_ct(values)), False
+                pixels, calibrated, hu16 = window(calibrate_uncalibrated_ct(values)), False, None
         slices.append(
             CTSlice(
                 pixels=pixels,
@@ -478,6 +488,7 @@ def _dicom_slices(data: bytes, name: str, force: bool, budget: PixelBudget) -> l
                 position_mm=position if frames == 1 else None,
                 instance_number=instance if frames == 1 else k + 1,
                 colour_share=colour,
+                hu=hu16,
             )
         )
     return slices

@@ -1,4 +1,5 @@
-"""Colour layers over a slice, and the label map as a PNG file.
+"""Colour layers over a slice, the label map as a PNG file, and Hounsfield units packed
+into an 8-bit RGB PNG for the browser's window/level.
 
 Layers are the three lung classes; each has a visibility, an RGB colour and an opacity.
 A rendered overlay is uint8 (H, W, 3): for each visible layer's pixels,
@@ -17,6 +18,12 @@ import numpy as np
 from PIL import Image
 
 from .constants import CONSOLIDATION, GGO, OTHER_LUNG
+
+#: A slice's Hounsfield units travel to the browser as an 8-bit RGB PNG (a canvas reads
+#: 8 bits a channel exactly, a 16-bit PNG only rounded): v = HU + HU_PNG_OFFSET, a uint16,
+#: is split into R = v >> 8 (high byte) and G = v & 255 (low byte); B is 0. So HU -1000 is
+#: v 31768, (R, G) (124, 24). static/segmenter/viewer.js unpacks it the same way.
+HU_PNG_OFFSET = 32768
 
 LAYERS = {"ggo": GGO, "consolidation": CONSOLIDATION, "other_lung": OTHER_LUNG}
 _HEX = re.compile(r"^#?([0-9a-fA-F]{6})$")
@@ -116,3 +123,21 @@ def read_label_png(data: bytes) -> np.ndarray:
     if image.mode != "L":
         raise ValueError(f"label map PNG has mode {image.mode}, expected L")
     return np.asarray(image)
+
+
+def pack_hu(hu: np.ndarray) -> np.ndarray:
+    """int16 (H, W) Hounsfield units -> uint8 (H, W, 3) RGB: R high byte, G low byte of
+    HU + HU_PNG_OFFSET, B 0 (see HU_PNG_OFFSET). Exact for every int16 value."""
+    if hu.dtype != np.int16 or hu.ndim != 2:
+        raise ValueError(f"expected int16 (H, W) Hounsfield units, got {hu.dtype} {hu.shape}")
+    v = hu.astype(np.int32) + HU_PNG_OFFSET
+    out = np.zeros(hu.shape + (3,), np.uint8)
+    out[..., 0] = v >> 8
+    out[..., 1] = v & 0xFF
+    return out
+
+
+def unpack_hu(rgb: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, 3) from ``pack_hu`` (or its PNG) -> int16 (H, W) Hounsfield units."""
+    v = (rgb[..., 0].astype(np.int32) << 8) | rgb[..., 1].astype(np.int32)
+    return (v - HU_PNG_OFFSET).astype(np.int16)

@@ -15,7 +15,7 @@ import zlib
 
 import numpy as np
 
-from .imaging import MAX_DECODED_PIXELS, MAX_SLICE_PIXELS, MAX_SPACING_MM, MIN_SLICE_SIDE, CTSlice, UnreadableImage, window
+from .imaging import MAX_DECODED_PIXELS, MAX_SLICE_PIXELS, MAX_SPACING_MM, MIN_SLICE_SIDE, CTSlice, UnreadableImage, hu_int16, window
 
 GZIP_MAGIC = b"\x1f\x8b"
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -196,14 +196,16 @@ def read_nifti(
                 plane = plane[::-1, :]
             if lr_sign > 0:
                 plane = plane[:, ::-1]
+            plane = np.nan_to_num(plane, nan=-1000.0, posinf=3000.0, neginf=-1000.0)
             slices.append(
                 CTSlice(
-                    pixels=window(np.nan_to_num(plane, nan=-1000.0, posinf=3000.0, neginf=-1000.0)),
+                    pixels=window(plane),
                     name=f"{name}[{position + 1}]",
                     calibrated=True,
                     pixel_spacing_mm=spacing if all(0 < s <= MAX_SPACING_MM for s in spacing) else None,
                     slice_thickness_mm=thickness if 0 < thickness <= MAX_SPACING_MM else None,
                     instance_number=position + 1,
+                    hu=hu_int16(plane),
                 )
             )
     return slices

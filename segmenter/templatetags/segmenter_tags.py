@@ -99,7 +99,7 @@ def sides(severity: dict | None) -> dict | None:
 # --- The plot along a study --------------------------------------------------------------
 
 PLOT_WIDTH, PLOT_HEIGHT = 800, 240
-PLOT_MARGIN = {"left": 48, "right": 16, "top": 14, "bottom": 34}
+PLOT_MARGIN = {"left": 58, "right": 16, "top": 16, "bottom": 36}  # room for 17-unit text on phones
 #: The y axis ends at the first of these (percent of the lung) that holds every bar,
 #: with ticks this far apart.
 Y_RANGES = {5: 1, 10: 2, 25: 5, 50: 10, 100: 25}

@@ -45,8 +45,13 @@ def _inside(labels: np.ndarray, cls: int) -> tuple[int, int]:
 
 
 def _canvas_rgb(page, x: int, y: int) -> tuple[int, int, int]:
+    """The viewer's pixel showing the centre of the segmentation's slice pixel (x, y)."""
     rgba = page.evaluate(
-        "([x, y]) => Array.from(document.getElementById('overlay-canvas').getContext('2d').getImageData(x, y, 1, 1).data)",
+        """([x, y]) => {
+            const canvas = document.getElementById('overlay-canvas'), d = canvas.dataset;
+            const cx = Math.floor(+d.left + (x + 0.5) * +d.scale), cy = Math.floor(+d.top + (y + 0.5) * +d.scale);
+            return Array.from(canvas.getContext('2d').getImageData(cx, cy, 1, 1).data);
+        }""",
         [x, y],
     )
     return tuple(rgba[:3])
@@ -73,6 +78,11 @@ def test_a_slice_upload_shows_layers_that_switch_recolour_and_download_as_shown(
     page.wait_for_selector("#overlay-figure[data-ready='true']")
     assert page.locator("#overlay-canvas").is_visible()
     assert page.locator("#overlay-image").is_hidden()
+    # One image, at a screen pixel or more per slice pixel, so that each pixel read is the
+    # slice pixel asked for (the viewer replicates pixels; it never smooths them).
+    page.get_by_label("Single image").check()
+    page.wait_for_selector("#overlay-canvas[data-view='single']")
+    assert float(page.locator("#overlay-canvas").get_attribute("data-scale")) >= 1
 
     grey, labels = _arrays(Slice.objects.get())
     ggo, cons, other, outside = (_inside(labels, c) for c in (GGO, CONSOLIDATION, OTHER_LUNG, BACKGROUND))

@@ -136,6 +136,25 @@ def test_the_thumbnail_is_a_small_overlay(client, sliced):
     assert image.mode == "RGB" and max(image.size) == 160
 
 
+def test_a_dicom_slice_serves_its_hounsfield_units_as_a_packed_rgb_png(client, sliced, samples):
+    from segmenter.ml.imaging import read_slice
+    from segmenter.ml.overlay import unpack_hu
+
+    analysis, _grey, _labels = sliced
+    response = _get(client, "slice_hu", analysis.id, 1)
+    assert response["Content-Disposition"] == 'attachment; filename="0-hu.png"'
+    image = _png(_body(response))
+    assert image.mode == "RGB"
+    assert np.array_equal(unpack_hu(np.asarray(image)), read_slice(samples.dicom(), "0.dcm").hu)
+
+
+def test_an_8_bit_slice_has_no_hounsfield_units_to_serve(client, analyse, samples):
+    analysis = analyse("3.jpg", samples.jpeg(3))
+    assert analysis.slices.get().hu == ""
+    response = client.get(reverse("segmenter:slice_hu", args=[analysis.id, 1]))
+    assert response.status_code == 404
+
+
 def test_the_slice_page_links_each_download(client, sliced):
     analysis, _grey, _labels = sliced
     content = client.get(reverse("segmenter:slice", args=[analysis.id, 1])).content.decode()

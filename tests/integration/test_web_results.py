@@ -50,7 +50,7 @@ def test_the_slice_page_shows_the_slice_beside_its_segmentation(client, analyse,
     assert f'<img id="slice-image" src="{image_url}" width="512" height="512"' in content
     # Without a script, the server's overlay with the default layers.
     assert f'<img id="overlay-image" src="{overlay_url}?ggo=ffd60a,0.55,1&amp;consolidation=ff3b30,0.65,1' in content
-    assert '<canvas id="overlay-canvas" width="512" height="512"' in content
+    assert '<canvas id="overlay-canvas" width="512" height="512" tabindex="0"' in content
 
 
 def test_the_slice_page_shows_the_shares_the_grade_and_its_rule(client, analyse, samples):
@@ -99,10 +99,11 @@ def test_the_slice_page_offers_a_control_set_for_each_layer(client, analyse, sam
         assert f'name="{name}_colour" id="{name}-colour" value="{colour}"' in content
         assert f'name="{name}_opacity"' in content
     assert 'name="mask" id="mask-only"' in content
-    data = _json_script(content, "slice-data")
-    assert data["labels_of"] == {"ggo": 0, "consolidation": 1, "other_lung": 2}
-    assert data["labels"] == reverse("segmenter:slice_labels", args=[analysis.id, 1])
-    assert (data["width"], data["height"]) == (512, 512)
+    data = _json_script(content, "viewer-data")
+    assert data["labelsOf"] == {"ggo": 0, "consolidation": 1, "other_lung": 2}
+    assert data["urls"]["labels"].replace("{index}", "1") == reverse("segmenter:slice_labels", args=[analysis.id, 1])
+    assert data["slices"] == [{"index": 1, "name": "0.dcm", "width": 512, "height": 512, "hu": True}]
+    assert data["stack"] is False
 
 
 def test_the_layer_form_works_without_a_script(client, analyse, samples):

@@ -36,6 +36,7 @@ def test_it_reads_an_8_bit_grey_png_unchanged():
     assert ct.pixels.dtype == np.uint8 and ct.pixels.shape == (48, 64)
     assert np.array_equal(ct.pixels, a)
     assert not ct.calibrated
+    assert ct.hu is None  # 8-bit inputs keep their own grey: no HU to window
 
 
 def test_it_turns_rgb_into_luma_and_composites_alpha_onto_black():
@@ -64,6 +65,7 @@ def test_it_reads_the_real_dicom_in_hounsfield_units(dicom_path, dicom_hu):
     assert ct.pixel_spacing_mm == (0.625, 0.625)
     assert ct.slice_thickness_mm == 1.0
     assert np.array_equal(ct.pixels, window(dicom_hu))
+    assert ct.hu.dtype == np.int16 and np.array_equal(ct.hu, np.rint(dicom_hu))  # the HU, carried beside
 
 
 def _without_preamble_or_meta(path) -> bytes:
@@ -126,6 +128,19 @@ def test_a_16_bit_png_of_hu_plus_1024_lands_near_the_dicom_window(dicom_hu):
     error = np.abs(ct.pixels.astype(int) - window(dicom_hu).astype(int))[body]
     assert ct.pixels.dtype == np.uint8
     assert error.mean() < 30  # grey levels; the calibration is approximate by design
+
+
+def test_hu_int16_rounds_clips_and_fills_nan_with_air():
+    from segmenter.ml.imaging import hu_int16
+
+    hu = hu_int16(np.array([-1000.4, 39.6, 1e6, -1e6, np.nan], np.float32))
+    assert hu.dtype == np.int16
+    assert hu.tolist() == [-1000, 40, 32767, -32768, -1000]
+
+
+def test_uncalibrated_16_bit_pngs_carry_no_hu(dicom_hu):
+    values = np.clip(dicom_hu + 1024, 0, 65535).astype(np.uint16)
+    assert read_slice(png(values), "x.png").hu is None
 
 
 def test_calibration_finds_air_and_tissue_despite_out_of_field_padding(dicom_hu):

@@ -4,11 +4,14 @@ import pytest
 from segmenter.ml.constants import BACKGROUND, CONSOLIDATION, GGO, OTHER_LUNG
 from segmenter.ml.overlay import (
     DEFAULT_STYLES,
+    HU_PNG_OFFSET,
     LayerStyle,
+    pack_hu,
     parse_style,
     png_bytes,
     read_label_png,
     render_overlay,
+    unpack_hu,
 )
 
 
@@ -53,3 +56,21 @@ def test_parse_style_refuses_bad_values(text):
 def test_label_maps_round_trip_through_png(scene):
     _, labels = scene
     assert np.array_equal(read_label_png(png_bytes(labels)), labels)
+
+
+def test_hounsfield_units_pack_into_two_bytes_of_an_rgb_png_exactly():
+    hu = np.array([[-32768, -1024, -1000, -600], [0, 40, 3071, 32767]], np.int16)
+    packed = pack_hu(hu)
+    assert packed.dtype == np.uint8 and packed.shape == (2, 4, 3)
+    assert tuple(packed[0, 2]) == ((-1000 + HU_PNG_OFFSET) >> 8, (-1000 + HU_PNG_OFFSET) & 255, 0) == (124, 24, 0)
+    import io
+
+    from PIL import Image
+
+    decoded = np.asarray(Image.open(io.BytesIO(png_bytes(packed))).convert("RGB"))
+    assert np.array_equal(unpack_hu(decoded), hu)
+
+
+def test_pack_hu_takes_only_int16_planes():
+    with pytest.raises(ValueError):
+        pack_hu(np.zeros((2, 2), np.float32))

@@ -25,6 +25,12 @@ def stack(data_root):
     return vol, [c.pixels for c in cts]
 
 
+def _dicom_path(k: int):
+    from tests.conftest import DATA_ROOT
+
+    return DATA_ROOT / "dicom-samples" / f"{k}.dcm"
+
+
 def _nifti(vol, affine) -> bytes:
     img = nib.Nifti1Image(vol, affine)
     img.header.set_zooms((0.625, 0.625, 1.25))
@@ -40,6 +46,9 @@ def test_a_ras_volume_reads_as_axial_slices_in_display_orientation(stack):
         assert np.array_equal(got.pixels, want)
     assert slices[0].calibrated and slices[0].pixel_spacing_mm == (0.625, 0.625)
     assert slices[0].slice_thickness_mm == 1.25
+    # The HU in display orientation, as the DICOM reader gives them for the same slice.
+    hu0 = read_slice(_dicom_path(0)).hu
+    assert slices[0].hu.dtype == np.int16 and np.array_equal(slices[0].hu, hu0)
 
 
 def test_flipped_and_permuted_axes_give_the_same_slices(stack):
