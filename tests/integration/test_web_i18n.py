@@ -93,7 +93,7 @@ def _colour_photo() -> bytes:
         (
             "study.zip",
             lambda s: s.zip({"../../x.png": s.png()}),
-            "Не удалось прочитать study.zip: в архиве есть небезопасный путь (../../x.png).",
+            "Не удалось прочитать study.zip: в архиве zip есть небезопасный путь (../../x.png).",
         ),
         (
             "photo.png",
