@@ -41,3 +41,19 @@ def upload_limits(app_configs, **kwargs):
     if settings.SEGMENTER_MAX_UPLOAD_BYTES > 4 * 1024**3:
         return [Warning("uploads over 4 GB are allowed; is that intended?", id="segmenter.W001")]
     return []
+
+
+@register()
+def libarchive_present(app_configs, **kwargs):
+    """RAR, 7z and tar uploads are read by the system's libarchive, through libarchive-c."""
+    try:
+        import libarchive.ffi  # noqa: F401
+    except (ImportError, OSError, AttributeError) as exc:
+        return [
+            Error(
+                f"libarchive cannot be loaded ({exc}); RAR, 7z and tar uploads would fail",
+                hint="apt-get install libarchive13, then pip install -r requirements.txt.",
+                id="segmenter.E004",
+            )
+        ]
+    return []
