@@ -1,6 +1,10 @@
-"""Stored (uncompressed) RAR 4 and RAR 5 archives, written in the tests without any
-proprietary tool. Enough of the two formats for libarchive to read them: the marker, a
-main header, one file header (with CRCs) before each member's bytes, the end header.
+"""Archives of every format the application reads, built in the tests.
+
+RAR 4 and RAR 5 are written here, stored (uncompressed), without any proprietary tool:
+enough of the two formats for libarchive to read them (the marker, a main header, a file
+header with CRCs before each member's bytes, the end header), plus the flags that make
+one encrypted or a volume of several. tar comes from Python's tarfile, 7z from
+libarchive's writer (py7zr for an encrypted one).
 
 RAR 4 ("RAR 2.9" format): https://www.rarlab.com/technote.htm (older layout); every
 header starts with CRC16 (the low half of the CRC-32 of the rest of the header), type,
@@ -124,3 +128,54 @@ def rar5(members, *, volume: bool = False, encrypted_headers: bool = False, soli
         out += [_rar5_header(fields), packed]
     out.append(_rar5_header(vint(5) + vint(0) + vint(0)))
     return b"".join(out)
+
+
+# --- The other formats, for the same tests ---------------------------------------------
+
+
+def tar(members, compression: str = "") -> bytes:
+    """A tar (compression "", "gz" or "xz") of ``members`` (a dict name -> bytes, or Entry
+    objects; an Entry's ``target`` makes a symbolic link), by Python's tarfile."""
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=f"w:{compression}" if compression else "w") as archive:
+        for e in _entries(members):
+            info = tarfile.TarInfo(e.name)
+            if e.folder:
+                info.type = tarfile.DIRTYPE
+                archive.addfile(info)
+            elif e.target is not None:
+                info.type, info.linkname = tarfile.SYMTYPE, e.target
+                archive.addfile(info)
+            else:
+                info.size = len(e.data)
+                archive.addfile(info, io.BytesIO(e.data))
+    return buf.getvalue()
+
+
+def seven_zip(members) -> bytes:
+    """A 7z (LZMA2, solid) of ``members`` (a dict name -> bytes), by libarchive's writer."""
+    import io
+
+    import libarchive
+
+    buf = io.BytesIO()
+    with libarchive.custom_writer(buf.write, "7zip") as archive:
+        for name, data in dict(members).items():
+            archive.add_file_from_memory(name, len(data), data)
+    return buf.getvalue()
+
+
+def encrypted_seven_zip(members, *, header_encryption: bool = False) -> bytes:
+    """A 7z encrypted with a password (AES-256), by py7zr: libarchive cannot write one."""
+    import io
+
+    import py7zr
+
+    buf = io.BytesIO()
+    with py7zr.SevenZipFile(buf, "w", password="secret", header_encryption=header_encryption) as archive:
+        for name, data in dict(members).items():
+            archive.writestr(data, name)
+    return buf.getvalue()
