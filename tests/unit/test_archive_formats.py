@@ -266,3 +266,23 @@ def test_members_sharing_one_stream_stop_at_what_is_left_of_the_total(jpegs):
         read_archive(archive, limit)
     assert caught.value.code == "archive_too_large"
     assert archive.caps == [40_000, 40_000, 30_000]  # never more than the total in memory
+
+
+@pytest.mark.parametrize("fmt", ["RAR 4", "RAR 5", "7z", "tar.gz", "tar.xz"])
+def test_damaged_archives_of_every_format_are_refused_with_a_reason_never_another_error(fmt, jpegs):
+    import random
+
+    build, name = FORMATS[fmt]
+    good = build({"study/a.jpg": jpegs[0], "study/b.jpg": jpegs[1]})
+    rng = random.Random(11)
+    for _ in range(60):
+        data = bytearray(good)
+        if rng.random() < 0.3:
+            data = data[: rng.randrange(1, len(data))]
+        else:
+            for _ in range(rng.randint(1, 4)):
+                data[rng.randrange(len(data))] = rng.randrange(256)
+        try:
+            read_any_archive(bytes(data), name)
+        except UnreadableImage as exc:
+            assert exc.code
