@@ -16,6 +16,7 @@ endif
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.txt
+	@$(PY) -c 'import libarchive.ffi' 2>/dev/null || { echo "libarchive is missing (RAR, 7z and tar uploads need it): apt-get install libarchive13" >&2; exit 1; }
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt

@@ -111,7 +111,11 @@ class AnalysisSerializer(serializers.Serializer):
 
 class UploadSerializer(serializers.Serializer):
     file = serializers.FileField(
-        help_text="A slice (PNG, JPEG, DICOM), a zip of slices or a DICOM series, or a NIfTI volume (.nii, .nii.gz)."
+        help_text=(
+            "A slice (PNG, JPEG, DICOM); an archive of slices or of a DICOM series (.zip, .rar, .7z, .tar, "
+            ".tar.gz / .tgz, .tar.xz / .txz; folders are fine, never encrypted, split into volumes, nested or "
+            "holding links); or a NIfTI volume (.nii, .nii.gz)."
+        )
     )
 
 
@@ -195,7 +199,14 @@ class AnalysisListView(APIView):
         responses={
             201: OpenApiResponse(AnalysisSerializer, description="Processed (or failed) within the request."),
             202: OpenApiResponse(AnalysisSerializer, description="Queued for a background worker."),
-            400: OpenApiResponse(ErrorSerializer, description="The upload is not something we can analyse."),
+            400: OpenApiResponse(
+                ErrorSerializer,
+                description=(
+                    "The upload is not something we can analyse: an unreadable or unsupported file, a picture "
+                    "that is not CT, or an archive that is broken, encrypted, one volume of several, nested, "
+                    "over its limits, or holds links or unsafe paths."
+                ),
+            ),
             413: OpenApiResponse(ErrorSerializer, description="The upload is larger than the limit."),
             415: OpenApiResponse(ErrorSerializer, description="The request is not multipart/form-data."),
             503: OpenApiResponse(ErrorSerializer, description="The file store is unavailable; try again later."),

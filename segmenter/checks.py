@@ -56,3 +56,19 @@ def require_secret_key() -> None:
         raise ImproperlyConfigured(
             "DJANGO_SECRET_KEY must be set to serve with DJANGO_DEBUG off (DJANGO_DEBUG=1 for local development)"
         ) from None
+
+
+@register()
+def libarchive_present(app_configs, **kwargs):
+    """RAR, 7z and tar uploads are read by the system's libarchive, through libarchive-c."""
+    try:
+        import libarchive.ffi  # noqa: F401
+    except (ImportError, OSError, AttributeError) as exc:
+        return [
+            Error(
+                f"libarchive cannot be loaded ({exc}); RAR, 7z and tar uploads would fail",
+                hint="apt-get install libarchive13, then pip install -r requirements.txt.",
+                id="segmenter.E004",
+            )
+        ]
+    return []

@@ -40,7 +40,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
 from .engine import get_segmenter
-from .ml.archive import ArchiveLimits, read_zip
+from .ml.archive import ARCHIVE_SUFFIXES, HEAD_BYTES, ArchiveLimits, archive_kind, read_any_archive, suffix_kind
 from .ml.ctcheck import check_slices
 from .ml.headers import PixelBudget
 from .ml.imaging import DICOM_SUFFIXES, IMAGE_SUFFIXES, CTSlice, UnreadableImage, read_slices
@@ -52,12 +52,13 @@ from .models import Analysis, Slice, analysis_folder
 
 log = logging.getLogger(__name__)
 
-ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
+#: Archives read as studies (by their first bytes; see ml.archive.archive_kind).
+STUDY_ARCHIVES = ("zip", "RAR", "7z", "tar")
 #: Progress is written to the database at most this often (seconds).
 PROGRESS_INTERVAL = 0.5
 #: Slices decoded by analysis_create, handed to a task that runs in the same process.
 _decoded: dict[str, list[CTSlice]] = {}
-ALLOWED_SUFFIXES = (*IMAGE_SUFFIXES, *DICOM_SUFFIXES, ".zip", *NIFTI_SUFFIXES)
+ALLOWED_SUFFIXES = (*IMAGE_SUFFIXES, *DICOM_SUFFIXES, *ARCHIVE_SUFFIXES, *NIFTI_SUFFIXES)
 MB = 1024 * 1024
 #: Numbers from this size up are shown with thousands separators ("16,777,216").
 GROUPING_FROM = 10_000
@@ -102,19 +103,32 @@ UNREADABLE_REASONS = {
     "several_frames": gettext_lazy("the file holds %(frames)s frames; upload it as a study instead"),
     # segmenter.ml.archive
     "unreadable_member": gettext_lazy("%(member)s: %(reason)s"),
-    "unsafe_path": gettext_lazy("the zip contains an unsafe path (%(path)s)"),
-    "not_a_zip": gettext_lazy("not a valid zip archive"),
-    "encrypted_zip": gettext_lazy("the zip is encrypted; upload an unencrypted archive"),
-    "zip_too_many_files": gettext_lazy("the zip holds %(count)s files; the limit is %(limit)s"),
-    "zip_too_large": gettext_lazy("the zip unpacks to %(size_mb)s MB; the limit is %(limit_mb)s MB"),
-    "zip_member_too_large": gettext_lazy(
+    "unsafe_path": gettext_lazy("the %(kind)s contains an unsafe path (%(path)s)"),
+    "not_an_archive": gettext_lazy("not a valid %(kind)s archive"),
+    "damaged_archive": gettext_lazy("the %(kind)s is damaged"),
+    "archive_encrypted": gettext_lazy("the %(kind)s is encrypted; upload an unencrypted archive"),
+    "archive_multi_volume": gettext_lazy(
+        "the %(kind)s is one volume of several, or cut short; upload the study as one complete archive"
+    ),
+    "archive_link": gettext_lazy(
+        "%(member)s in the %(kind)s is a link; links are not followed, so put the file itself in the archive"
+    ),
+    "archive_special_member": gettext_lazy("%(member)s in the %(kind)s is a device or pipe, not a file"),
+    "nested_archive": gettext_lazy(
+        "%(member)s in the %(kind)s is itself an archive; archives inside archives are not opened, "
+        "so put its slices in the outer archive"
+    ),
+    "archive_too_many_files": gettext_lazy("the %(kind)s holds %(count)s files; the limit is %(limit)s"),
+    "archive_too_large": gettext_lazy("the %(kind)s unpacks to more than its limit of %(limit_mb)s MB"),
+    "archive_member_too_large": gettext_lazy(
         "%(member)s unpacks to %(size_mb)s MB; the limit is %(limit_mb)s MB"
     ),
-    "zip_bomb": gettext_lazy("%(member)s is compressed suspiciously well (a zip bomb?)"),
-    "damaged_zip_member": gettext_lazy("%(member)s in the zip is damaged"),
-    "zip_member_over_limit": gettext_lazy("%(member)s unpacks to more than %(limit_mb)s MB"),
-    "zip_too_many_slices": gettext_lazy("the zip holds more than %(limit)s slices"),
-    "zip_without_slices": gettext_lazy("the zip holds no PNG, JPEG or DICOM slices"),
+    "archive_bomb": gettext_lazy("%(member)s is compressed suspiciously well (a zip bomb?)"),
+    "archive_ratio": gettext_lazy("the %(kind)s unpacks to more than %(ratio)s times its size (a zip bomb?)"),
+    "damaged_archive_member": gettext_lazy("%(member)s in the %(kind)s is damaged"),
+    "archive_member_over_limit": gettext_lazy("%(member)s unpacks to more than %(limit_mb)s MB"),
+    "archive_too_many_slices": gettext_lazy("the %(kind)s holds more than %(limit)s slices"),
+    "archive_without_slices": gettext_lazy("the %(kind)s holds no PNG, JPEG or DICOM slices"),
     "folder_too_many_files": gettext_lazy("the folder holds %(count)s files; the limit is %(limit)s"),
     "folder_file_too_large": gettext_lazy("%(path)s is larger than %(limit_mb)s MB"),
     "folder_too_many_slices": gettext_lazy("the folder holds more than %(limit)s slices"),
@@ -240,8 +254,8 @@ def unreadable_reason(exc: UnreadableImage) -> str:
 
 
 def upload_read(*, stream: BinaryIO, name: str, size: int) -> ParsedUpload:
-    """Decode an upload completely: a slice, a zip of slices, a multi-frame DICOM or a
-    NIfTI volume. Raises UploadError with a message for the user."""
+    """Decode an upload completely: a slice, an archive of slices (zip, RAR, 7z, tar,
+    tar.gz, tar.xz), a multi-frame DICOM or a NIfTI volume. Raises UploadError with a message for the user."""
     name = clean_name(name)
     if size <= 0:
         raise UploadError(_("The file is empty."))
@@ -252,20 +266,21 @@ def upload_read(*, stream: BinaryIO, name: str, size: int) -> ParsedUpload:
         )
     if not _suffix_allowed(name):
         raise UploadError(
-            _("Files of type %(suffix)s are not supported: upload PNG, JPEG, DICOM, a zip of slices or NIfTI.")
+            _(
+                "Files of type %(suffix)s are not supported: upload PNG, JPEG, DICOM, an archive of slices "
+                "(zip, RAR, 7z, tar, tar.gz, tar.xz) or NIfTI."
+            )
             % {"suffix": "." + name.rsplit(".", 1)[-1]}
         )
-    head = stream.read(132)
+    head = stream.read(HEAD_BYTES)
     stream.seek(0)
     try:
-        if head.startswith(ZIP_MAGICS):
-            slices, kind = read_zip(stream, archive_limits()), Analysis.Kind.STUDY
+        if archive_kind(head, name) in STUDY_ARCHIVES or suffix_kind(name):  # a misnamed one is refused there
+            slices, kind = read_any_archive(stream, name, archive_limits()), Analysis.Kind.STUDY
         elif is_nifti_name(name):
             volume = read_nifti(stream.read(), name, max_slices=settings.SEGMENTER_MAX_SLICES,
                                 max_pixels=settings.SEGMENTER_MAX_DECODED_PIXELS)
             slices, kind = volume, Analysis.Kind.VOLUME
-        elif name.lower().endswith(".zip"):
-            raise UnreadableImage("not a valid zip archive", code="not_a_zip")
         else:
             slices = read_slices(stream.read(), name, PixelBudget(settings.SEGMENTER_MAX_DECODED_PIXELS))
             kind = Analysis.Kind.SLICE if len(slices) == 1 else Analysis.Kind.STUDY

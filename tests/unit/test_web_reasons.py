@@ -61,7 +61,7 @@ def test_a_file_in_an_archive_is_named_with_its_own_reason():
 
 def test_sizes_read_in_megabytes_and_counts_are_grouped():
     sizes = {"member": "a.dcm", "size_bytes": 70 * MB + 1, "limit_bytes": 64 * MB}
-    exc = UnreadableImage("...", code="zip_member_too_large", params=sizes)
+    exc = UnreadableImage("...", code="archive_member_too_large", params=sizes)
     with translation.override("ru"):
         assert unreadable_reason(exc) == "распакованный a.dcm займёт 70,1 МБ; допустимо не более 64 МБ"
     pixels = {"width": 5000, "height": 5000, "limit": 4096 * 4096}

@@ -1,7 +1,7 @@
 """python manage.py segment PATH [PATH ...] --out DIR [--save]
 
-Segments slices, zips, folders and volumes without a server. For each PATH it writes,
-under DIR/<name>/, each slice's label map (values 0 GGO, 1 consolidation, 2 other lung,
+Segments slices, archives of slices (zip, RAR, 7z, tar, tar.gz, tar.xz), folders and
+volumes without a server. For each PATH it writes, under DIR/<name>/, each slice's label map (values 0 GGO, 1 consolidation, 2 other lung,
 3 background) and overlay PNG, report.csv and report.json, and prints the study grade.
 Nothing touches the database unless --save is given, which also stores each result as
 an analysis viewable in the web app and the API.
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from segmenter.ml.archive import read_folder
+from segmenter.ml.archive import ARCHIVE_SUFFIXES, read_folder
 from segmenter.ml.ctcheck import check_slices
 from segmenter.ml.imaging import CTSlice, UnreadableImage
 from segmenter.ml.overlay import png_bytes, render_overlay
@@ -32,7 +32,7 @@ from segmenter.ml.pipeline import (
 
 def _stem(path: Path) -> str:
     name = path.name
-    for suffix in (".nii.gz", ".zip", ".nii", ".png", ".jpg", ".jpeg", ".dcm", ".dicom"):
+    for suffix in (".nii.gz", *ARCHIVE_SUFFIXES, ".nii", ".png", ".jpg", ".jpeg", ".dcm", ".dicom"):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)] or "study"
     return name or "study"
@@ -48,7 +48,7 @@ class Command(BaseCommand):
     help = __doc__.split("\n\n")[0]
 
     def add_arguments(self, parser):
-        parser.add_argument("paths", nargs="+", type=Path, help="slices, zips, folders or NIfTI volumes")
+        parser.add_argument("paths", nargs="+", type=Path, help="slices, archives of slices (zip, RAR, 7z, tar, tar.gz, tar.xz), folders or NIfTI volumes")
         parser.add_argument("--out", type=Path, required=True, help="folder for the results")
         parser.add_argument("--save", action="store_true", help="also store each result in the database")
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
