@@ -38,7 +38,10 @@ def test_a_processed_upload_keeps_only_its_result_files(client, samples, stand_i
     analysis = Analysis.objects.get()
     assert analysis.status == Analysis.Status.DONE
     folder = f"analyses/{analysis.id}/slices"
-    assert stored_files() == [f"{folder}/0001-image.png", f"{folder}/0001-labels.png", f"{folder}/0002-image.png", f"{folder}/0002-labels.png"]
+    assert stored_files() == [
+        f"{folder}/0001-image.png", f"{folder}/0001-labels.png", f"{folder}/0002-image.png", f"{folder}/0002-labels.png",
+        f"{folder}/geometry.json", f"{folder}/provenance.json",  # what the exports and report.json need
+    ]
 
 
 @pytest.mark.django_db
