@@ -9,6 +9,7 @@ it runs a function of the test there, which ages the heartbeat past the stale ti
 from __future__ import annotations
 
 import io
+import time
 from datetime import timedelta
 
 import pytest
@@ -53,10 +54,24 @@ def queued(settings, samples, use_engine, monkeypatch):
     on_third_slice = None
 
 
+def _third_image_stored(timeout_s: float = 10.0) -> None:
+    """Wait until the worker's second thread has stored the third slice's image, which it
+    starts writing as the third slice is segmented: what a reaper then sees is settled."""
+    from django.core.files.storage import default_storage
+
+    analysis = Analysis.objects.get(status=Analysis.Status.RUNNING)
+    name = f"analyses/{analysis.pk}/slices/0003-image.png"
+    deadline = time.monotonic() + timeout_s
+    while not default_storage.exists(name) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)  # the file exists as soon as it is opened: let its write finish
+
+
 def _pause(then=None):
     """On the third slice: the heartbeat goes silent past the stale timeout, then ``then()``."""
 
     def paused():
+        _third_image_stored()
         Analysis.objects.filter(status=Analysis.Status.RUNNING).update(
             heartbeat=timezone.now() - timedelta(seconds=2 * STALE_S)
         )
