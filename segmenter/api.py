@@ -24,7 +24,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from . import services
+from . import exports, services
 from .ml.pipeline import DISCLAIMER
 from .ml.severity import GRADES
 from .models import Analysis
@@ -91,6 +91,16 @@ class AnalysisLinksSerializer(serializers.Serializer):
     report_csv = serializers.URLField(allow_null=True)
     report_json = serializers.URLField(allow_null=True)
     zip = serializers.URLField(allow_null=True)
+    labels_nifti = serializers.URLField(
+        allow_null=True,
+        help_text="labels.nii.gz: the label volume (0 background, 1 GGO, 2 consolidation, 3 other lung) with the "
+        "input's shape and affine (a NIfTI volume) or the DICOM series' geometry; null for other inputs.",
+    )
+    dicom_seg = serializers.URLField(
+        allow_null=True,
+        help_text="A DICOM SEG (segments GGO and consolidation) referencing every source instance; only for a DICOM "
+        "series with a frame of reference, else null.",
+    )
 
 
 class AnalysisSerializer(serializers.Serializer):
@@ -139,6 +149,7 @@ def analysis_data(request, analysis: Analysis) -> dict:
     url = request.build_absolute_uri
     done = analysis.status == Analysis.Status.DONE
     kw = {"analysis_id": analysis.id}
+    available = exports.exports_available(analysis=analysis)
     slices = []
     if done:
         for s in analysis.slices.all():
@@ -177,6 +188,8 @@ def analysis_data(request, analysis: Analysis) -> dict:
             "report_csv": url(reverse("segmenter:report_csv", kwargs=kw)) if done else None,
             "report_json": url(reverse("segmenter:report_json", kwargs=kw)) if done else None,
             "zip": url(reverse("segmenter:study_zip", kwargs=kw)) if done else None,
+            "labels_nifti": url(reverse("segmenter:labels_nifti", kwargs=kw)) if exports.LABELS_NIFTI in available else None,
+            "dicom_seg": url(reverse("segmenter:dicom_seg", kwargs=kw)) if exports.DICOM_SEG in available else None,
         },
         "disclaimer": DISCLAIMER,
     }

@@ -40,6 +40,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
 from .engine import get_segmenter
+from .exports import provenance_files
 from .ml.archive import ARCHIVE_SUFFIXES, HEAD_BYTES, ArchiveLimits, archive_kind, read_any_archive, suffix_kind
 from .ml.ctcheck import check_slices
 from .ml.headers import PixelBudget
@@ -473,8 +474,11 @@ class _Lease:
         )
 
     def store_png(self, path: str, array: np.ndarray) -> str:
+        return self.store_bytes(path, png_bytes(array))
+
+    def store_bytes(self, path: str, data: bytes) -> str:
         try:
-            name = default_storage.save(path, ContentFile(png_bytes(array)))
+            name = default_storage.save(path, ContentFile(data))
         except Exception as exc:
             if _is_storage_outage(exc):
                 raise StorageUnavailable() from exc
@@ -566,6 +570,9 @@ def _segment_slices(analysis: Analysis, lease: _Lease, slices: list[CTSlice]) ->
                 lease.renew(slices_done=k)
                 reported = time.monotonic()
     total, severity = assess_study([Areas.from_dict(r.areas) for r in rows])
+    # What the exports and report.json need of the input and the model (JSON files).
+    for path, data in provenance_files(analysis_id=analysis.pk, slices=slices, segmenter=segmenter).items():
+        lease.store_bytes(path, data)
     with transaction.atomic():  # the compare-and-set first: on PostgreSQL it locks the row
         lease.renew(
             status=Analysis.Status.DONE,

@@ -29,7 +29,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods, require_safe
 from PIL import Image
 
-from . import services
+from . import exports, services
 from .context_processors import upload_limit_mb
 from .forms import LAYER_LABELS, UploadForm, overlay_query, overlay_styles, page_styles
 from .ml.constants import MODEL_WINDOW_LEVEL_HU, MODEL_WINDOW_WIDTH_HU
@@ -232,6 +232,7 @@ def analysis(request, analysis_id):
     if analysis.kind == Analysis.Kind.SLICE:
         return redirect("segmenter:slice", analysis_id=analysis.id, index=1)
     ctx["slices"] = list(analysis.slices.all())
+    ctx["exports"] = exports.exports_available(analysis=analysis)
     ctx["page"] = Paginator(ctx["slices"], STUDY_TABLE_ROWS).get_page(request.GET.get("page"))
     first = ctx["slices"][0] if ctx["slices"] else None
     ctx.update(_viewer_context(request, analysis, ctx["slices"], first, stack=True))
@@ -264,6 +265,7 @@ def slice_detail(request, analysis_id, index):
     ctx = {
         "analysis": analysis,
         "slice": slice_,
+        "exports": exports.exports_available(analysis=analysis),
         "previous_index": index - 1 if index > 1 else None,
         "next_index": index + 1 if index < analysis.slices_total else None,
         "study_page": (index - 1) // STUDY_TABLE_ROWS + 1,  # where "Back to the study" lands
@@ -420,10 +422,18 @@ def slice_thumbnail(request, analysis_id, index):
 
 
 def _reports(analysis: Analysis) -> tuple[str, dict]:
-    """(report.csv text, report.json object) from the stored slices."""
+    """(report.csv text, report.json object) from the stored slices; report.json also
+    names the model and the input's spacing, thickness and orientation (exports.provenance_read)."""
     slices = list(analysis.slices.all())
     rows, total = report_rows([s.name for s in slices], [Areas.from_dict(s.areas) for s in slices])
-    extra = {"analysis": str(analysis.id), "source": analysis.source_name, "kind": analysis.kind}
+    provenance = exports.provenance_read(analysis=analysis)
+    extra = {
+        "analysis": str(analysis.id),
+        "source": analysis.source_name,
+        "kind": analysis.kind,
+        "model": provenance.get("model"),
+        "input": provenance.get("input"),
+    }
     return report_csv(rows, total), report_json(rows, total, **extra)
 
 
@@ -445,9 +455,31 @@ def report_json_download(request, analysis_id):
     return _attachment(_json_text(report).encode(), f"{analysis.stem}-report.json", content_type="application/json")
 
 
+def _export(analysis_id, export: str) -> FileResponse:
+    analysis = _done_analysis(analysis_id)
+    try:
+        stream, filename, content_type = exports.export_open(analysis=analysis, export=export)
+    except LookupError:
+        raise Http404("the analysis has no such export") from None
+    return _attachment(stream, filename, content_type=content_type)
+
+
+@require_safe
+def labels_nifti_download(request, analysis_id):
+    """The label volume on the input's voxel grid (a NIfTI volume's or a DICOM series')."""
+    return _export(analysis_id, exports.LABELS_NIFTI)
+
+
+@require_safe
+def dicom_seg_download(request, analysis_id):
+    """A DICOM SEG of GGO and consolidation that references the source DICOM series."""
+    return _export(analysis_id, exports.DICOM_SEG)
+
+
 @require_safe
 def study_zip(request, analysis_id):
-    """Every slice's overlay (default layers) and label map, with report.csv and report.json."""
+    """Every slice's grey image, overlay (default layers) and label map, with report.csv
+    and report.json."""
     analysis = _done_analysis(analysis_id)
     spool = tempfile.SpooledTemporaryFile(max_size=ZIP_SPOOL_BYTES)  # noqa: SIM115 - FileResponse closes it
     try:
@@ -463,6 +495,8 @@ def _write_study_zip(target, analysis: Analysis) -> None:
     with zipfile.ZipFile(target, "w") as archive:
         for slice_ in analysis.slices.all():
             prefix = f"{slice_.index:04d}-{_safe_name(slice_.stem)}"
+            with _open(slice_.image) as fh:
+                archive.writestr(f"{prefix}-slice.png", fh.read())
             labels = _labels(slice_)
             archive.writestr(f"{prefix}-overlay.png", png_bytes(render_overlay(_grey(slice_), labels)))
             archive.writestr(f"{prefix}-labels.png", png_bytes(labels))

@@ -81,6 +81,18 @@ class NoLungSegmenter:
         return np.full(pixels.shape, BACKGROUND, np.uint8)
 
 
+class StandInWithManifest(StandInSegmenter):
+    """The stand-in, carrying the shipped weights' manifest as the real ensemble does (read
+    as JSON; no network is built)."""
+
+    def __init__(self) -> None:
+        import json
+        from pathlib import Path
+
+        self.manifest = json.loads((Path(__file__).resolve().parents[1] / "weights" / "manifest.json").read_text())
+
+
 def dotted_path(cls: type) -> str:
     """The value of SEGMENTER_ENGINE that builds ``cls`` (whatever name this module got)."""
     return f"{cls.__module__}.{cls.__qualname__}"
+

@@ -16,9 +16,11 @@ RESCALE_INTERCEPT = -1024.0
 
 
 def write_ct_dicom(hu: np.ndarray, path: Path | str, spacing_mm: tuple[float, float] | None = None,
-                   instance: int = 1) -> Path:
+                   instance: int = 1, *, attributes: dict | None = None) -> Path:
     """float (H, W) HU -> a CT DICOM file at ``path`` (explicit VR little endian); (N, H, W)
-    gives a multi-frame file of N frames."""
+    gives a multi-frame file of N frames. ``attributes`` (keyword -> value) are set last,
+    e.g. the shared StudyInstanceUID, SeriesInstanceUID and FrameOfReferenceUID and each
+    slice's ImagePositionPatient of a series."""
     import pydicom
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
@@ -42,5 +44,7 @@ def write_ct_dicom(hu: np.ndarray, path: Path | str, spacing_mm: tuple[float, fl
     if spacing_mm is not None:
         ds.PixelSpacing = [float(spacing_mm[0]), float(spacing_mm[1])]
     ds.PixelData = stored.tobytes()
+    for keyword, value in (attributes or {}).items():
+        setattr(ds, keyword, value)
     pydicom.dcmwrite(path, ds, enforce_file_format=True)
     return Path(path)

@@ -33,6 +33,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .constants import AIR_HU, MODEL_WINDOW_LEVEL_HU, MODEL_WINDOW_WIDTH_HU
 from .errors import UnreadableImage
+from .geometry import VolumeGeometry, dicom_reference
 from .headers import PixelBudget, codestream_size
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,10 @@ class CTSlice:
     for grey files.
     hu: int16 (H, W), the slice's Hounsfield units rounded to integers, when the source
     carried them (``calibrated``); None otherwise. The viewer windows it in the browser.
+    volume: the geometry of the NIfTI volume it was taken from, and volume_index its index
+    along that volume's slice axis (see geometry.VolumeGeometry).
+    dicom: the referencing attributes of its single-frame DICOM instance, DICOM JSON
+    (geometry.dicom_reference).
     """
 
     pixels: np.ndarray
@@ -81,6 +86,9 @@ class CTSlice:
     instance_number: int | None = None
     colour_share: float = 0.0
     hu: np.ndarray | None = None
+    volume: VolumeGeometry | None = None
+    volume_index: int | None = None
+    dicom: dict | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -455,6 +463,7 @@ def _dicom_slices(data: bytes, name: str, force: bool, budget: PixelBudget) -> l
     instance = getattr(ds, "InstanceNumber", None)
     instance = int(instance) if isinstance(instance, (int, float)) or str(instance).isdigit() else None
     position = _dicom_position(ds)
+    reference = dicom_reference(ds) if frames == 1 and samples == 1 else None
 
     slices = []
     for k, frame in enumerate(raw):
@@ -489,6 +498,7 @@ def _dicom_slices(data: bytes, name: str, force: bool, budget: PixelBudget) -> l
                 instance_number=instance if frames == 1 else k + 1,
                 colour_share=colour,
                 hu=hu16,
+                dicom=reference,
             )
         )
     return slices

@@ -5,7 +5,9 @@ superior-inferior axis, and each is turned to the radiological display conventio
 (anterior at the top, the patient's right on the image's left), so the file's own axis
 order and flips do not matter. Intensities are the stored values after the header's
 scl_slope / scl_inter, i.e. Hounsfield units for CT, windowed like DICOM. Slices are
-returned from head to feet, with the voxel size as pixel spacing and slice thickness.
+returned from head to feet, with the voxel size as pixel spacing and slice thickness, each
+carrying the volume's geometry (geometry.VolumeGeometry) so that labels can be put back on
+the input's voxel grid (ml.exports).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import zlib
 
 import numpy as np
 
+from .geometry import VolumeGeometry
 from .imaging import MAX_DECODED_PIXELS, MAX_SLICE_PIXELS, MAX_SPACING_MM, MIN_SLICE_SIDE, CTSlice, UnreadableImage, hu_int16, window
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -131,9 +134,7 @@ def read_nifti(
             f"expected one 3-D volume, got {shape[3]} volumes (4-D)", code="volume_4d", params={"count": shape[3]}
         )
     axis_of = _orientation(header)
-    lr_axis, lr_sign = axis_of[0]
-    ap_axis, ap_sign = axis_of[1]
-    si_axis, si_sign = axis_of[2]
+    lr_axis, ap_axis, si_axis = (axis_of[world][0] for world in range(3))
     rows, cols, n = shape[ap_axis], shape[lr_axis], shape[si_axis]
     if rows * cols > MAX_SLICE_PIXELS:
         raise UnreadableImage(
@@ -180,23 +181,23 @@ def read_nifti(
     zooms = header.get_zooms()
     spacing = (float(zooms[ap_axis]), float(zooms[lr_axis]))
     thickness = float(zooms[si_axis])
-    # Head to feet: walk the S-I axis from its superior end.
-    order = range(n - 1, -1, -1) if si_sign > 0 else range(n)
-    remaining = [a for a in range(3) if a != si_axis]
+    affine = header.get_best_affine()
+    sform_code, qform_code = int(header.get_sform(coded=True)[1]), int(header.get_qform(coded=True)[1])
+    geometry = VolumeGeometry(
+        shape=shape[:3],
+        affine=tuple(tuple(float(v) for v in row) for row in affine),
+        lr=axis_of[0],
+        ap=axis_of[1],
+        si=axis_of[2],
+        xform_code=sform_code or qform_code or 1,
+    )
     slices = []
     with np.errstate(all="ignore"):
-        for position, k in enumerate(order):
+        # Head to feet; each plane turned to the display convention: anterior at the top
+        # (row index runs to posterior), the patient's right on the left.
+        for position, k in enumerate(geometry.slice_indices()):
             plane = np.take(volume, k, axis=si_axis).astype(np.float32) * slope + inter
-            # plane's axes are the remaining array axes in order; put A-P on rows, L-R on columns.
-            if remaining.index(ap_axis) != 0:
-                plane = plane.T
-            # Display: anterior at the top (row index runs to posterior), patient's right on
-            # the left (column index runs to the patient's left).
-            if ap_sign > 0:
-                plane = plane[::-1, :]
-            if lr_sign > 0:
-                plane = plane[:, ::-1]
-            plane = np.nan_to_num(plane, nan=-1000.0, posinf=3000.0, neginf=-1000.0)
+            plane = np.nan_to_num(geometry.to_display(plane), nan=-1000.0, posinf=3000.0, neginf=-1000.0)
             slices.append(
                 CTSlice(
                     pixels=window(plane),
@@ -206,6 +207,8 @@ def read_nifti(
                     slice_thickness_mm=thickness if 0 < thickness <= MAX_SPACING_MM else None,
                     instance_number=position + 1,
                     hu=hu_int16(plane),
+                    volume=geometry,
+                    volume_index=k,
                 )
             )
     return slices

@@ -195,7 +195,7 @@ def test_a_volumes_slice_downloads_under_the_volumes_name_and_its_number(client,
         _body(response)
         assert response["Content-Disposition"] == f'attachment; filename="ct-002-{suffix}.png"'
     with zipfile.ZipFile(io.BytesIO(_body(_get(client, "study_zip", analysis.id)))) as archive:
-        assert archive.namelist()[:2] == ["0001-ct-001-overlay.png", "0001-ct-001-labels.png"]
+        assert archive.namelist()[:3] == ["0001-ct-001-slice.png", "0001-ct-001-overlay.png", "0001-ct-001-labels.png"]
 
 
 def test_a_frame_of_a_multiframe_dicom_downloads_under_the_files_name_and_frame(client, analyse, samples, tmp_path):
@@ -215,7 +215,7 @@ def study(analyse, samples):
     return analyse("case 12.zip", archive)
 
 
-def test_the_study_zip_holds_each_slices_overlay_and_labels_and_the_reports(client, study):
+def test_the_study_zip_holds_each_slices_grey_image_overlay_and_labels_and_the_reports(client, study):
     response = _get(client, "study_zip", study.id)
     assert response["Content-Type"] == "application/zip"
     assert response["Content-Disposition"] == 'attachment; filename="case 12-study.zip"'
@@ -224,10 +224,13 @@ def test_the_study_zip_holds_each_slices_overlay_and_labels_and_the_reports(clie
         slices = list(study.slices.all())
         expected = []
         for s in slices:
-            expected += [f"{s.index:04d}-{s.stem.replace(' ', '_')}-overlay.png", f"{s.index:04d}-{s.stem.replace(' ', '_')}-labels.png"]
+            prefix = f"{s.index:04d}-{s.stem.replace(' ', '_')}"
+            expected += [f"{prefix}-slice.png", f"{prefix}-overlay.png", f"{prefix}-labels.png"]
         assert archive.namelist() == [*expected, "report.csv", "report.json"]
         for s in slices:
             prefix = f"{s.index:04d}-{s.stem.replace(' ', '_')}"
+            with s.image.open("rb") as fh:
+                assert archive.read(f"{prefix}-slice.png") == fh.read()  # the grey slice as stored
             labels = _png(archive.read(f"{prefix}-labels.png"))
             with s.labels.open("rb") as fh:
                 assert np.array_equal(np.asarray(labels), np.asarray(Image.open(fh)))

@@ -40,7 +40,7 @@ def test_a_processed_upload_keeps_only_its_result_files(client, samples, stand_i
     folder = f"analyses/{analysis.id}/slices"
     assert stored_files() == [
         f"{folder}/{k:04d}-{kind}.png" for k in (1, 2) for kind in ("hu", "image", "labels")  # HU: DICOM slices
-    ]
+    ] + [f"{folder}/geometry.json", f"{folder}/provenance.json"]  # what the exports and report.json need
 
 
 @pytest.mark.django_db

@@ -9,6 +9,7 @@ it runs a function of the test there, which ages the heartbeat past the stale ti
 from __future__ import annotations
 
 import io
+import time
 from datetime import timedelta
 
 import pytest
@@ -53,10 +54,24 @@ def queued(settings, samples, use_engine, monkeypatch):
     on_third_slice = None
 
 
+def _third_image_stored(timeout_s: float = 10.0) -> None:
+    """Wait until the worker's second thread has stored the third slice's image, which it
+    starts writing as the third slice is segmented: what a reaper then sees is settled."""
+    from django.core.files.storage import default_storage
+
+    analysis = Analysis.objects.get(status=Analysis.Status.RUNNING)
+    name = f"analyses/{analysis.pk}/slices/0003-image.png"
+    deadline = time.monotonic() + timeout_s
+    while not default_storage.exists(name) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)  # the file exists as soon as it is opened: let its write finish
+
+
 def _pause(then=None):
     """On the third slice: the heartbeat goes silent past the stale timeout, then ``then()``."""
 
     def paused():
+        _third_image_stored()
         Analysis.objects.filter(status=Analysis.Status.RUNNING).update(
             heartbeat=timezone.now() - timedelta(seconds=2 * STALE_S)
         )
@@ -127,7 +142,7 @@ def test_the_reaper_leaves_a_worker_with_a_fresh_heartbeat_alone(queued, stored_
     assert not reaped[0]
     analysis = Analysis.objects.get(pk=queued.pk)
     assert analysis.status == "done" and analysis.slices.count() == SLICES
-    assert len(stored_files()) == 3 * SLICES  # the upload is gone, every slice's three PNGs stay (grey, labels, HU)
+    assert len(stored_files()) == 3 * SLICES + 1  # the upload is gone, every slice's three PNGs stay (grey, labels, HU) and provenance.json
 
 
 def test_a_second_run_of_a_study_already_taken_touches_nothing(queued, stored_files):
@@ -144,7 +159,7 @@ def test_a_second_run_of_a_study_already_taken_touches_nothing(queued, stored_fi
     assert seen["row"]["status"] == "running"
     assert services.analysis_process(analysis_id=str(queued.id)) == services.Outcome.SKIPPED  # done stays done
     assert Analysis.objects.get(pk=queued.pk).slices.count() == SLICES
-    assert len(stored_files()) == 3 * SLICES
+    assert len(stored_files()) == 3 * SLICES + 1
 
 
 def test_a_task_whose_run_lost_its_lease_ends_failed_too(queued):

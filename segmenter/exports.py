@@ -1,0 +1,146 @@
+"""What an analysis remembers of its input and model, and its exports for other tools.
+
+When a study is processed, two JSON files are stored with its slices, in the folder that
+a failed or reaped run loses whole (services._slice_folder); no pickle:
+
+* ``provenance.json``: the model that made the labels (engine, version, weights hashes),
+  the input's pixel spacing, slice thickness and orientation, and which exports exist;
+* ``geometry.json``: where the slices lie in the input (ml.exports.source_geometry).
+
+The exports (``labels.nii.gz``, ``seg.dcm``) are built from the stored label maps on
+their first download and kept as files in the analysis' folder after that.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+
+from .ml import exports as ml_exports
+from .ml.imaging import CTSlice
+from .ml.overlay import read_label_png
+from .models import Analysis, analysis_folder
+
+log = logging.getLogger(__name__)
+
+PROVENANCE = "provenance.json"
+GEOMETRY = "geometry.json"
+LABELS_NIFTI = "labels_nifti"
+DICOM_SEG = "dicom_seg"
+#: Each export: its file in the analysis' folder, the suffix of its download's name and
+#: its content type.
+EXPORTS = {
+    LABELS_NIFTI: ("exports/labels.nii.gz", "labels.nii.gz", "application/gzip"),
+    DICOM_SEG: ("exports/seg.dcm", "seg.dcm", "application/dicom"),
+}
+#: Hex digits of a model version (of the sha256 of its manifest).
+VERSION_DIGITS = 12
+
+
+def model_description(segmenter) -> dict:
+    """The model that labels an analysis: the engine's dotted path, and for the shipped
+    ensemble (anything with a ``manifest``) a version, the first digits of the sha256 of
+    the manifest as canonical JSON (sorted keys, no spaces), and each network's weights
+    file and sha256."""
+    manifest = getattr(segmenter, "manifest", None) or {}
+    canonical = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+    return {
+        "engine": settings.SEGMENTER_ENGINE,
+        "version": hashlib.sha256(canonical).hexdigest()[:VERSION_DIGITS] if manifest else None,
+        "weights": {
+            name: {"file": entry.get("file"), "sha256": entry.get("sha256")}
+            for name, entry in manifest.get("networks", {}).items()
+        },
+    }
+
+
+def _equal_or_none(values: set):
+    return next(iter(values)) if len(values) == 1 else None
+
+
+def provenance_files(*, analysis_id, slices: list[CTSlice], segmenter) -> dict[str, bytes]:
+    """The JSON files an analysis of ``slices`` stores (storage name -> content)."""
+    geometry = ml_exports.source_geometry(slices)
+    spacing = _equal_or_none({s.pixel_spacing_mm for s in slices})
+    available = []
+    if geometry is not None:
+        available.append(LABELS_NIFTI)
+        if geometry.get("seg"):
+            available.append(DICOM_SEG)
+    provenance = {
+        "model": model_description(segmenter),
+        "input": {
+            "pixel_spacing_mm": list(spacing) if spacing else None,
+            "slice_thickness_mm": _equal_or_none({s.slice_thickness_mm for s in slices}),
+            "hounsfield_units": all(s.calibrated for s in slices),
+            "orientation": ml_exports.orientation_of(geometry),
+        },
+        "exports": available,
+    }
+    files = {_result_name(analysis_id, PROVENANCE): _json_bytes(provenance)}
+    if geometry is not None:
+        files[_result_name(analysis_id, GEOMETRY)] = _json_bytes(geometry)
+    return files
+
+
+def _result_name(analysis_id, name: str) -> str:
+    return f"{analysis_folder(analysis_id)}/slices/{name}"
+
+
+def _json_bytes(data: dict) -> bytes:
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+def _read_json(analysis: Analysis, name: str) -> dict | None:
+    try:
+        with default_storage.open(_result_name(analysis.id, name), "rb") as fh:
+            return json.loads(fh.read())
+    except FileNotFoundError:
+        return None
+
+
+def provenance_read(*, analysis: Analysis) -> dict:
+    """provenance.json of a done analysis; {} for one stored before it existed."""
+    return _read_json(analysis, PROVENANCE) or {}
+
+
+def exports_available(*, analysis: Analysis) -> list[str]:
+    """The exports (LABELS_NIFTI, DICOM_SEG) a done analysis has."""
+    if analysis.status != Analysis.Status.DONE:
+        return []
+    return list(provenance_read(analysis=analysis).get("exports", []))
+
+
+def export_open(*, analysis: Analysis, export: str):
+    """(open file, download name, content type) of an export of a done analysis; built and
+    stored on first use. Raises LookupError when the analysis has no such export."""
+    if export not in EXPORTS or export not in exports_available(analysis=analysis):
+        raise LookupError(f"analysis {analysis.id} has no {export} export")
+    path, suffix, content_type = EXPORTS[export]
+    name = f"{analysis_folder(analysis.id)}/{path}"
+    if not default_storage.exists(name):
+        data = _build(analysis, export)
+        saved = default_storage.save(name, ContentFile(data))
+        if saved != name:  # built at the same time by another request: keep the first
+            default_storage.delete(saved)
+    return default_storage.open(name, "rb"), f"{analysis.stem}-{suffix}", content_type
+
+
+def _build(analysis: Analysis, export: str) -> bytes:
+    geometry = _read_json(analysis, GEOMETRY)
+    if geometry is None:
+        raise LookupError(f"analysis {analysis.id} has no stored geometry")
+    labels = []
+    for slice_ in analysis.slices.all():
+        with slice_.labels.open("rb") as fh:
+            labels.append(read_label_png(fh.read()))
+    log.info("building the %s export of analysis %s (%d slices)", export, analysis.id, len(labels))
+    if export == LABELS_NIFTI:
+        return ml_exports.labels_nifti(labels, geometry)
+    version = provenance_read(analysis=analysis).get("model", {}).get("version") or "unversioned"
+    return ml_exports.dicom_seg(labels, geometry, version)
