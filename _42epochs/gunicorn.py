@@ -18,8 +18,13 @@ SystemExit in the request, which django-tasks' immediate backend records as a fa
 task and swallows, so the request went on to answer 202 "running" for an analysis that
 no process was running any more. The client now sees the connection close; the row and
 any files it left are the reaper's (abandoned analyses are marked failed).
+
+A request gunicorn cannot parse (a malformed Content-Length, a bad request line) never
+reaches Django, so gunicorn answers it itself: in JSON here (``post_worker_init``), like
+every other error of the API, since the path it was meant for may not even be known.
 """
 
+import json
 import os
 
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
@@ -38,3 +43,22 @@ def worker_abort(worker):
     """A request ran past the timeout (gunicorn sent SIGABRT): exit now, see above."""
     worker.log.critical("a request ran past the %s s timeout; worker %s exits", timeout, worker.pid)
     os._exit(1)
+
+
+def _write_json_error(sock, status_int, reason, mesg):
+    """gunicorn.util.write_error, answering {"error": ...} instead of an HTML page."""
+    from gunicorn import util
+
+    body = json.dumps({"error": f"{reason}: {mesg}" if mesg else reason}).encode()
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode("latin1")
+    util.write_nonblock(sock, head + body)
+
+
+def post_worker_init(worker):
+    """Requests gunicorn itself refuses are answered in JSON (see above)."""
+    from gunicorn import util
+
+    util.write_error = _write_json_error

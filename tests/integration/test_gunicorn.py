@@ -3,6 +3,7 @@ the worker that replaces the killed one serves the next request."""
 
 from __future__ import annotations
 
+import json
 import os
 import runpy
 import socket
@@ -98,3 +99,16 @@ def test_a_request_past_the_timeout_is_ended_and_the_next_one_is_served(gunicorn
     assert "WORKER TIMEOUT" in log and "ran past the 6 s timeout" in log
     response = requests.get(f"{gunicorn.url}/api/v1/openapi.json", timeout=30)  # a fresh worker
     assert response.status_code == 200
+
+
+def test_a_request_gunicorn_cannot_parse_is_answered_in_json(gunicorn):
+    host, port = gunicorn.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"POST /api/v1/analyses HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: ab\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400")
+    assert b"Content-Type: application/json" in head
+    assert "CONTENT-LENGTH" in json.loads(body)["error"].upper()
