@@ -520,22 +520,29 @@ def analysis_process(*, analysis_id: str) -> Outcome:
         return _segment_into(analysis, lease, slices)
 
 
-def analysis_record(*, source_name: str, kind: str, slices: list[CTSlice]) -> Analysis:
-    """Segment slices that are already read and store them as a finished analysis
-    (for the command line's --save; uploads go through analysis_create)."""
+def analysis_record(
+    *, source_name: str, kind: str, slices: list[CTSlice], labels: list[np.ndarray] | None = None
+) -> Analysis:
+    """Store slices that are already read as a finished analysis, with the label maps the
+    caller computed (``labels``, one per slice), or segmented here when it has none (for
+    the command line's --save; uploads go through analysis_create)."""
+    if labels is not None and len(labels) != len(slices):
+        raise ValueError(f"{len(labels)} label maps for {len(slices)} slices")
     analysis = Analysis.objects.create(kind=kind, source_name=clean_name(source_name), slices_total=len(slices))
     lease = _Lease.claim(analysis.pk)
-    _segment_into(analysis, lease, slices)
+    _segment_into(analysis, lease, slices, labels)
     analysis.refresh_from_db()
     return analysis
 
 
-def _segment_into(analysis: Analysis, lease: _Lease, slices: list[CTSlice]) -> Outcome:
+def _segment_into(
+    analysis: Analysis, lease: _Lease, slices: list[CTSlice], labels: list[np.ndarray] | None = None
+) -> Outcome:
     """Segment ``slices`` in order, writing each slice's PNGs as it goes and reporting
     progress; then create all Slice rows and mark the analysis done in one transaction.
     Ends the analysis failed (and without files) on any error; returns how it ended."""
     try:
-        _segment_slices(analysis, lease, slices)
+        _segment_slices(analysis, lease, slices, labels)
     except LeaseLost:
         log.warning("analysis %s: lease lost; this run stops and removes what it wrote", analysis.pk)
         lease.remove_written()
@@ -548,7 +555,9 @@ def _segment_into(analysis: Analysis, lease: _Lease, slices: list[CTSlice]) -> O
     return Outcome.DONE
 
 
-def _segment_slices(analysis: Analysis, lease: _Lease, slices: list[CTSlice]) -> None:
+def _segment_slices(
+    analysis: Analysis, lease: _Lease, slices: list[CTSlice], computed: list[np.ndarray] | None = None
+) -> None:
     lease.renew(slices_done=0, slices_total=len(slices))
     folder = _slice_folder(analysis.pk)
     segmenter = get_segmenter()
@@ -561,7 +570,10 @@ def _segment_slices(analysis: Analysis, lease: _Lease, slices: list[CTSlice]) ->
         for k, ct in enumerate(slices, start=1):
             image = writer.submit(lease.store_png, f"{folder}/{k:04d}-image.png", ct.pixels)
             hu = None if ct.hu is None else writer.submit(lease.store_png, f"{folder}/{k:04d}-hu.png", pack_hu(ct.hu))
-            labels = segmenter.segment(ct.pixels, spacing_mm=ct.pixel_spacing_mm)
+            if computed is None:
+                labels = segmenter.segment(ct.pixels, spacing_mm=ct.pixel_spacing_mm)
+            else:
+                labels = computed[k - 1]
             labels_file = writer.submit(lease.store_png, f"{folder}/{k:04d}-labels.png", labels)
             result = grade_slice(ct, labels)
             hu_file = "" if hu is None else hu.result()

@@ -99,11 +99,21 @@ def test_each_frame_of_a_multiframe_dicom_is_written_under_the_files_name_and_fr
 
 @pytest.mark.django_db
 @pytest.mark.usefixtures("stand_in_engine")
-def test_save_stores_the_result_as_an_analysis(data_root, tmp_path):
+def test_save_stores_the_result_as_an_analysis(data_root, tmp_path, monkeypatch):
+    from tests.stubs import StandInSegmenter
+
+    calls = []
+    segment = StandInSegmenter.segment
+    monkeypatch.setattr(StandInSegmenter, "segment", lambda self, *a, **k: calls.append(1) or segment(self, *a, **k))
     out, _ = _run(data_root / "dicom-samples" / "1.dcm", "--out", tmp_path, "--save")
     analysis = Analysis.objects.get()
     assert analysis.status == Analysis.Status.DONE and analysis.slices.count() == 1
     assert str(analysis.id) in out
+    assert len(calls) == 1  # the networks ran once: --save stores what the command computed
+    with analysis.slices.get().labels.open("rb") as fh:
+        stored = fh.read()
+    written = next(tmp_path.glob("*/*-labels.png")).read_bytes()
+    assert stored == written
 
 
 @pytest.mark.usefixtures("stand_in_engine")

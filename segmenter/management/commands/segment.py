@@ -79,7 +79,9 @@ class Command(BaseCommand):
             (target / "report.json").write_text(json.dumps(report_json(rows, total, source=str(path)), indent=2) + "\n")
             line = self._describe(path, study.severity, target)
             if save:
-                analysis = services.analysis_record(source_name=path.name, kind=kind, slices=slices)
+                analysis = services.analysis_record(  # stores what was computed above, not a second run
+                    source_name=path.name, kind=kind, slices=slices, labels=[r.labels for r in results]
+                )
                 line += f"  saved as {analysis.id}"
             self.stdout.write(line)
 
