@@ -92,6 +92,10 @@ class Slice(models.Model):
     # Hounsfield units as an RGB PNG (ml.overlay.pack_hu), for the viewer's window/level;
     # empty for slices whose source carried none (8-bit images, uncalibrated CT numbers).
     hu = models.FileField(max_length=500, blank=True)
+    # Made once when the slice is processed (empty for slices stored before): the overlay
+    # in the default layers, and its gallery thumbnail.
+    overlay = models.FileField(max_length=500, blank=True)
+    thumbnail = models.FileField(max_length=500, blank=True)
     areas = models.JSONField()  # severity.Areas of this slice
     severity = models.JSONField()  # severity.Severity.as_dict()
 

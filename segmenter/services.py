@@ -45,7 +45,7 @@ from .ml.archive import ARCHIVE_SUFFIXES, HEAD_BYTES, ArchiveLimits, archive_kin
 from .ml.ctcheck import check_slices
 from .ml.headers import PixelBudget
 from .ml.imaging import DICOM_SUFFIXES, IMAGE_SUFFIXES, CTSlice, UnreadableImage, read_slices
-from .ml.overlay import pack_hu, png_bytes
+from .ml.overlay import pack_hu, png_bytes, render_overlay, thumbnail
 from .ml.pipeline import SliceAnalysis, grade_slice
 from .ml.severity import Areas, assess_study
 from .ml.volumes import NIFTI_SUFFIXES, is_nifti_name, read_nifti
@@ -575,9 +575,12 @@ def _segment_slices(
             else:
                 labels = computed[k - 1]
             labels_file = writer.submit(lease.store_png, f"{folder}/{k:04d}-labels.png", labels)
+            # The default overlay and the gallery thumbnail, made once here, not per request.
+            views = writer.submit(_store_views, lease, f"{folder}/{k:04d}", ct.pixels, labels)
             result = grade_slice(ct, labels)
             hu_file = "" if hu is None else hu.result()
-            rows.append(_slice_row(analysis, k, ct, result, image.result(), labels_file.result(), hu_file))
+            rows.append(_slice_row(analysis, k, ct, result, image.result(), labels_file.result(), hu_file,
+                                   *views.result()))
             if time.monotonic() - reported >= PROGRESS_INTERVAL and k < len(slices):
                 lease.renew(slices_done=k)
                 reported = time.monotonic()
@@ -597,8 +600,20 @@ def _segment_slices(
         Slice.objects.bulk_create(rows)
 
 
+#: Longest side of a gallery thumbnail, in pixels.
+THUMBNAIL_SIDE_PX = 160
+
+
+def _store_views(lease: _Lease, stem: str, grey: np.ndarray, labels: np.ndarray) -> tuple[str, str]:
+    """Store a slice's overlay in the default layers and its thumbnail; their names."""
+    rgb = render_overlay(grey, labels)
+    overlay = lease.store_png(f"{stem}-overlay.png", rgb)
+    return overlay, lease.store_png(f"{stem}-thumbnail.png", thumbnail(rgb, THUMBNAIL_SIDE_PX))
+
+
 def _slice_row(
-    analysis: Analysis, index: int, ct: CTSlice, result: SliceAnalysis, image: str, labels: str, hu: str = ""
+    analysis: Analysis, index: int, ct: CTSlice, result: SliceAnalysis, image: str, labels: str, hu: str = "",
+    overlay: str = "", thumbnail_: str = "",
 ) -> Slice:
     h, w = ct.pixels.shape
     return Slice(
@@ -610,6 +625,8 @@ def _slice_row(
         image=image,
         labels=labels,
         hu=hu,
+        overlay=overlay,
+        thumbnail=thumbnail_,
         areas=result.areas.as_dict(),
         severity=result.severity.as_dict(),
     )

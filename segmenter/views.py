@@ -33,7 +33,7 @@ from . import exports, services
 from .context_processors import upload_limit_mb
 from .forms import LAYER_LABELS, UploadForm, overlay_query, overlay_styles, page_styles
 from .ml.constants import MODEL_WINDOW_LEVEL_HU, MODEL_WINDOW_WIDTH_HU
-from .ml.overlay import HU_PNG_OFFSET, LAYERS, png_bytes, read_label_png, render_overlay
+from .ml.overlay import DEFAULT_STYLES, HU_PNG_OFFSET, LAYERS, png_bytes, read_label_png, render_overlay, thumbnail
 from .ml.pipeline import report_csv, report_json, report_rows
 from .ml.severity import Areas
 from .models import Analysis, Slice
@@ -45,8 +45,6 @@ BROWSER_COOKIE_SALT = "segmenter.views.browser"
 BROWSER_COOKIE_MAX_AGE_S = 365 * 24 * 3600
 #: Room for the multipart framing, headers and the CSRF field around the file itself.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
-#: Longest side of a gallery thumbnail, in pixels.
-THUMBNAIL_SIDE_PX = 160
 #: A study zip is built in memory up to this size, in a private temporary file beyond it.
 ZIP_SPOOL_BYTES = 32 * 1024 * 1024
 #: How often the progress page asks for news.
@@ -405,20 +403,21 @@ def slice_overlay(request, analysis_id, index):
         styles, mask_only = overlay_styles(request.GET)
     except ValueError as exc:
         return HttpResponseBadRequest(_("Invalid overlay settings: %(reason)s") % {"reason": exc})
+    name = f"{slice_.stem}-overlay.png"
+    if slice_.overlay and styles == DEFAULT_STYLES and not mask_only:  # made when it was processed
+        return _cached(_attachment(_open(slice_.overlay), name))
     rgb = render_overlay(_grey(slice_), _labels(slice_), styles, mask_only)
-    return _cached(_attachment(png_bytes(rgb), f"{slice_.stem}-overlay.png"))
+    return _cached(_attachment(png_bytes(rgb), name))
 
 
 @require_safe
 def slice_thumbnail(request, analysis_id, index):
     """A small overlay with the default layers, for the study's gallery."""
     slice_ = _slice(_done_analysis(analysis_id), index)
-    image = Image.fromarray(render_overlay(_grey(slice_), _labels(slice_)))
-    image.thumbnail((THUMBNAIL_SIDE_PX, THUMBNAIL_SIDE_PX))
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    buf.seek(0)
-    return _cached(FileResponse(buf, content_type="image/png"))
+    if slice_.thumbnail:  # made when it was processed
+        return _cached(FileResponse(_open(slice_.thumbnail), content_type="image/png"))
+    small = thumbnail(render_overlay(_grey(slice_), _labels(slice_)), services.THUMBNAIL_SIDE_PX)
+    return _cached(FileResponse(io.BytesIO(png_bytes(small)), content_type="image/png"))
 
 
 def _reports(analysis: Analysis) -> tuple[str, dict]:
@@ -497,9 +496,13 @@ def _write_study_zip(target, analysis: Analysis) -> None:
             prefix = f"{slice_.index:04d}-{_safe_name(slice_.stem)}"
             with _open(slice_.image) as fh:
                 archive.writestr(f"{prefix}-slice.png", fh.read())
-            labels = _labels(slice_)
-            archive.writestr(f"{prefix}-overlay.png", png_bytes(render_overlay(_grey(slice_), labels)))
-            archive.writestr(f"{prefix}-labels.png", png_bytes(labels))
+            if slice_.overlay:  # made when the slice was processed
+                with _open(slice_.overlay) as fh:
+                    archive.writestr(f"{prefix}-overlay.png", fh.read())
+            else:
+                archive.writestr(f"{prefix}-overlay.png", png_bytes(render_overlay(_grey(slice_), _labels(slice_))))
+            with _open(slice_.labels) as fh:
+                archive.writestr(f"{prefix}-labels.png", fh.read())
         text, report = _reports(analysis)
         archive.writestr("report.csv", text, compress_type=zipfile.ZIP_DEFLATED)
         archive.writestr("report.json", _json_text(report), compress_type=zipfile.ZIP_DEFLATED)

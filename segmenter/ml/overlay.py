@@ -141,3 +141,16 @@ def unpack_hu(rgb: np.ndarray) -> np.ndarray:
     """uint8 (H, W, 3) from ``pack_hu`` (or its PNG) -> int16 (H, W) Hounsfield units."""
     v = (rgb[..., 0].astype(np.int32) << 8) | rgb[..., 1].astype(np.int32)
     return (v - HU_PNG_OFFSET).astype(np.int16)
+
+
+def thumbnail(rgb: np.ndarray, side: int) -> np.ndarray:
+    """An RGB (H, W, 3) image shrunk to fit a ``side`` x ``side`` box (aspect kept, area
+    averaging; never enlarged)."""
+    import cv2
+
+    h, w = rgb.shape[:2]
+    scale = min(1.0, side / max(h, w))
+    if scale == 1.0:
+        return rgb
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)

@@ -286,10 +286,29 @@ def test_two_uploads_never_see_each_others_files(client, analyse, samples, media
 
 def test_a_file_missing_from_storage_is_not_found_rather_than_an_error(client, sliced, media_root):
     analysis, _grey, _labels = sliced
-    (media_root / analysis.slices.get().labels.name).unlink()
+    slice_ = analysis.slices.get()
+    for field in (slice_.labels, slice_.overlay, slice_.thumbnail):
+        (media_root / field.name).unlink()
     for name in ("slice_labels", "slice_overlay", "slice_thumbnail"):
         assert client.get(reverse(f"segmenter:{name}", args=[analysis.id, 1])).status_code == 404
     assert client.get(reverse("segmenter:study_zip", args=[analysis.id])).status_code == 404
+
+
+def test_the_default_overlay_and_thumbnail_are_the_files_made_at_processing(client, sliced, media_root):
+    analysis, grey, labels = sliced
+    slice_ = analysis.slices.get()
+    assert slice_.overlay.name.endswith("-overlay.png") and slice_.thumbnail.name.endswith("-thumbnail.png")
+    stored = (media_root / slice_.overlay.name).read_bytes()
+    response = client.get(reverse("segmenter:slice_overlay", args=[analysis.id, 1]))
+    assert b"".join(response.streaming_content) == stored
+    assert b"".join(client.get(reverse("segmenter:slice_thumbnail", args=[analysis.id, 1])).streaming_content) == (
+        media_root / slice_.thumbnail.name
+    ).read_bytes()
+    (media_root / slice_.overlay.name).write_bytes(b"not used")  # other layers are rendered, not read
+    custom = client.get(reverse("segmenter:slice_overlay", args=[analysis.id, 1]) + "?mask=1")
+    assert b"".join(custom.streaming_content).startswith(b"\x89PNG")
+    thumb = Image.open(media_root / slice_.thumbnail.name)
+    assert max(thumb.size) == 160 and thumb.mode == "RGB"
 
 
 def test_downloads_answer_head_requests(client, sliced):

@@ -39,7 +39,7 @@ def test_a_processed_upload_keeps_only_its_result_files(client, samples, stand_i
     assert analysis.status == Analysis.Status.DONE
     folder = f"analyses/{analysis.id}/slices"
     assert stored_files() == [
-        f"{folder}/{k:04d}-{kind}.png" for k in (1, 2) for kind in ("hu", "image", "labels")  # HU: DICOM slices
+        f"{folder}/{k:04d}-{kind}.png" for k in (1, 2) for kind in ("hu", "image", "labels", "overlay", "thumbnail")  # HU: DICOM
     ] + [f"{folder}/geometry.json", f"{folder}/provenance.json"]  # what the exports and report.json need
 
 

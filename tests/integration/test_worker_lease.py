@@ -142,7 +142,7 @@ def test_the_reaper_leaves_a_worker_with_a_fresh_heartbeat_alone(queued, stored_
     assert not reaped[0]
     analysis = Analysis.objects.get(pk=queued.pk)
     assert analysis.status == "done" and analysis.slices.count() == SLICES
-    assert len(stored_files()) == 3 * SLICES + 1  # the upload is gone, every slice's three PNGs stay (grey, labels, HU) and provenance.json
+    assert len(stored_files()) == 5 * SLICES + 1  # the upload is gone, every slice's five PNGs and provenance.json stay
 
 
 def test_a_second_run_of_a_study_already_taken_touches_nothing(queued, stored_files):
@@ -159,7 +159,7 @@ def test_a_second_run_of_a_study_already_taken_touches_nothing(queued, stored_fi
     assert seen["row"]["status"] == "running"
     assert services.analysis_process(analysis_id=str(queued.id)) == services.Outcome.SKIPPED  # done stays done
     assert Analysis.objects.get(pk=queued.pk).slices.count() == SLICES
-    assert len(stored_files()) == 3 * SLICES + 1
+    assert len(stored_files()) == 5 * SLICES + 1
 
 
 def test_a_task_whose_run_lost_its_lease_ends_failed_too(queued):
