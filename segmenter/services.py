@@ -729,6 +729,7 @@ def abandoned_reap() -> Reaped:
             + (f", silent {silent:.0f} s" if silent is not None else ", never reported")
             + f" -> failed; {removed} files removed"
         )
+    reaped.analyses += _unqueued_reap(now, cutoff)
     reaped.task_rows = _orphan_task_rows_reap(now, cutoff)
     reaped.temp_uploads = _temp_uploads_reap(now, cutoff)
     for line in (*reaped.analyses, *reaped.task_rows, *reaped.temp_uploads):
@@ -748,6 +749,40 @@ def abandoned_reap_if_due() -> Reaped | None:
     except Exception:
         log.exception("the reaper failed")
         return None
+
+
+def _unqueued_reap(now, cutoff) -> list[str]:
+    """Analyses still queued since before the cutoff with no task waiting for them (the
+    process that saved the row died before it enqueued or ran it): failed, files removed."""
+    stale = list(Analysis.objects.filter(status=Analysis.Status.QUEUED, created__lt=cutoff))
+    if not stale:
+        return []
+    waiting: set[str] = set()
+    if apps.is_installed("django_tasks_db"):
+        from django_tasks import TaskResultStatus
+        from django_tasks_db.models import DBTaskResult
+
+        from .tasks import process_analysis
+
+        for row in DBTaskResult.objects.filter(
+            status__in=(TaskResultStatus.READY, TaskResultStatus.RUNNING), task_path=process_analysis.module_path
+        ):
+            args = (row.args_kwargs or {}).get("args") or []
+            waiting.add(str(args[0] if args else (row.args_kwargs or {}).get("kwargs", {}).get("analysis_id")))
+    lines = []
+    for analysis in stale:
+        if str(analysis.pk) in waiting:
+            continue
+        with translation.override(analysis.language or None):
+            message = _stopped_message()
+        taken = Analysis.objects.filter(pk=analysis.pk, status=Analysis.Status.QUEUED).update(
+            status=Analysis.Status.FAILED, error=message, finished=now
+        )
+        if taken:
+            removed = _delete_folder_quietly(analysis_folder(analysis.pk))
+            lines.append(f"analysis {analysis.pk} ({analysis.source_name}): queued, no task -> failed; "
+                         f"{removed} files removed")
+    return lines
 
 
 def _orphan_task_rows_reap(now, cutoff) -> list[str]:

@@ -118,3 +118,21 @@ def test_reading_a_stale_study_deletes_nothing_until_the_reaper_runs(client, sto
     _reap()
     assert Analysis.objects.get(pk=analysis.pk).status == "failed" and stored_files() == []
     assert client.get(f"/api/v1/analyses/{analysis.id}").json()["error"] == body["error"]
+
+
+def test_reap_fails_a_study_left_queued_without_a_task_and_leaves_a_waiting_one(stored_files):
+    lost = Analysis.objects.create(kind="study", status="queued", source_name="lost.zip")
+    lost.upload = default_storage.save(f"analyses/{lost.id}/upload/lost.zip", ContentFile(b"zip"))
+    lost.save()
+    waiting = Analysis.objects.create(kind="study", status="queued", source_name="waiting.zip")
+    _task_row(waiting.id, status=TaskResultStatus.READY)
+    fresh = Analysis.objects.create(kind="study", status="queued", source_name="fresh.zip")
+    Analysis.objects.filter(pk__in=[lost.pk, waiting.pk]).update(created=_ago(3 * STALE_S))
+
+    out = _reap()
+
+    assert f"analysis {lost.id} (lost.zip): queued, no task -> failed; 1 files removed" in out
+    assert Analysis.objects.get(pk=lost.pk).status == "failed"
+    assert Analysis.objects.get(pk=waiting.pk).status == "queued"  # a worker will take it
+    assert Analysis.objects.get(pk=fresh.pk).status == "queued"  # its request may still be enqueueing it
+    assert not any(str(lost.id) in f for f in stored_files())
