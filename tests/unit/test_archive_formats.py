@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+from pathlib import Path
 
 import pydicom
 import pytest
@@ -286,3 +287,38 @@ def test_damaged_archives_of_every_format_are_refused_with_a_reason_never_anothe
             read_any_archive(bytes(data), name)
         except UnreadableImage as exc:
             assert exc.code
+
+
+XZ_DICTIONARY_PROBE = r"""
+import io, lzma, resource, struct, sys, tarfile, zlib
+from segmenter.ml.archive import read_any_archive
+data = open(sys.argv[1], "rb").read()
+buf = io.BytesIO()
+with tarfile.open(fileobj=buf, mode="w") as t:
+    for k in range(6):
+        info = tarfile.TarInfo(f"s/{k}.jpg"); info.size = len(data); t.addfile(info, io.BytesIO(data))
+xz = bytearray(lzma.compress(buf.getvalue(), format=lzma.FORMAT_XZ, filters=[{"id": lzma.FILTER_LZMA2, "dict_size": 1 << 20}]))
+size = (xz[12] + 1) * 4  # the block header, after the 12-byte stream header
+header = xz[12 : 12 + size]
+k = header.index(b"\x21\x01")  # LZMA2, one byte of properties: the dictionary size code
+header[k + 2] = 39  # about 3 GiB
+header[-4:] = struct.pack("<I", zlib.crc32(bytes(header[:-4])))
+xz[12 : 12 + size] = header
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+slices = read_any_archive(bytes(xz), "s.tar.xz")
+print(len(slices), (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+
+
+def test_an_xz_stream_that_declares_a_3_gib_dictionary_costs_only_what_it_decodes(data_root):
+    """liblzma reserves the declared dictionary but only touches what the capped reads write."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", XZ_DICTIONARY_PROBE, str(data_root / "medseg-covid" / "images" / "1.jpg")],
+        capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[2],
+    )
+    count, growth_mb = map(int, result.stdout.split()[-2:])
+    assert count == 6
+    assert growth_mb < 100
