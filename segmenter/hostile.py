@@ -21,6 +21,7 @@ import csv
 import gzip
 import io
 import json
+import logging
 import os
 import struct
 import sys
@@ -36,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 MB = 1024 * 1024
+log = logging.getLogger("segmenter.hostile")
 
 
 def mutate(data: bytes, rng: np.random.Generator) -> bytes:
@@ -183,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=60.0)
     parser.add_argument("--json", type=Path, help="write the per-file results here")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     api = args.url.rstrip("/") + "/api/v1/analyses"
     files = corpus(args.data_root)
@@ -223,9 +226,9 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         if problems:
             failures.append(row)
-        print(f"{status:3} {seconds:6.2f} s  rss {rss // 1024:5} MB  peak {peak // 1024:5} MB  {name[:50]!a}"
+        log.info(f"{status:3} {seconds:6.2f} s  rss {rss // 1024:5} MB  peak {peak // 1024:5} MB  {name[:50]!a}"
               + (f"  <- {', '.join(problems)}" if problems else ""))
-    print(f"{len(rows)} files, {len(failures)} with problems; server rss {start_rss // 1024} MB at the start, "
+    log.info(f"{len(rows)} files, {len(failures)} with problems; server rss {start_rss // 1024} MB at the start, "
           f"peak {max(r['peak_mb'] for r in rows)} MB")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

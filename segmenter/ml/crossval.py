@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         per_fold.append(json.loads(done.read_text()))
     summary = {"folds": args.folds, "train_options": rest, "members": summarise(per_fold)}
     (args.out / "crossval.json").write_text(json.dumps(summary, indent=2))
-    print(table(summary["members"]))
+    log.info("cross-validation over %d folds (mean ± sd):\n%s", args.folds, table(summary["members"]))
 
 
 if __name__ == "__main__":
