@@ -65,21 +65,21 @@ STEPS ?= 1100
 TRAIN_ARGS = --steps $(STEPS) --warmup-steps 60 --holdout --val-fraction-medseg 0 --val-fraction-kmader 0.2 \
 	--eval-every 100000 --out $(RUN)
 train: install
-	OMP_WAIT_POLICY=PASSIVE $(PY) -m segmenter.ml.train $(TRAIN_ARGS)
-	$(PY) -m segmenter.ml.train $(TRAIN_ARGS) --export weights --validation-from $(RUN)/validation.json \
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m segmenter.ml.training.train $(TRAIN_ARGS)
+	$(PY) -m segmenter.ml.training.train $(TRAIN_ARGS) --export weights --validation-from $(RUN)/validation.json \
 	    --ensemble-weights 0.7 0.3
 
 ## cv: grouped 3-fold cross-validation of that recipe (3 runs, about 2 h on 2 cores; resumable);
 ##   the mean ± sd table is printed and written to $(RUN)-cv/crossval.json
 cv: install
-	OMP_WAIT_POLICY=PASSIVE $(PY) -m segmenter.ml.crossval --folds 3 --out $(RUN)-cv --steps $(STEPS) --warmup-steps 60 \
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m segmenter.ml.training.crossval --folds 3 --out $(RUN)-cv --steps $(STEPS) --warmup-steps 60 \
 	    --eval-every 100000
 
 ## train-gpu: the same recipe on a CUDA GPU, 4x the steps, whole-slice crops; untested here (no GPU was lent)
 train-gpu: install
-	$(PY) -m segmenter.ml.train $(TRAIN_ARGS) --device cuda --threads 16 --steps 4400 --warmup-steps 200 \
+	$(PY) -m segmenter.ml.training.train $(TRAIN_ARGS) --device cuda --threads 16 --steps 4400 --warmup-steps 200 \
 	    --crops 256 512 --out $(RUN)-gpu
-	$(PY) -m segmenter.ml.train $(TRAIN_ARGS) --device cuda --steps 4400 --warmup-steps 200 --crops 256 512 \
+	$(PY) -m segmenter.ml.training.train $(TRAIN_ARGS) --device cuda --steps 4400 --warmup-steps 200 --crops 256 512 \
 	    --out $(RUN)-gpu --export weights --validation-from $(RUN)-gpu/validation.json --ensemble-weights 0.7 0.3
 
 clean:

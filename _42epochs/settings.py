@@ -160,7 +160,7 @@ SEGMENTER_ZIP_MAX_MEMBER_MB = env_int("SEGMENTER_ZIP_MAX_MEMBER_MB", 64)
 SEGMENTER_ZIP_MAX_TOTAL_MB = env_int("SEGMENTER_ZIP_MAX_TOTAL_MB", 2048)
 SEGMENTER_MAX_SLICES = env_int("SEGMENTER_MAX_SLICES", 1000)
 # Decoded pixels one upload may hold, all its slices together, in millions; checked from
-# each file's header before it is decoded (segmenter.ml.headers.PixelBudget).
+# each file's header before it is decoded (segmenter.ml.io.headers.PixelBudget).
 SEGMENTER_MAX_DECODED_PIXELS = env_int("SEGMENTER_MAX_DECODED_MPIXELS", 300) * 1_000_000
 # Bodies above this go to a per-request temporary file rather than memory, named in ASCII
 # whatever the upload is called (segmenter/uploadhandlers.py).

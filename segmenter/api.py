@@ -26,7 +26,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from . import exports, services
 from .ml.pipeline import DISCLAIMER
-from .ml.severity import GRADES
+from .ml.results.severity import GRADES
 from .models import Analysis
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ from django.conf import settings
 from django.core.checks import Error, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 
-from .ml.weights import WeightsError, read_manifest
+from .ml.model.weights import WeightsError, read_manifest
 
 
 @register()

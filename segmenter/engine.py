@@ -25,7 +25,7 @@ def load_ensemble():
     """The default engine: the shipped ensemble, hash-checked, on the CPU."""
     import torch
 
-    from .ml.ensemble import Ensemble
+    from .ml.model.ensemble import Ensemble
 
     if settings.SEGMENTER_THREADS:
         torch.set_num_threads(settings.SEGMENTER_THREADS)

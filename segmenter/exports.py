@@ -21,9 +21,9 @@ from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 
-from .ml import exports as ml_exports
-from .ml.imaging import CTSlice
-from .ml.overlay import read_label_png
+from .ml.io.imaging import CTSlice
+from .ml.results import exports as ml_exports
+from .ml.results.overlay import read_label_png
 from .models import Analysis, analysis_folder
 
 log = logging.getLogger(__name__)

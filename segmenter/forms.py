@@ -16,7 +16,7 @@ from django import forms
 from django.core.exceptions import ValidationError
 from django.utils.translation import gettext_lazy as _
 
-from .ml.overlay import DEFAULT_STYLES, LAYERS, LayerStyle, parse_colour, parse_style
+from .ml.results.overlay import DEFAULT_STYLES, LAYERS, LayerStyle, parse_colour, parse_style
 
 #: The layers as people read them, in display order.
 LAYER_LABELS = {

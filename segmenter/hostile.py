@@ -22,7 +22,6 @@ import gzip
 import io
 import json
 import logging
-import os
 import struct
 import sys
 import time
@@ -35,6 +34,8 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from segmenter.ml.paths import DEFAULT_DATA_ROOT
 
 MB = 1024 * 1024
 log = logging.getLogger("segmenter.hostile")
@@ -100,9 +101,9 @@ def _nifti_header(shape, dtype=np.int16, body: int = 0) -> bytes:
 def corpus(root: Path) -> dict[str, bytes]:
     """name -> bytes of every hostile upload."""
     import pydicom
+    from PIL import Image
     from pydicom.encaps import encapsulate
     from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit
-    from PIL import Image
 
     dicom = (root / "dicom-samples" / "0.dcm").read_bytes()
     jpeg = (root / "medseg-covid" / "images" / "1.jpg").read_bytes()
@@ -181,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", default="http://127.0.0.1:8000")
     parser.add_argument("--pid", type=int, required=True, help="the server process whose memory is measured")
     parser.add_argument("--data-root", type=Path,
-                        default=Path(os.environ.get("SEGMENTER_DATA_ROOT") or Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+                        default=DEFAULT_DATA_ROOT)
     parser.add_argument("--timeout", type=float, default=60.0)
     parser.add_argument("--json", type=Path, help="write the per-file results here")
     args = parser.parse_args(argv)

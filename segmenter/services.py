@@ -41,14 +41,21 @@ from django.utils.translation import gettext_lazy
 
 from .engine import get_segmenter
 from .exports import provenance_files
-from .ml.archive import ARCHIVE_SUFFIXES, HEAD_BYTES, ArchiveLimits, archive_kind, read_any_archive, suffix_kind
-from .ml.ctcheck import check_slices
-from .ml.headers import PixelBudget
-from .ml.imaging import DICOM_SUFFIXES, IMAGE_SUFFIXES, CTSlice, UnreadableImage, read_slices
-from .ml.overlay import pack_hu, png_bytes, render_overlay, thumbnail
+from .ml.io.archive import (
+    ARCHIVE_SUFFIXES,
+    HEAD_BYTES,
+    ArchiveLimits,
+    archive_kind,
+    read_any_archive,
+    suffix_kind,
+)
+from .ml.io.ctcheck import check_slices
+from .ml.io.headers import PixelBudget
+from .ml.io.imaging import DICOM_SUFFIXES, IMAGE_SUFFIXES, CTSlice, UnreadableImage, read_slices
+from .ml.io.volumes import NIFTI_SUFFIXES, is_nifti_name, read_nifti
 from .ml.pipeline import SliceAnalysis, grade_slice
-from .ml.severity import Areas, assess_study
-from .ml.volumes import NIFTI_SUFFIXES, is_nifti_name, read_nifti
+from .ml.results.overlay import pack_hu, png_bytes, render_overlay, thumbnail
+from .ml.results.severity import Areas, assess_study
 from .models import Analysis, Slice, analysis_folder
 
 log = logging.getLogger(__name__)
@@ -70,7 +77,7 @@ GROUPING_FROM = 10_000
 #: a param named ``x_bytes`` is shown in MB as ``x_mb``. A code missing here is shown
 #: with the engine's English message; tests/unit/test_web_reasons.py checks that none is.
 UNREADABLE_REASONS = {
-    # segmenter.ml.imaging
+    # segmenter.ml.io.imaging
     "empty": gettext_lazy("the file is empty"),
     "unsupported_type": gettext_lazy("unsupported file type: expected a PNG, JPEG or DICOM slice"),
     "unsupported_layout": gettext_lazy("unsupported pixel layout %(shape)s"),
@@ -95,14 +102,14 @@ UNREADABLE_REASONS = {
     "dicom_frame_mismatch": gettext_lazy(
         "a compressed frame declares %(width)s×%(height)s pixels but the DICOM header says %(columns)s×%(rows)s"
     ),
-    # segmenter.ml.headers
+    # segmenter.ml.io.headers
     "damaged_header": gettext_lazy("the %(kind)s header is damaged"),
     "pixel_budget": gettext_lazy(
         "%(what)s would take the upload past its decoding budget of %(limit_mpixels)s million pixels "
         "(by %(over_mpixels)s million); send fewer or smaller slices"
     ),
     "several_frames": gettext_lazy("the file holds %(frames)s frames; upload it as a study instead"),
-    # segmenter.ml.archive
+    # segmenter.ml.io.archive
     "unreadable_member": gettext_lazy("%(member)s: %(reason)s"),
     "unsafe_path": gettext_lazy("the %(kind)s contains an unsafe path (%(path)s)"),
     "not_an_archive": gettext_lazy("not a valid %(kind)s archive"),
@@ -134,7 +141,7 @@ UNREADABLE_REASONS = {
     "folder_file_too_large": gettext_lazy("%(path)s is larger than %(limit_mb)s MB"),
     "folder_too_many_slices": gettext_lazy("the folder holds more than %(limit)s slices"),
     "folder_without_slices": gettext_lazy("%(folder)s holds no PNG, JPEG or DICOM slices"),
-    # segmenter.ml.volumes
+    # segmenter.ml.io.volumes
     "damaged_gzip": gettext_lazy("the .gz file is damaged"),
     "volume_too_large": gettext_lazy("the volume unpacks to %(size_mb)s MB; the limit is %(limit_mb)s MB"),
     "volume_too_many_slices": gettext_lazy("the volume holds %(count)s slices; the limit is %(limit)s"),
@@ -148,7 +155,7 @@ UNREADABLE_REASONS = {
         "slices of %(width)s×%(height)s pixels exceed the limit of %(limit)s pixels"
     ),
     "damaged_volume": gettext_lazy("the volume's data are damaged"),
-    # segmenter.ml.ctcheck
+    # segmenter.ml.io.ctcheck
     "not_ct": gettext_lazy("this does not look like a CT slice: %(why)s"),
 }
 

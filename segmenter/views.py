@@ -33,9 +33,17 @@ from . import exports, services
 from .context_processors import upload_limit_mb
 from .forms import LAYER_LABELS, UploadForm, overlay_query, overlay_styles, page_styles
 from .ml.constants import MODEL_WINDOW_LEVEL_HU, MODEL_WINDOW_WIDTH_HU
-from .ml.overlay import DEFAULT_STYLES, HU_PNG_OFFSET, LAYERS, png_bytes, read_label_png, render_overlay, thumbnail
 from .ml.pipeline import report_csv, report_json, report_rows
-from .ml.severity import Areas
+from .ml.results.overlay import (
+    DEFAULT_STYLES,
+    HU_PNG_OFFSET,
+    LAYERS,
+    png_bytes,
+    read_label_png,
+    render_overlay,
+    thumbnail,
+)
+from .ml.results.severity import Areas
 from .models import Analysis, Slice
 
 #: The signed cookie that ties "my analyses" to this browser: a random token, signed with

@@ -19,9 +19,10 @@ from django.urls import reverse
 from PIL import Image
 
 from segmenter import engine
+from segmenter.ml.paths import DEFAULT_DATA_ROOT
 from tests import stubs
 
-DATA_ROOT = Path(os.environ.get("SEGMENTER_DATA_ROOT", Path(__file__).resolve().parents[2] / "shared" / "data"))
+DATA_ROOT = DEFAULT_DATA_ROOT
 
 
 #: The tests' own secret key: outside debug the settings have none (see _42epochs/settings.py).
@@ -144,7 +145,7 @@ class Samples:
         import pydicom
         from pydicom.pixels import apply_modality_lut
 
-        from segmenter.ml.dicomwrite import write_ct_dicom
+        from segmenter.ml.io.dicomwrite import write_ct_dicom
 
         frames = []
         for k in (0, 1):

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .imaging import DICOM_SUFFIXES, IMAGE_SUFFIXES, CTSlice
-from .severity import Areas, Severity, assess, assess_study, measure
-from .volumes import NIFTI_SUFFIXES
+from .io.imaging import DICOM_SUFFIXES, IMAGE_SUFFIXES, CTSlice
+from .io.volumes import NIFTI_SUFFIXES
+from .results.severity import Areas, Severity, assess, assess_study, measure
 
 DISCLAIMER = "For research and demonstration only; not for diagnosis."
 

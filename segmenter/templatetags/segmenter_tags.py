@@ -11,7 +11,7 @@ from django.template.defaultfilters import floatformat
 from django.urls import reverse
 from django.utils.translation import gettext_lazy as _
 
-from ..ml.severity import GRADES
+from ..ml.results.severity import GRADES
 
 register = template.Library()
 

@@ -4,7 +4,6 @@ tests also write docs/viewer.png (1280 px) and docs/viewer-390.png (390 px)."""
 
 from __future__ import annotations
 
-import io
 import os
 import re
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 from PIL import Image
 
 from segmenter.ml.constants import CONSOLIDATION, GGO
-from segmenter.ml.imaging import read_slice, window
+from segmenter.ml.io.imaging import read_slice, window
 from segmenter.models import Analysis
 
 pytestmark = pytest.mark.e2e

@@ -13,7 +13,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from PIL import Image
 
-from segmenter.ml.imaging import read_slice
+from segmenter.ml.io.imaging import read_slice
 from segmenter.models import Analysis
 
 

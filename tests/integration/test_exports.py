@@ -20,8 +20,8 @@ from PIL import Image
 from pydicom.pixels import apply_modality_lut
 from pydicom.uid import generate_uid
 
-from segmenter.ml.dicomwrite import write_ct_dicom
-from segmenter.ml.exports import export_labels
+from segmenter.ml.io.dicomwrite import write_ct_dicom
+from segmenter.ml.results.exports import export_labels
 from tests import stubs
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("stand_in_engine")]

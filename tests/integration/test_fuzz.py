@@ -20,9 +20,9 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from pydicom.pixels import apply_modality_lut
 
 from segmenter.hostile import mutate
-from segmenter.ml.archive import read_zip
-from segmenter.ml.imaging import UnreadableImage, read_slices
-from segmenter.ml.volumes import read_nifti
+from segmenter.ml.io.archive import read_zip
+from segmenter.ml.io.imaging import UnreadableImage, read_slices
+from segmenter.ml.io.volumes import read_nifti
 
 SEED = 20261202
 READER_MUTANTS = 400  # per file, straight to the readers

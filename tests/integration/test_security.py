@@ -11,7 +11,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
 from segmenter.middleware import header_value
-from segmenter.ml.overlay import DEFAULT_STYLES
+from segmenter.ml.results.overlay import DEFAULT_STYLES
 from segmenter.models import Analysis
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("stand_in_engine")]

@@ -137,8 +137,8 @@ def test_the_thumbnail_is_a_small_overlay(client, sliced):
 
 
 def test_a_dicom_slice_serves_its_hounsfield_units_as_a_packed_rgb_png(client, sliced, samples):
-    from segmenter.ml.imaging import read_slice
-    from segmenter.ml.overlay import unpack_hu
+    from segmenter.ml.io.imaging import read_slice
+    from segmenter.ml.results.overlay import unpack_hu
 
     analysis, _grey, _labels = sliced
     response = _get(client, "slice_hu", analysis.id, 1)

@@ -352,7 +352,7 @@ def test_the_not_found_page_is_the_sites_own(client):
 
 def _long_study(n: int) -> Analysis:
     """A finished study of n slices, rows only (the table needs no files)."""
-    from segmenter.ml.severity import Areas, assess, assess_study
+    from segmenter.ml.results.severity import Areas, assess, assess_study
     from segmenter.models import Slice
 
     areas = [Areas(ggo=k, consolidation=1, other_lung=1000, sides_known=False) for k in range(n)]

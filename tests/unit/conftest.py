@@ -35,13 +35,13 @@ def png(array: np.ndarray) -> bytes:
 @pytest.fixture(scope="session")
 def weights_dir() -> Path:
     """The shipped weights (or the folder SEGMENTER_WEIGHTS_DIR names)."""
-    from segmenter.ml.weights import DEFAULT_WEIGHTS_DIR
+    from segmenter.ml.model.weights import DEFAULT_WEIGHTS_DIR
 
     return Path(os.environ.get("SEGMENTER_WEIGHTS_DIR") or DEFAULT_WEIGHTS_DIR)
 
 
 @pytest.fixture(scope="session")
 def served(weights_dir):
-    from segmenter.ml.ensemble import Ensemble
+    from segmenter.ml.model.ensemble import Ensemble
 
     return Ensemble.load(weights_dir)

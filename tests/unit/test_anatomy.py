@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 
 from segmenter.ml.constants import BACKGROUND, GGO, OTHER_LUNG
-from segmenter.ml.postprocess import body_mask, keep_anatomical_lung, postprocess
+from segmenter.ml.model.postprocess import body_mask, keep_anatomical_lung, postprocess
 
 
 def chest(size: int = 256) -> tuple[np.ndarray, np.ndarray]:

@@ -5,8 +5,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from segmenter.ml.archive import ArchiveLimits, natural_key, read_zip
-from segmenter.ml.imaging import UnreadableImage
+from segmenter.ml.io.archive import ArchiveLimits, natural_key, read_zip
+from segmenter.ml.io.imaging import UnreadableImage
 from tests.conftest import zip_bytes
 
 from .conftest import png
@@ -110,7 +110,7 @@ def test_a_damaged_slice_names_itself():
 
 
 def test_a_folder_reads_like_azip_bytes(tmp_path):
-    from segmenter.ml.archive import read_folder
+    from segmenter.ml.io.archive import read_folder
 
     (tmp_path / "sub").mkdir()
     (tmp_path / "s10.png").write_bytes(_slice(10))
@@ -129,7 +129,7 @@ def _empty(tmp_path):
 
 
 def test_control_and_bidi_characters_in_member_names_are_replaced(samples):
-    from segmenter.ml.archive import read_zip
+    from segmenter.ml.io.archive import read_zip
 
     from ..conftest import zip_bytes
 

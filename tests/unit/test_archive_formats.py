@@ -12,7 +12,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from segmenter.ml.archive import (
+from segmenter.ml.io.archive import (
     Archive,
     ArchiveLimits,
     Member,
@@ -20,7 +20,7 @@ from segmenter.ml.archive import (
     read_any_archive,
     read_archive,
 )
-from segmenter.ml.imaging import UnreadableImage
+from segmenter.ml.io.imaging import UnreadableImage
 from tests.archives import Entry, encrypted_seven_zip, rar4, rar5, seven_zip, tar
 from tests.conftest import zip_bytes
 
@@ -291,7 +291,7 @@ def test_damaged_archives_of_every_format_are_refused_with_a_reason_never_anothe
 
 XZ_DICTIONARY_PROBE = r"""
 import io, lzma, resource, struct, sys, tarfile, zlib
-from segmenter.ml.archive import read_any_archive
+from segmenter.ml.io.archive import read_any_archive
 data = open(sys.argv[1], "rb").read()
 buf = io.BytesIO()
 with tarfile.open(fileobj=buf, mode="w") as t:

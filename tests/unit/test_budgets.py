@@ -13,10 +13,10 @@ from PIL import Image
 from pydicom.encaps import encapsulate
 from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8Bit
 
-from segmenter.ml import imaging
-from segmenter.ml.archive import ArchiveLimits, read_zip
-from segmenter.ml.headers import PixelBudget, codestream_size, j2k_size, jpeg_size, png_size
-from segmenter.ml.imaging import UnreadableImage, read_slices
+from segmenter.ml.io import imaging
+from segmenter.ml.io.archive import ArchiveLimits, read_zip
+from segmenter.ml.io.headers import PixelBudget, codestream_size, j2k_size, jpeg_size, png_size
+from segmenter.ml.io.imaging import UnreadableImage, read_slices
 from tests.conftest import zip_bytes
 
 from .conftest import png

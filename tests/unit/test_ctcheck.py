@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from segmenter.ml.ctcheck import check_ct, why_not_ct
-from segmenter.ml.data import kmader_to_hu
-from segmenter.ml.dicomwrite import write_ct_dicom
-from segmenter.ml.imaging import UnreadableImage, read_slice, window
+from segmenter.ml.io.ctcheck import check_ct, why_not_ct
+from segmenter.ml.io.dicomwrite import write_ct_dicom
+from segmenter.ml.io.imaging import UnreadableImage, read_slice, window
+from segmenter.ml.training.data import kmader_to_hu
 
 skimage_data = pytest.importorskip("skimage.data")
 

@@ -5,8 +5,8 @@ below MedSeg's ground glass; the usual lung window puts it near the ground glass
 import numpy as np
 from PIL import Image
 
-from segmenter.ml.data import kmader_to_hu
-from segmenter.ml.imaging import read_slice, window
+from segmenter.ml.io.imaging import read_slice, window
+from segmenter.ml.training.data import kmader_to_hu
 
 
 def lung_peak(grey: np.ndarray) -> int:

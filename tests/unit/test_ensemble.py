@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from segmenter.ml.constants import BACKGROUND, CONSOLIDATION, GGO, LUNG_CLASSES, OTHER_LUNG
-from segmenter.ml.ensemble import REFERENCE, Ensemble
-from segmenter.ml.evaluate import main as evaluate_main
-from segmenter.ml.imaging import read_slice
-from segmenter.ml.severity import assess, measure
+from segmenter.ml.evaluation.evaluate import main as evaluate_main
+from segmenter.ml.io.imaging import read_slice
+from segmenter.ml.model.ensemble import REFERENCE, Ensemble
+from segmenter.ml.results.severity import assess, measure
 
 pytestmark = pytest.mark.slow
 
@@ -75,7 +75,7 @@ def test_evaluate_reports_the_documented_keys(data_root, weights_dir, tmp_path):
 def test_evaluate_measures_lung_dice_with_lung_masks(data_root, weights_dir, tmp_path):
     from PIL import Image
 
-    from segmenter.ml.data import kmader_to_u8
+    from segmenter.ml.training.data import kmader_to_u8
 
     images, masks = tmp_path / "images", tmp_path / "masks"
     images.mkdir(), masks.mkdir()

@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 
 from segmenter.ml.constants import BACKGROUND, CONSOLIDATION, GGO, OTHER_LUNG
-from segmenter.ml.exports import export_labels, labels_nifti, source_geometry
-from segmenter.ml.imaging import CTSlice
-from segmenter.ml.volumes import _header, _orientation
+from segmenter.ml.io.imaging import CTSlice
+from segmenter.ml.io.volumes import _header, _orientation
+from segmenter.ml.results.exports import export_labels, labels_nifti, source_geometry
 
 SHAPE = (16, 18, 17)  # uneven (each side at least MIN_SLICE_SIDE), so that a swapped axis cannot pass
 
 
 def _geometry(affine: np.ndarray, shape=SHAPE):
     """The VolumeGeometry read_nifti builds for a volume with this affine (via its slices)."""
-    from segmenter.ml.volumes import read_nifti
+    from segmenter.ml.io.volumes import read_nifti
 
     data = np.zeros(shape, np.int16)
     return read_nifti(nib.Nifti1Image(data, affine).to_bytes(), "v.nii")[0].volume

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from segmenter.ml.constants import CONSOLIDATION, GGO, LUNG_CLASSES
-from segmenter.ml.dicomwrite import write_ct_dicom
-from segmenter.ml.imaging import read_slice
-from segmenter.ml.metrics import HealthyScores
-from segmenter.ml.severity import assess, measure
+from segmenter.ml.evaluation.metrics import HealthyScores
+from segmenter.ml.io.dicomwrite import write_ct_dicom
+from segmenter.ml.io.imaging import read_slice
+from segmenter.ml.results.severity import assess, measure
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +21,7 @@ MAX_LESION_SHARE = 0.03
 
 @pytest.fixture(scope="module")
 def held_out_kmader(data_root):
-    from segmenter.ml.train import TrainConfig, load_datasets
+    from segmenter.ml.training.train import TrainConfig, load_datasets
 
     cfg = TrainConfig(data_root=str(data_root), holdout=True, val_fraction_medseg=0.0, zenodo_limit=1)
     return load_datasets(cfg).val_kmader

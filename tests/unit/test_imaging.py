@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
-from segmenter.ml.imaging import (
+from segmenter.ml.io.imaging import (
     MAX_SLICE_PIXELS,
     UnreadableImage,
     calibrate_uncalibrated_ct,
@@ -131,7 +131,7 @@ def test_a_16_bit_png_of_hu_plus_1024_lands_near_the_dicom_window(dicom_hu):
 
 
 def test_hu_int16_rounds_clips_and_fills_nan_with_air():
-    from segmenter.ml.imaging import hu_int16
+    from segmenter.ml.io.imaging import hu_int16
 
     hu = hu_int16(np.array([-1000.4, 39.6, 1e6, -1e6, np.nan], np.float32))
     assert hu.dtype == np.int16
@@ -157,7 +157,7 @@ def test_calibration_of_a_flat_image_does_not_divide_by_zero():
 
 
 def test_calibrated_kmader_lungs_look_like_lung(data_root):
-    from segmenter.ml.data import kmader_to_u8
+    from segmenter.ml.training.data import kmader_to_u8
 
     images = np.load(data_root / "kmader-lungs" / "images.npz")["images"][:40]
     masks = np.load(data_root / "kmader-lungs" / "lung_masks.npz")["masks"][:40]
@@ -226,7 +226,7 @@ def test_grey_png_with_alpha_and_palette_images_read():
 def test_nonsense_geometry_is_ignored_not_carried(tmp_path, dicom_hu, spacing, thickness):
     import pydicom
 
-    from segmenter.ml.dicomwrite import write_ct_dicom
+    from segmenter.ml.io.dicomwrite import write_ct_dicom
 
     path = write_ct_dicom(dicom_hu, tmp_path / "x.dcm")
     ds = pydicom.dcmread(path)
@@ -243,8 +243,8 @@ def test_damaged_element_values_read_as_a_damaged_dicom(tmp_path, tag, raw):
     from pydicom.dataelem import RawDataElement
     from pydicom.tag import Tag
 
-    from segmenter.ml.dicomwrite import write_ct_dicom
-    from segmenter.ml.imaging import UnreadableImage
+    from segmenter.ml.io.dicomwrite import write_ct_dicom
+    from segmenter.ml.io.imaging import UnreadableImage
 
     path = write_ct_dicom(np.full((32, 32), -500.0), tmp_path / "x.dcm")
     ds = pydicom.dcmread(path)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from segmenter.ml.constants import BACKGROUND, CONSOLIDATION, GGO, OTHER_LUNG
-from segmenter.ml.metrics import LesionScores, LungScores, dice_score, iou_score, to_medseg
+from segmenter.ml.evaluation.metrics import LesionScores, LungScores, dice_score, iou_score, to_medseg
 
 
 def test_dice_and_iou_of_known_counts():

@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from segmenter.ml.networks import NETWORKS, build_network
-from segmenter.ml.onnx_runtime import OnnxNetwork, adaptive_avg_pool
+from segmenter.ml.model.networks import NETWORKS, build_network
+from segmenter.ml.model.onnx_runtime import OnnxNetwork, adaptive_avg_pool
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 6])

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from segmenter.ml.constants import BACKGROUND, CONSOLIDATION, GGO, OTHER_LUNG
-from segmenter.ml.overlay import (
+from segmenter.ml.results.overlay import (
     DEFAULT_STYLES,
     HU_PNG_OFFSET,
     LayerStyle,

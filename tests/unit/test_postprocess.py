@@ -1,7 +1,7 @@
 import numpy as np
 
 from segmenter.ml.constants import BACKGROUND, CONSOLIDATION, GGO, MIN_LESION_AREA_PX, OTHER_LUNG
-from segmenter.ml.postprocess import labels_from_probabilities, min_lesion_area, remove_small_lesions
+from segmenter.ml.model.postprocess import labels_from_probabilities, min_lesion_area, remove_small_lesions
 
 
 def test_small_lesion_specks_become_other_lung_and_large_regions_stay():

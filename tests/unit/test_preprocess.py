@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from segmenter.ml.preprocess import (
+from segmenter.ml.model.preprocess import (
     Box,
     body_box,
     model_scale,

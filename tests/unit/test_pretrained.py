@@ -1,7 +1,7 @@
 import torch
 
-from segmenter.ml.networks import build_network
-from segmenter.ml.pretrained import SE_OPEN_BIAS, lite_state_dict, seed_encoder_from_lite
+from segmenter.ml.model.networks import build_network
+from segmenter.ml.model.pretrained import SE_OPEN_BIAS, lite_state_dict, seed_encoder_from_lite
 
 
 def test_the_b0_encoder_takes_every_lite0_tensor_but_squeeze_excitation():

@@ -4,7 +4,7 @@ import csv
 import io
 
 from segmenter.ml.pipeline import report_csv, report_rows
-from segmenter.ml.severity import Areas
+from segmenter.ml.results.severity import Areas
 
 
 def test_slice_names_that_spreadsheets_run_as_formulas_are_written_as_text():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from segmenter.ml.constants import REFERENCE_BODY_PX, REFERENCE_PIXEL_MM
-from segmenter.ml.preprocess import reference_factor, resize_to_model
+from segmenter.ml.model.preprocess import reference_factor, resize_to_model
 
 
 def body_slice(side: int, body_fraction: float = 0.9) -> np.ndarray:

@@ -2,7 +2,15 @@ import numpy as np
 import pytest
 
 from segmenter.ml.constants import BACKGROUND, CONSOLIDATION, GGO, OTHER_LUNG
-from segmenter.ml.severity import NO_LUNG, Areas, assess, assess_study, grade_for, measure, split_sides
+from segmenter.ml.results.severity import (
+    NO_LUNG,
+    Areas,
+    assess,
+    assess_study,
+    grade_for,
+    measure,
+    split_sides,
+)
 
 
 @pytest.mark.parametrize(

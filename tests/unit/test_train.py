@@ -6,10 +6,18 @@ import pytest
 import torch
 
 from segmenter.ml.constants import BACKGROUND, CONSOLIDATION, GGO, OTHER_LUNG
-from segmenter.ml.data import T_IGNORE, T_LESION, T_LUNG, T_NOT_LESION, grouped_folds, grouped_split, similarity_groups
-from segmenter.ml.ensemble import Ensemble
-from segmenter.ml import crossval
-from segmenter.ml.train import marginal_cross_entropy, parse_args, train
+from segmenter.ml.model.ensemble import Ensemble
+from segmenter.ml.training import crossval
+from segmenter.ml.training.data import (
+    T_IGNORE,
+    T_LESION,
+    T_LUNG,
+    T_NOT_LESION,
+    grouped_folds,
+    grouped_split,
+    similarity_groups,
+)
+from segmenter.ml.training.train import marginal_cross_entropy, parse_args, train
 
 
 def test_marginal_cross_entropy_is_minus_log_of_the_allowed_mass():

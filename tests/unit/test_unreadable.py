@@ -8,9 +8,9 @@ import zlib
 import numpy as np
 import pytest
 
-from segmenter.ml.archive import read_zip
-from segmenter.ml.imaging import UnreadableImage, read_slices
-from segmenter.ml.volumes import read_nifti
+from segmenter.ml.io.archive import read_zip
+from segmenter.ml.io.imaging import UnreadableImage, read_slices
+from segmenter.ml.io.volumes import read_nifti
 from tests.conftest import zip_bytes
 
 from .conftest import png

@@ -4,8 +4,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from segmenter.ml.imaging import UnreadableImage, read_slice
-from segmenter.ml.volumes import read_nifti
+from segmenter.ml.io.imaging import UnreadableImage, read_slice
+from segmenter.ml.io.volumes import read_nifti
 
 
 @pytest.fixture(scope="module")

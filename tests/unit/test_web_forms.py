@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from segmenter.forms import LAYER_LABELS, overlay_query, overlay_styles, page_styles
-from segmenter.ml.overlay import DEFAULT_STYLES, LAYERS, LayerStyle
+from segmenter.ml.results.overlay import DEFAULT_STYLES, LAYERS, LayerStyle
 
 colours = st.from_regex(r"#[0-9a-f]{6}", fullmatch=True)
 opacities = st.integers(0, 100).map(lambda k: k / 100)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from django.utils import translation
 
-from segmenter.ml.imaging import UnreadableImage
+from segmenter.ml.io.imaging import UnreadableImage
 from segmenter.services import UNREADABLE_REASONS, megabytes, unreadable_reason
 
 ML = Path(__file__).resolve().parents[2] / "segmenter" / "ml"
@@ -18,7 +18,7 @@ MB = 1024 * 1024
 def _raised_codes() -> dict[str, str]:
     """code -> 'module:line' for every UnreadableImage(..., code=...) in segmenter/ml."""
     codes = {}
-    for path in sorted(ML.glob("*.py")):
+    for path in sorted(ML.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "UnreadableImage":
                 code = next((k.value for k in node.keywords if k.arg == "code"), None)

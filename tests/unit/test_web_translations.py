@@ -9,7 +9,7 @@ from pathlib import Path
 
 from segmenter.context_processors import DISCLAIMER
 from segmenter.ml.pipeline import DISCLAIMER as ENGINE_DISCLAIMER
-from segmenter.ml.severity import GRADE_RULES as ENGINE_GRADE_RULES
+from segmenter.ml.results.severity import GRADE_RULES as ENGINE_GRADE_RULES
 from segmenter.templatetags.segmenter_tags import GRADE_LABELS, GRADE_RULES
 
 LOCALE = Path(__file__).resolve().parents[2] / "locale" / "ru" / "LC_MESSAGES"

@@ -3,9 +3,9 @@ import json
 import pytest
 import torch
 
-from segmenter.ml.ensemble import Ensemble
-from segmenter.ml.networks import NETWORKS, build_network
-from segmenter.ml.weights import MANIFEST, WeightsError, load_networks, read_manifest, save_weights
+from segmenter.ml.model.ensemble import Ensemble
+from segmenter.ml.model.networks import NETWORKS, build_network
+from segmenter.ml.model.weights import MANIFEST, WeightsError, load_networks, read_manifest, save_weights
 
 
 @pytest.fixture(scope="module")

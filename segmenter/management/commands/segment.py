@@ -15,10 +15,9 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from segmenter.ml.archive import ARCHIVE_SUFFIXES, read_folder
-from segmenter.ml.ctcheck import check_slices
-from segmenter.ml.imaging import CTSlice, UnreadableImage
-from segmenter.ml.overlay import png_bytes, render_overlay
+from segmenter.ml.io.archive import ARCHIVE_SUFFIXES, read_folder
+from segmenter.ml.io.ctcheck import check_slices
+from segmenter.ml.io.imaging import CTSlice, UnreadableImage
 from segmenter.ml.pipeline import (
     DISCLAIMER,
     analyse_slice,
@@ -28,6 +27,7 @@ from segmenter.ml.pipeline import (
     slice_stem,
     study_from,
 )
+from segmenter.ml.results.overlay import png_bytes, render_overlay
 
 
 def _stem(path: Path) -> str:

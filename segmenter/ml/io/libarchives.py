@@ -26,8 +26,8 @@ from typing import BinaryIO
 import libarchive.ffi as ffi
 from libarchive.exception import ArchiveError
 
+from ..errors import UnreadableImage
 from .archive import Member, MemberType, printable_name
-from .errors import UnreadableImage
 
 log = logging.getLogger(__name__)
 

@@ -1,18 +1,18 @@
 """Write the held-out validation split to PNG folders that ``evaluate`` reads.
 
-    python -m segmenter.ml.split --out DIR [--data-root ../shared/data]
+    python -m segmenter.ml.training.split --out DIR [--data-root ../shared/data]
 
 DIR/medseg/images + DIR/medseg/masks: the held-out MedSeg slices (original JPEG bytes
 and MedSeg masks); DIR/kmader/images + DIR/kmader/masks: the held-out kmader slices as
 8-bit PNG in the model's window with their lung masks (255 = lung), and
 DIR/kmader/dicom: the same slices calibrated to Hounsfield units and written as CT
 DICOM, as a scanner would send them. The split is the one
-``python -m segmenter.ml.train --holdout`` validates on with the same seed, group
+``python -m segmenter.ml.training.train --holdout`` validates on with the same seed, group
 thresholds and fractions, so the model card's validation numbers can be recomputed:
 
-    python -m segmenter.ml.evaluate --images DIR/medseg/images --masks DIR/medseg/masks
-    python -m segmenter.ml.evaluate --images DIR/kmader/images --masks DIR/kmader/masks --lungs
-    python -m segmenter.ml.evaluate --images DIR/kmader/dicom --masks DIR/kmader/masks --healthy
+    python -m segmenter.ml.evaluation.evaluate --images DIR/medseg/images --masks DIR/medseg/masks
+    python -m segmenter.ml.evaluation.evaluate --images DIR/kmader/images --masks DIR/kmader/masks --lungs
+    python -m segmenter.ml.evaluation.evaluate --images DIR/kmader/dicom --masks DIR/kmader/masks --healthy
 
 (the shipped weights come from such a --holdout run, so they never saw these slices).
 """
@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from .dicomwrite import write_ct_dicom
+from ..io.dicomwrite import write_ct_dicom
+from ..paths import DEFAULT_DATA_ROOT
 from .train import TrainConfig, load_datasets
 
 log = logging.getLogger("segmenter.split")
@@ -52,9 +52,9 @@ def write_split(cfg: TrainConfig, out: Path) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m segmenter.ml.split", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m segmenter.ml.training.split", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--data-root", default=os.environ.get("SEGMENTER_DATA_ROOT") or TrainConfig().data_root)
+    parser.add_argument("--data-root", default=str(DEFAULT_DATA_ROOT))
     parser.add_argument("--seed", type=int, default=TrainConfig().seed)
     parser.add_argument("--val-fraction-medseg", type=float, default=TrainConfig().val_fraction_medseg)
     parser.add_argument("--val-fraction-kmader", type=float, default=TrainConfig().val_fraction_kmader)

@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .constants import AIR_HU, MODEL_WINDOW_LEVEL_HU, MODEL_WINDOW_WIDTH_HU
-from .errors import UnreadableImage
+from ..constants import AIR_HU, MODEL_WINDOW_LEVEL_HU, MODEL_WINDOW_WIDTH_HU
+from ..errors import UnreadableImage
 from .geometry import VolumeGeometry, dicom_reference
 from .headers import PixelBudget, codestream_size
 

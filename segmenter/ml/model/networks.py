@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .constants import MODEL_SCALE, NUM_CLASSES
+from ..constants import MODEL_SCALE, NUM_CLASSES
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .constants import CONSOLIDATION, GGO, OTHER_LUNG
+from ..constants import CONSOLIDATION, GGO, OTHER_LUNG
 
 #: A slice's Hounsfield units travel to the browser as an 8-bit RGB PNG (a canvas reads
 #: 8 bits a channel exactly, a 16-bit PNG only rounded): v = HU + HU_PNG_OFFSET, a uint16,

@@ -24,13 +24,13 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .constants import BACKGROUND, CONSOLIDATION, GGO, MODEL_SCALE, OTHER_LUNG
-from .imaging import calibrate_uncalibrated_ct, window
-from .preprocess import resize_labels_to_model, resize_to_model
+from ..constants import BACKGROUND, CONSOLIDATION, GGO, MODEL_SCALE, OTHER_LUNG
+from ..io.imaging import calibrate_uncalibrated_ct, window
+from ..model.preprocess import resize_labels_to_model, resize_to_model
+from ..paths import DEFAULT_DATA_ROOT  # noqa: F401  (re-exported for train)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 # Target codes: which classes a pixel may belong to.
 T_GGO, T_CONSOLIDATION, T_OTHER_LUNG, T_BACKGROUND = GGO, CONSOLIDATION, OTHER_LUNG, BACKGROUND

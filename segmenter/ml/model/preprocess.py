@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .constants import MODEL_SCALE, REFERENCE_BODY_PX, REFERENCE_PIXEL_MM, REFERENCE_SIDE_PX, SIZE_MULTIPLE
+from ..constants import MODEL_SCALE, REFERENCE_BODY_PX, REFERENCE_PIXEL_MM, REFERENCE_SIDE_PX, SIZE_MULTIPLE
 
 #: Grey level (0..255) above which a pixel counts as "not air" when finding the body.
 #: In the lung window, air is about 60 and aerated lung 70-100; skin, fat, muscle, bone

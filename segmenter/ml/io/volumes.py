@@ -18,7 +18,16 @@ import zlib
 import numpy as np
 
 from .geometry import VolumeGeometry
-from .imaging import MAX_DECODED_PIXELS, MAX_SLICE_PIXELS, MAX_SPACING_MM, MIN_SLICE_SIDE, CTSlice, UnreadableImage, hu_int16, window
+from .imaging import (
+    MAX_DECODED_PIXELS,
+    MAX_SLICE_PIXELS,
+    MAX_SPACING_MM,
+    MIN_SLICE_SIDE,
+    CTSlice,
+    UnreadableImage,
+    hu_int16,
+    window,
+)
 
 GZIP_MAGIC = b"\x1f\x8b"
 NIFTI_SUFFIXES = (".nii", ".nii.gz")

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .constants import (
+from ..constants import (
     CLASS_NAMES,
     MODEL_WINDOW_LEVEL_HU,
     MODEL_WINDOW_WIDTH_HU,
@@ -28,11 +28,11 @@ from .constants import (
     REFERENCE_PIXEL_MM,
     REFERENCE_SIDE_PX,
 )
+from ..paths import DEFAULT_WEIGHTS_DIR  # noqa: F401  (re-exported: where the shipped weights are)
 from .networks import NETWORKS, build_network
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
-DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
 
 
 class WeightsError(RuntimeError):

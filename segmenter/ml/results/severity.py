@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .constants import BACKGROUND, CONSOLIDATION, GGO, OTHER_LUNG
+from ..constants import BACKGROUND, CONSOLIDATION, GGO, OTHER_LUNG
 
 GRADES = ("CT-0", "CT-1", "CT-2", "CT-3", "CT-4")
 #: One line per grade, for people reading a result.

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 import torch
 
-from .constants import BACKGROUND, MODEL_SCALE, NUM_CLASSES, SIZE_MULTIPLE
+from ..constants import BACKGROUND, MODEL_SCALE, NUM_CLASSES, SIZE_MULTIPLE
 from .networks import NETWORKS
 from .onnx_runtime import OnnxNetwork
 from .postprocess import postprocess

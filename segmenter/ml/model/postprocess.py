@@ -9,7 +9,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .constants import (
+from ..constants import (
     BACKGROUND,
     CONSOLIDATION,
     GGO,

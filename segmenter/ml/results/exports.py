@@ -26,9 +26,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .constants import BACKGROUND, CONSOLIDATION, GGO, OTHER_LUNG
-from .geometry import VolumeGeometry
-from .imaging import CTSlice
+from ..constants import BACKGROUND, CONSOLIDATION, GGO, OTHER_LUNG
+from ..io.geometry import VolumeGeometry
+from ..io.imaging import CTSlice
 
 log = logging.getLogger(__name__)
 

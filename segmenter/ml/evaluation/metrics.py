@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .constants import CONSOLIDATION, GGO, LUNG_CLASSES
+from ..constants import CONSOLIDATION, GGO, LUNG_CLASSES
 
 MEDSEG_BACKGROUND, MEDSEG_GGO, MEDSEG_CONSOLIDATION = 0, 1, 2
 

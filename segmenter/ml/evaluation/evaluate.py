@@ -1,7 +1,7 @@
 """Evaluate the shipped ensemble on labelled slices, or on lesion-free scans.
 
-    python -m segmenter.ml.evaluate --images DIR --masks DIR [--json FILE] [--lungs]
-    python -m segmenter.ml.evaluate --images DIR --healthy [--masks DIR] [--json FILE]
+    python -m segmenter.ml.evaluation.evaluate --images DIR --masks DIR [--json FILE] [--lungs]
+    python -m segmenter.ml.evaluation.evaluate --images DIR --healthy [--masks DIR] [--json FILE]
 
 Images are any file the application reads (PNG/JPEG of any depth, DICOM in Hounsfield
 units, NIfTI volumes: every frame is a slice, named ``stem-k``); each mask is a PNG in
@@ -33,33 +33,33 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .ensemble import Ensemble
-from .imaging import UnreadableImage, read_slices
+from ..io.imaging import UnreadableImage, read_slices
+from ..model.ensemble import Ensemble
+from ..model.postprocess import postprocess
+from ..model.preprocess import resize_probabilities
+from ..model.weights import DEFAULT_WEIGHTS_DIR
 from .metrics import HealthyScores, LesionScores, LungScores
-from .postprocess import postprocess
-from .preprocess import resize_probabilities
-from .weights import DEFAULT_WEIGHTS_DIR
 
 log = logging.getLogger("segmenter.evaluate")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".nii", ".nii.gz")
 
 
 def _stem(name: str) -> str:
-    from .pipeline import slice_stem
+    from ..pipeline import slice_stem
 
     return slice_stem(name)
 
 
 def read_any(path: Path):
     """Every slice of a PNG/JPEG, DICOM or NIfTI file, as the application reads it."""
-    from .volumes import is_nifti_name, read_nifti
+    from ..io.volumes import is_nifti_name, read_nifti
 
     data = path.read_bytes()
     return read_nifti(data, path.name) if is_nifti_name(path.name) else read_slices(data, path.name)
 
 
 def image_files(images: Path) -> list[Path]:
-    from .archive import natural_key
+    from ..io.archive import natural_key
 
     return [
         p for p in sorted(images.iterdir(), key=lambda p: natural_key(p.name))
@@ -163,7 +163,7 @@ def _reweighted(ensemble: Ensemble, weights, networks, parser) -> Ensemble:
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    parser = argparse.ArgumentParser(prog="python -m segmenter.ml.evaluate", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m segmenter.ml.evaluation.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=Path, required=True, help="folder of slices")
     parser.add_argument("--masks", type=Path, help="folder of mask PNGs with the images' stems")
     parser.add_argument("--json", type=Path, help="also write the results here")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-from .errors import UnreadableImage
+from ..errors import UnreadableImage
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 J2K_MAGIC = b"\xff\x4f\xff\x51"  # SOC then SIZ: a raw JPEG 2000 codestream

@@ -1,7 +1,7 @@
 """Grouped k-fold cross-validation of the training recipe:
-``python -m segmenter.ml.crossval --folds 3 --out RUN [train options ...]``.
+``python -m segmenter.ml.training.crossval --folds 3 --out RUN [train options ...]``.
 
-Each fold is one ``segmenter.ml.train`` run in ``RUN/fold-K`` that trains on the other
+Each fold is one ``segmenter.ml.training.train`` run in ``RUN/fold-K`` that trains on the other
 folds and validates on fold K: MedSeg and kmader are cut into folds by look-alike groups
 (``data.grouped_folds``), so no slice is scored by a network that saw its neighbours.
 Finished folds (a ``validation.json``) are skipped and an interrupted one resumes from its
@@ -62,7 +62,7 @@ def table(summary: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    parser = argparse.ArgumentParser(prog="python -m segmenter.ml.crossval", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m segmenter.ml.training.crossval", description=__doc__.split("\n\n")[0])
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--out", type=Path, required=True, help="folder of the fold runs (outside the repository)")
     args, rest = parser.parse_known_args(argv)

@@ -1,4 +1,4 @@
-"""Train the ensemble: ``python -m segmenter.ml.train [--option value ...]``.
+"""Train the ensemble: ``python -m segmenter.ml.training.train [--option value ...]``.
 
 Both networks train in one loop on the same batches, each batch mixing the three
 sources of ``../shared/data`` (see ``data``). The loss per network is
@@ -39,15 +39,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..constants import CONSOLIDATION, GGO, LUNG_CLASSES, NUM_CLASSES
+from ..evaluation.metrics import HealthyScores, LesionScores
+from ..io.imaging import window
+from ..model.ensemble import Ensemble, InferenceOptions
+from ..model.networks import NETWORKS, build_network
+from ..model.preprocess import normalise
+from ..model.pretrained import seed_encoder_from_lite
+from ..model.weights import save_weights
 from .augment import AugmentConfig, augment, random_window
-from .constants import CONSOLIDATION, GGO, LUNG_CLASSES, NUM_CLASSES
 from .data import (
     DEFAULT_DATA_ROOT,
-    T_OTHER_LUNG,
     T_CONSOLIDATION,
     T_GGO,
     T_IGNORE,
     T_LUNG,
+    T_OTHER_LUNG,
     TARGET_SETS,
     Sample,
     assign_groups,
@@ -57,13 +64,6 @@ from .data import (
     load_medseg,
     load_zenodo,
 )
-from .ensemble import Ensemble, InferenceOptions
-from .metrics import HealthyScores, LesionScores
-from .networks import NETWORKS, build_network
-from .imaging import window
-from .preprocess import normalise
-from .pretrained import seed_encoder_from_lite
-from .weights import save_weights
 
 log = logging.getLogger("segmenter.train")
 
@@ -493,7 +493,7 @@ def export(nets: dict[str, torch.nn.Module], cfg: TrainConfig, directory: Path, 
         ensemble_weights=dict(zip(nets, map(float, weights))),
         scales={name: p[0] for name, p in cfg.plan().items()},
         extra={
-            "training": {"command": "python -m segmenter.ml.train", "config": config_to_dict(cfg)},
+            "training": {"command": "python -m segmenter.ml.training.train", "config": config_to_dict(cfg)},
             "data_sources": DATA_SOURCES,
             "validation": validation,
             "intended_use": "research and demonstration only; not for diagnosis",
@@ -525,10 +525,7 @@ DATA_SOURCES = [
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     cfg = TrainConfig()
-    env_root = os.environ.get("SEGMENTER_DATA_ROOT")
-    if env_root:
-        cfg.data_root = env_root
-    parser = argparse.ArgumentParser(prog="python -m segmenter.ml.train", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m segmenter.ml.training.train", description=__doc__.split("\n\n")[0])
     for f in dataclasses.fields(TrainConfig):
         if f.name == "augment":
             continue

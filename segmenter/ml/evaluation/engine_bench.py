@@ -1,0 +1,136 @@
+"""Benchmark the served inference path against the plain reference path, in one process.
+
+    python -m segmenter.ml.bench --json FILE [--slice PATH] [--threads 2] [--runs 15]
+
+* reference_ms: the plain eager fp32 forward (NCHW, the whole slice at each network's
+  scale) of both networks plus softmax averaging, batch 1 -- the networks alone, as the
+  seed ran them;
+* served_ms: the whole path the application uses for one slice, from the decoded uint8
+  array to the label map (resize, body crop, ONNX Runtime forward, upsampling, argmax,
+  post-processing);
+* agreement: the share of pixels where the served labels equal the reference path's
+  labels (reference forward, same pre- and post-processing), pooled over real slices.
+
+Timings are medians of --runs runs after warm-up, with --threads threads (torch's and
+ONNX Runtime's). load_ms is the served ensemble's start-up: reading and verifying the
+weights and exporting both networks to ONNX.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..io.imaging import read_slice
+from ..model.ensemble import REFERENCE, SERVED, Ensemble
+from ..model.postprocess import postprocess
+from ..model.preprocess import normalise, pad_to_multiple, resize_to_model
+from ..paths import DEFAULT_DATA_ROOT, DEFAULT_WEIGHTS_DIR
+
+DATA_ROOT = DEFAULT_DATA_ROOT
+
+
+def median_ms(fn, runs: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1000.0)
+    return statistics.median(times)
+
+
+def agreement_slices(root: Path, limit: int = 24) -> list[tuple[str, np.ndarray]]:
+    """Real slices of every kind we have: DICOM, MedSeg and Zenodo JPEGs."""
+    paths = sorted((root / "dicom-samples").glob("*.dcm"))
+    paths += sorted((root / "medseg-covid" / "images").glob("*.jpg"))[:10]
+    paths += sorted((root / "zenodo-covid-unlabelled" / "images").glob("*.jpg"))[::160][:10]
+    return [(p.name, read_slice(p).pixels) for p in paths[:limit]]
+
+
+def reference_labels(reference: Ensemble, pixels: np.ndarray) -> np.ndarray:
+    return postprocess(reference.probabilities(pixels), pixels)
+
+
+def run(weights: Path, slice_path: Path, threads: int, runs: int) -> dict:
+    torch.set_num_threads(threads)
+    t = time.perf_counter()
+    served = Ensemble.load(weights, SERVED)
+    load_ms = (time.perf_counter() - t) * 1000.0
+    reference = Ensemble.load(weights, REFERENCE)
+    pixels = read_slice(slice_path).pixels
+
+    # The reference: each network on its whole padded input, softmax, then the weighted
+    # average on one grid (the slice's), as in the seed.
+    inputs = [pad_to_multiple(normalise(resize_to_model(pixels, s)), value=-1.0) for s in reference.scales]
+
+    def reference_forward():
+        probs = [reference.forward(k, x) for k, x in enumerate(inputs)]
+        return reference.combine(probs, *pixels.shape)
+
+    reference_ms = median_ms(reference_forward, runs)
+    served_ms = median_ms(lambda: served.segment(pixels), runs)
+    reference_path_ms = median_ms(lambda: reference_labels(reference, pixels), max(3, runs // 3))
+
+    same = total = 0
+    per_slice = {}
+    for name, px in agreement_slices(DATA_ROOT):
+        a, b = served.segment(px), reference_labels(reference, px)
+        eq = int(np.count_nonzero(a == b))
+        same, total = same + eq, total + a.size
+        per_slice[name] = eq / a.size
+    return {
+        "reference_ms": reference_ms,
+        "served_ms": served_ms,
+        "ratio": served_ms / reference_ms,
+        "agreement": same / total,
+        "agreement_slices": len(per_slice),
+        "agreement_min_slice": min(per_slice.values()),
+        "reference_path_ms": reference_path_ms,
+        "load_ms": load_ms,
+        "slice": str(slice_path),
+        "slice_shape": list(pixels.shape),
+        "model_input_shapes": {n: list(x.shape) for n, x in zip(reference.names, inputs)},
+        "threads": threads,
+        "runs": runs,
+        "served_options": dataclasses.asdict(SERVED),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+    }
+
+
+def report(result: dict, path: Path | None) -> None:
+    """Print the results as JSON, and write them to ``path`` when given."""
+    text = json.dumps(result, indent=2, default=str)
+    print(text)
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m segmenter.ml.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--slice", type=Path, default=DATA_ROOT / "dicom-samples" / "0.dcm")
+    parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS_DIR)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=15)
+    args = parser.parse_args(argv)
+    if args.runs < 10:
+        parser.error("--runs must be at least 10")
+    report(run(args.weights, args.slice, args.threads, args.runs), args.json)
+
+
+if __name__ == "__main__":
+    main()

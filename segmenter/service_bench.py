@@ -1,0 +1,200 @@
+"""Benchmark the service around the engine: `python -m segmenter.bench --json FILE`.
+
+Runs against a throwaway SQLite database and media folder, with the real weights:
+
+* served_ms: the engine's served path for one 512 x 512 DICOM slice (median of --runs);
+* request_ms: the same slice uploaded through the web form, from POST to the rendered
+  result page (Django's test client in this process; median of --runs), and
+  request_overhead = request_ms / served_ms;
+* zip_seconds: a --slices-slice zip of 512 x 512 DICOM slices through the web form,
+  POST to result page, with the default immediate backend;
+* cli_slices_per_s: the same zip through `manage.py segment`;
+* api_worker_slices_per_s: the same zip through the API with the database queue and a
+  `db_worker` process (timed from POST until the API reports it done; the worker is
+  started and warmed up first);
+* web_peak_rss_mb: the peak resident memory of one gunicorn worker process that served
+  one slice and the zip.
+
+Two real DICOM slices exist in the data set, so the zip repeats them; each copy is
+segmented afresh.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+from segmenter.ml.paths import DEFAULT_DATA_ROOT
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, timeout: float = 120.0) -> None:
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            requests.get(url, timeout=5)
+            return
+        except (requests.ConnectionError, requests.Timeout):  # not listening, or still loading the ensemble
+            time.sleep(0.3)
+    raise RuntimeError(f"{url} did not answer within {timeout} s")
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(x) for x in path.read_text().split()] if path.exists() else []
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
+    raise RuntimeError("VmHWM not found")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m segmenter.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--slices", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT)
+    args = parser.parse_args(argv)
+
+    work = Path(tempfile.mkdtemp(prefix="42epochs-bench-"))
+    env = {
+        "DATABASE_URL": f"sqlite:///{work / 'bench.sqlite3'}",
+        "DJANGO_MEDIA_ROOT": str(work / "media"),
+        "DJANGO_DEBUG": "0",
+        "DJANGO_SECRET_KEY": "benchmark-only",
+        "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost,testserver",
+        "DJANGO_LOG_LEVEL": "WARNING",
+        "SEGMENTER_THREADS": str(args.threads),
+        "DJANGO_SETTINGS_MODULE": "_42epochs.settings",
+    }
+    os.environ.update(env)
+    import django
+
+    django.setup()
+    import requests
+    from django.core.management import call_command
+    from django.test import Client, override_settings
+
+    from segmenter.engine import get_segmenter
+    from segmenter.ml.evaluation.engine_bench import median_ms, report
+    from segmenter.ml.io.imaging import read_slice
+    from segmenter.models import Analysis
+
+    call_command("migrate", "--noinput", verbosity=0)
+    dicoms = [args.data_root / "dicom-samples" / f"{k}.dcm" for k in (0, 1)]
+    zip_buf = io.BytesIO()
+    with zipfile.ZipFile(zip_buf, "w") as zf:
+        for k in range(args.slices):
+            zf.writestr(f"study/slice_{k:03d}.dcm", dicoms[k % 2].read_bytes())
+    zip_bytes = zip_buf.getvalue()
+    (work / "study.zip").write_bytes(zip_bytes)
+    results: dict = {"slices": args.slices, "threads": args.threads}
+
+    # 1. the engine alone
+    segmenter = get_segmenter()
+    pixels = read_slice(dicoms[0]).pixels
+    results["served_ms"] = median_ms(lambda: segmenter.segment(pixels), args.runs)
+
+    # 2. one slice through the web form, to the rendered result page
+    client = Client()
+    data = dicoms[0].read_bytes()
+
+    def one_request():
+        from django.core.files.uploadedfile import SimpleUploadedFile
+
+        response = client.post("/", {"file": SimpleUploadedFile("chest.dcm", data)}, follow=True)
+        if response.status_code != 200 or b"CT-" not in response.content:
+            raise RuntimeError(f"upload failed: {response.status_code}")
+
+    results["request_ms"] = median_ms(one_request, args.runs, warmup=2)
+    results["request_overhead"] = results["request_ms"] / results["served_ms"]
+
+    # 3. the zip through the web form
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    t = time.perf_counter()
+    response = client.post("/", {"file": SimpleUploadedFile("study.zip", zip_bytes)}, follow=True)
+    results["zip_seconds"] = time.perf_counter() - t
+    if response.status_code != 200 or Analysis.objects.filter(kind="study", status="done").count() != 1:
+        raise RuntimeError("the zip study failed")
+
+    # 4. the command line
+    t = time.perf_counter()
+    call_command("segment", str(work / "study.zip"), "--out", str(work / "cli"), "--no-progress", stdout=io.StringIO(), stderr=io.StringIO())
+    results["cli_slices_per_s"] = args.slices / (time.perf_counter() - t)
+
+    # 5. the API with the database queue and a worker process
+    worker_env = {**os.environ, "DJANGO_TASKS_BACKEND": "django_tasks_db.DatabaseBackend", "PYTHONPATH": str(ROOT)}
+    worker = subprocess.Popen(
+        [sys.executable, str(ROOT / "manage.py"), "db_worker", "--no-reload", "--interval", "0.1", "--no-startup-delay"],
+        env=worker_env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(work / "worker.log", "w"),
+    )
+    try:
+        with override_settings(TASKS={"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}):
+
+            def through_api(name: str, payload: bytes) -> float:
+                t0 = time.perf_counter()
+                r = client.post("/api/v1/analyses", {"file": SimpleUploadedFile(name, payload)})
+                if r.status_code != 202:
+                    raise RuntimeError(f"API answered {r.status_code}: {r.content[:200]}")
+                url = r.json()["links"]["self"]
+                while True:
+                    body = client.get(url).json()
+                    if body["status"] in ("done", "failed"):
+                        if body["status"] == "failed":
+                            raise RuntimeError(body["error"])
+                        return time.perf_counter() - t0
+                    time.sleep(0.05)
+
+            through_api("warmup.dcm", data)  # the worker loads the ensemble on its first task
+            results["api_worker_slices_per_s"] = args.slices / through_api("study.zip", zip_bytes)
+    finally:
+        worker.terminate()
+        worker.wait(30)
+
+    # 6. peak memory of one gunicorn worker serving a slice and the zip
+    port = _free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "gunicorn"), "-c", "python:_42epochs.gunicorn"],
+        env={**os.environ, "WEB_CONCURRENCY": "1", "PORT": str(port), "PYTHONPATH": str(ROOT)},
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(work / "gunicorn.log", "w"),
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_http(f"{base}/api/v1/openapi.json")
+        for name, payload in (("chest.dcm", data), ("study.zip", zip_bytes)):
+            r = requests.post(f"{base}/api/v1/analyses", files={"file": (name, payload)}, timeout=600)
+            if r.status_code != 201:
+                raise RuntimeError(f"gunicorn answered {r.status_code}")
+        (worker_pid,) = _children(server.pid)
+        results["web_peak_rss_mb"] = _peak_rss_mb(worker_pid)
+    finally:
+        server.terminate()
+        server.wait(30)
+
+    report(results, args.json)
+
+
+if __name__ == "__main__":
+    main()
