@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import uuid
 
-from django.conf import settings
 from django.http import Http404
 from django.urls import reverse
 from django.utils.translation import gettext as _
@@ -24,8 +23,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from . import exports, services
-from .ml.pipeline import DISCLAIMER
+from . import exports, selectors, services, uploads
+from .ml.results.reports import DISCLAIMER
 from .ml.results.severity import GRADES
 from .models import Analysis
 
@@ -227,21 +226,17 @@ class AnalysisListView(APIView):
     )
     def post(self, request):
         try:
-            declared = int(request.META.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            return _error("The Content-Length header is not a number.", status.HTTP_400_BAD_REQUEST)
-        if declared > settings.SEGMENTER_MAX_UPLOAD_BYTES + 1024 * 1024:
-            return _error(
-                _("The file is %(size)s MB; the limit is %(limit)s MB.")
-                % {"size": services.megabytes(declared), "limit": services.megabytes(settings.SEGMENTER_MAX_UPLOAD_BYTES)},
-                status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
-            )
+            uploads.body_length_check(request.META.get("CONTENT_LENGTH"))
+        except uploads.UploadError as exc:
+            return _error(str(exc), exc.status_code)
         upload = request.FILES.get("file")
         if upload is None:
-            return _error("Send the file in a multipart/form-data field named 'file'.", status.HTTP_400_BAD_REQUEST)
+            return _error(
+                _("Send the file in a multipart/form-data field named 'file'."), status.HTTP_400_BAD_REQUEST
+            )
         try:
             analysis = services.analysis_create(stream=upload, name=upload.name or "upload", size=upload.size)
-        except services.UploadError as exc:
+        except uploads.UploadError as exc:
             return _error(str(exc), exc.status_code)
         code = status.HTTP_201_CREATED if analysis.is_finished else status.HTTP_202_ACCEPTED
         response = Response(analysis_data(request, analysis), status=code)
@@ -257,9 +252,9 @@ class AnalysisDetailView(APIView):
     )
     def get(self, request, analysis_id: uuid.UUID):
         try:
-            analysis = services.analysis_get(analysis_id=analysis_id)
+            analysis = selectors.analysis_get(analysis_id=analysis_id)
         except Analysis.DoesNotExist:
-            return _error("No analysis has this id.", status.HTTP_404_NOT_FOUND)
+            return _error(_("No analysis has this id."), status.HTTP_404_NOT_FOUND)
         return Response(analysis_data(request, analysis))
 
 

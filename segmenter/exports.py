@@ -1,14 +1,18 @@
-"""What an analysis remembers of its input and model, and its exports for other tools.
+"""What is downloaded of an analysis: file names, reports, the study zip, and exports for other tools.
 
-When a study is processed, two JSON files are stored with its slices, in the folder that
-a failed or reaped run loses whole (services._slice_folder); no pickle:
-
-* ``provenance.json``: the model that made the labels (engine, version, weights hashes),
-  the input's pixel spacing, slice thickness and orientation, and which exports exist;
-* ``geometry.json``: where the slices lie in the input (ml.exports.source_geometry).
-
-The exports (``labels.nii.gz``, ``seg.dcm``) are built from the stored label maps on
-their first download and kept as files in the analysis' folder after that.
+* Download names: ``download_name`` (the upload's stem and what the file is).
+* Reports: ``reports`` builds report.csv and report.json from the stored slices, with
+  what ``provenance.json`` says of the model and the input (ml.results.reports writes
+  the rows, for the command line too).
+* The study zip: ``study_zip_write``, every slice's grey image, overlay and label map
+  with both reports.
+* Provenance: when a study is processed, two JSON files are stored with its slices, in
+  the folder that a failed or reaped run loses whole (processing.slice_folder); no pickle:
+  ``provenance.json`` (the model that made the labels: engine, version, weights hashes;
+  the input's pixel spacing, slice thickness and orientation; which exports exist) and
+  ``geometry.json`` (where the slices lie in the input, ml.results.exports.source_geometry).
+* Exports: ``labels.nii.gz`` and ``seg.dcm`` are built from the stored label maps on their
+  first download and kept as files in the analysis' folder after that.
 """
 
 from __future__ import annotations
@@ -16,15 +20,22 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import zipfile
+from typing import BinaryIO
 
+import numpy as np
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
+from PIL import Image
 
 from .ml.io.imaging import CTSlice
+from .ml.io.names import file_part
 from .ml.results import exports as ml_exports
-from .ml.results.overlay import read_label_png
-from .models import Analysis, analysis_folder
+from .ml.results.overlay import png_bytes, read_label_png, render_overlay
+from .ml.results.reports import report_csv, report_json, report_rows
+from .ml.results.severity import Areas
+from .models import Analysis, Slice, analysis_folder
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +139,7 @@ def export_open(*, analysis: Analysis, export: str):
         saved = default_storage.save(name, ContentFile(data))
         if saved != name:  # built at the same time by another request: keep the first
             default_storage.delete(saved)
-    return default_storage.open(name, "rb"), f"{analysis.stem}-{suffix}", content_type
+    return default_storage.open(name, "rb"), download_name(analysis, suffix), content_type
 
 
 def _build(analysis: Analysis, export: str) -> bytes:
@@ -144,3 +155,67 @@ def _build(analysis: Analysis, export: str) -> bytes:
         return ml_exports.labels_nifti(labels, geometry)
     version = provenance_read(analysis=analysis).get("model", {}).get("version") or "unversioned"
     return ml_exports.dicom_seg(labels, geometry, version)
+
+
+# --- Download names, reports and the study zip ----------------------------------------------
+
+
+def download_name(analysis: Analysis, what: str) -> str:
+    """A download's file name: the upload's stem and what it is ('ct-report.csv')."""
+    return f"{analysis.stem}-{what}"
+
+
+def slice_grey(slice_: Slice) -> np.ndarray:
+    """A stored slice's grey image, uint8 (H, W). Raises FileNotFoundError if it has gone."""
+    with slice_.image.open("rb") as fh:
+        return np.asarray(Image.open(fh).convert("L"))
+
+
+def slice_labels(slice_: Slice) -> np.ndarray:
+    """A stored slice's label map, uint8 (H, W). Raises FileNotFoundError if it has gone."""
+    with slice_.labels.open("rb") as fh:
+        return read_label_png(fh.read())
+
+
+def reports(analysis: Analysis) -> tuple[str, dict]:
+    """(report.csv text, report.json object) from the stored slices; report.json also
+    names the model and the input's spacing, thickness and orientation (provenance_read)."""
+    slices = list(analysis.slices.all())
+    rows, total = report_rows([s.name for s in slices], [Areas.from_dict(s.areas) for s in slices])
+    provenance = provenance_read(analysis=analysis)
+    extra = {
+        "analysis": str(analysis.id),
+        "source": analysis.source_name,
+        "kind": analysis.kind,
+        "model": provenance.get("model"),
+        "input": provenance.get("input"),
+    }
+    return report_csv(rows, total), report_json(rows, total, **extra)
+
+
+def json_text(data: dict) -> str:
+    """A report as JSON text, indented, UTF-8 characters kept."""
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
+def study_zip_write(target: BinaryIO, analysis: Analysis) -> None:
+    """Write the study zip of a done analysis to ``target``: for each slice
+    ``NNNN-<stem>-slice.png``, ``-overlay.png`` (default layers) and ``-labels.png``, the
+    stored files as they are, then report.csv and report.json. Raises FileNotFoundError
+    when a stored file has gone."""
+    with zipfile.ZipFile(target, "w") as archive:
+        for slice_ in analysis.slices.all():
+            prefix = f"{slice_.index:04d}-{file_part(slice_.stem, 'slice')}"
+            with slice_.image.open("rb") as fh:
+                archive.writestr(f"{prefix}-slice.png", fh.read())
+            if slice_.overlay:  # made when the slice was processed
+                with slice_.overlay.open("rb") as fh:
+                    archive.writestr(f"{prefix}-overlay.png", fh.read())
+            else:
+                overlay = render_overlay(slice_grey(slice_), slice_labels(slice_))
+                archive.writestr(f"{prefix}-overlay.png", png_bytes(overlay))
+            with slice_.labels.open("rb") as fh:
+                archive.writestr(f"{prefix}-labels.png", fh.read())
+        text, report = reports(analysis)
+        archive.writestr("report.csv", text, compress_type=zipfile.ZIP_DEFLATED)
+        archive.writestr("report.json", json_text(report), compress_type=zipfile.ZIP_DEFLATED)

@@ -29,7 +29,7 @@ LAYER_LABELS = {
 class UploadForm(forms.Form):
     file = forms.FileField(
         label=_("CT file"),
-        # An empty file is refused by services.upload_read, with the same message everywhere.
+        # An empty file is refused by uploads.upload_read, with the same message everywhere.
         allow_empty_file=True,
         error_messages={
             "required": _("Choose a file to upload."),

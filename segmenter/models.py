@@ -8,7 +8,7 @@ import uuid
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
-from .ml.pipeline import slice_stem
+from .ml.io.names import slice_stem, strip_suffix
 
 
 def analysis_folder(analysis_id: uuid.UUID | str) -> str:
@@ -37,7 +37,7 @@ class Analysis(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     created = models.DateTimeField(auto_now_add=True)
     finished = models.DateTimeField(null=True, blank=True)
-    # The lease of the worker run processing it (see services._Lease): the run's token and
+    # The lease of the worker run processing it (see processing._Lease): the run's token and
     # its last report. A running analysis whose heartbeat is older than
     # SEGMENTER_STALE_AFTER_SECONDS has lost its worker, which can then no longer write it.
     owner = models.CharField(max_length=32, blank=True)
@@ -49,7 +49,7 @@ class Analysis(models.Model):
     language = models.CharField(max_length=16, blank=True)
     source_name = models.CharField(max_length=255)  # the uploaded file's (sanitised) name
     # The browser that uploaded it through the web form: a hash of the random token in its
-    # signed cookie (services.browser_key), so that it alone can list and delete it.
+    # signed cookie (selectors.browser_key), so that it alone can list and delete it.
     # Empty for API and command-line uploads.
     browser = models.CharField(max_length=64, blank=True, db_index=True)
     upload = models.FileField(upload_to=_upload_to, max_length=500, blank=True)  # kept until processed
@@ -71,12 +71,8 @@ class Analysis(models.Model):
 
     @property
     def stem(self) -> str:
-        """The uploaded name without its extensions, for download file names."""
-        name = self.source_name
-        for suffix in (".nii.gz", ".zip", ".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".nii"):
-            if name.lower().endswith(suffix):
-                return name[: -len(suffix)] or "analysis"
-        return name or "analysis"
+        """The uploaded name without its extension ('ct.nii.gz' -> 'ct'), for download file names."""
+        return strip_suffix(self.source_name) or "analysis"
 
 
 class Slice(models.Model):
@@ -109,5 +105,5 @@ class Slice(models.Model):
     @property
     def stem(self) -> str:
         """The name without folders and extension, for download file names; a frame of a
-        multi-frame DICOM or volume as 'x-003' (see ml.pipeline.slice_stem)."""
+        multi-frame DICOM or volume as 'x-003' (see ml.io.names.slice_stem)."""
         return slice_stem(self.name) or f"slice-{self.index:04d}"

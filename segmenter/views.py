@@ -1,18 +1,17 @@
 """Web pages and downloads: thin glue between requests, the services and the templates.
 
 Views fetch what they show through the private helpers below (``_analysis``,
-``_slice``), so unknown ids are a 404 everywhere; uploads go to
-``services.analysis_create``; images, overlays and reports come from the ``ml`` package.
+``_slice``), so unknown ids are a 404 everywhere; uploads pass the size gate of
+``uploads`` and go to ``services.analysis_create``; reports, the study zip and exports
+come from ``exports``, overlays from the ``ml`` package.
 No file is served from MEDIA_URL: each is streamed here after its UUID was looked up.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import secrets
 import tempfile
-import zipfile
 
 import numpy as np
 from django.conf import settings
@@ -27,32 +26,26 @@ from django.utils.cache import patch_cache_control
 from django.utils.translation import gettext as _
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods, require_safe
-from PIL import Image
 
-from . import exports, services
-from .context_processors import upload_limit_mb
+from . import exports, selectors, services, uploads
 from .forms import LAYER_LABELS, UploadForm, overlay_query, overlay_styles, page_styles
 from .ml.constants import MODEL_WINDOW_LEVEL_HU, MODEL_WINDOW_WIDTH_HU
-from .ml.pipeline import report_csv, report_json, report_rows
 from .ml.results.overlay import (
     DEFAULT_STYLES,
     HU_PNG_OFFSET,
     LAYERS,
     png_bytes,
-    read_label_png,
     render_overlay,
     thumbnail,
 )
-from .ml.results.severity import Areas
 from .models import Analysis, Slice
+from .processing import THUMBNAIL_SIDE_PX
 
 #: The signed cookie that ties "my analyses" to this browser: a random token, signed with
-#: SECRET_KEY under this salt; the database keeps only its hash (services.browser_key).
+#: SECRET_KEY under this salt; the database keeps only its hash (selectors.browser_key).
 BROWSER_COOKIE = "segmenter_browser"
 BROWSER_COOKIE_SALT = "segmenter.views.browser"
 BROWSER_COOKIE_MAX_AGE_S = 365 * 24 * 3600
-#: Room for the multipart framing, headers and the CSRF field around the file itself.
-MULTIPART_OVERHEAD_BYTES = 64 * 1024
 #: A study zip is built in memory up to this size, in a private temporary file beyond it.
 ZIP_SPOOL_BYTES = 32 * 1024 * 1024
 #: How often the progress page asks for news.
@@ -86,7 +79,7 @@ UNREADABLE_BODY_ERRORS = (
 
 def _analysis(analysis_id) -> Analysis:
     try:
-        return services.analysis_get(analysis_id=analysis_id)
+        return selectors.analysis_get(analysis_id=analysis_id)
     except Analysis.DoesNotExist:
         raise Http404("no such analysis") from None
 
@@ -134,13 +127,13 @@ def _home_context(request, error: str = "") -> dict:
     return {
         "form": UploadForm(),
         "error": error,
-        "mine": services.analyses_of_browser(browser=services.browser_key(token)) if token else [],
+        "mine": selectors.analyses_of_browser(browser=selectors.browser_key(token)) if token else [],
         "upload_config": {
             "maxBytes": settings.SEGMENTER_MAX_UPLOAD_BYTES,
             "strings": {
                 "chosen": _("Selected: %(name)s"),
                 "choose": _("Choose a file to upload."),
-                "tooLarge": _too_large(),
+                "tooLarge": uploads.too_large_message(),
                 "uploading": _("Uploading… %(percent)s"),
                 "analysing": _("Uploaded. Analysing… a large study can take a few minutes."),
                 "failed": _("The upload failed; check the connection and try again."),
@@ -150,8 +143,10 @@ def _home_context(request, error: str = "") -> dict:
 
 
 def _upload(request):
-    if _declared_length(request) > settings.SEGMENTER_MAX_UPLOAD_BYTES + MULTIPART_OVERHEAD_BYTES:
-        return _refuse(request, _too_large(), 413)
+    try:
+        uploads.body_length_check(request.META.get("CONTENT_LENGTH"))
+    except uploads.UploadError as exc:
+        return _refuse(request, str(exc), exc.status_code)
     try:
         request.FILES  # noqa: B018 - parse the body here, so that a malformed one is answered here
     except UNREADABLE_BODY_ERRORS:
@@ -166,9 +161,9 @@ def _upload(request):
     token = _browser_token(request) or secrets.token_urlsafe(32)
     try:
         analysis = services.analysis_create(
-            stream=upload, name=upload.name, size=upload.size, browser=services.browser_key(token)
+            stream=upload, name=upload.name, size=upload.size, browser=selectors.browser_key(token)
         )
-    except services.UploadError as exc:
+    except uploads.UploadError as exc:
         return _refuse(request, str(exc), exc.status_code)
     if analysis.kind == Analysis.Kind.SLICE and analysis.status == Analysis.Status.DONE:
         url = reverse("segmenter:slice", args=[analysis.id, 1])  # straight to the result
@@ -183,24 +178,13 @@ def analysis_delete(request, analysis_id):
     """Delete one of this browser's analyses, with its files; anyone else's is a 404."""
     token = _browser_token(request)
     try:
-        analysis = Analysis.objects.get(pk=analysis_id, browser=services.browser_key(token)) if token else None
+        analysis = Analysis.objects.get(pk=analysis_id, browser=selectors.browser_key(token)) if token else None
     except Analysis.DoesNotExist:
         analysis = None
     if analysis is None:
         raise Http404("no such analysis")
     services.analysis_delete(analysis=analysis)
     return redirect(reverse("segmenter:home") + "#mine")
-
-
-def _too_large() -> str:
-    return _("The file is larger than the limit of %(limit)s MB.") % {"limit": upload_limit_mb()}
-
-
-def _declared_length(request) -> int:
-    try:
-        return int(request.META.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        return 0
 
 
 def _wants_json(request) -> bool:
@@ -370,13 +354,17 @@ def _open(field):
 
 
 def _grey(slice_: Slice) -> np.ndarray:
-    with _open(slice_.image) as fh:
-        return np.asarray(Image.open(fh).convert("L"))
+    try:
+        return exports.slice_grey(slice_)
+    except FileNotFoundError:
+        raise Http404("the file is missing from storage") from None
 
 
 def _labels(slice_: Slice) -> np.ndarray:
-    with _open(slice_.labels) as fh:
-        return read_label_png(fh.read())
+    try:
+        return exports.slice_labels(slice_)
+    except FileNotFoundError:
+        raise Http404("the file is missing from storage") from None
 
 
 @require_safe
@@ -424,42 +412,24 @@ def slice_thumbnail(request, analysis_id, index):
     slice_ = _slice(_done_analysis(analysis_id), index)
     if slice_.thumbnail:  # made when it was processed
         return _cached(FileResponse(_open(slice_.thumbnail), content_type="image/png"))
-    small = thumbnail(render_overlay(_grey(slice_), _labels(slice_)), services.THUMBNAIL_SIDE_PX)
+    small = thumbnail(render_overlay(_grey(slice_), _labels(slice_)), THUMBNAIL_SIDE_PX)
     return _cached(FileResponse(io.BytesIO(png_bytes(small)), content_type="image/png"))
-
-
-def _reports(analysis: Analysis) -> tuple[str, dict]:
-    """(report.csv text, report.json object) from the stored slices; report.json also
-    names the model and the input's spacing, thickness and orientation (exports.provenance_read)."""
-    slices = list(analysis.slices.all())
-    rows, total = report_rows([s.name for s in slices], [Areas.from_dict(s.areas) for s in slices])
-    provenance = exports.provenance_read(analysis=analysis)
-    extra = {
-        "analysis": str(analysis.id),
-        "source": analysis.source_name,
-        "kind": analysis.kind,
-        "model": provenance.get("model"),
-        "input": provenance.get("input"),
-    }
-    return report_csv(rows, total), report_json(rows, total, **extra)
-
-
-def _json_text(data: dict) -> str:
-    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
 
 @require_safe
 def report_csv_download(request, analysis_id):
     analysis = _done_analysis(analysis_id)
-    text, _report = _reports(analysis)
-    return _attachment(text.encode(), f"{analysis.stem}-report.csv", content_type="text/csv; charset=utf-8")
+    text, _report = exports.reports(analysis)
+    return _attachment(text.encode(), exports.download_name(analysis, "report.csv"), content_type="text/csv; charset=utf-8")
 
 
 @require_safe
 def report_json_download(request, analysis_id):
     analysis = _done_analysis(analysis_id)
-    _text, report = _reports(analysis)
-    return _attachment(_json_text(report).encode(), f"{analysis.stem}-report.json", content_type="application/json")
+    _text, report = exports.reports(analysis)
+    return _attachment(
+        exports.json_text(report).encode(), exports.download_name(analysis, "report.json"), content_type="application/json"
+    )
 
 
 def _export(analysis_id, export: str) -> FileResponse:
@@ -490,33 +460,12 @@ def study_zip(request, analysis_id):
     analysis = _done_analysis(analysis_id)
     spool = tempfile.SpooledTemporaryFile(max_size=ZIP_SPOOL_BYTES)  # noqa: SIM115 - FileResponse closes it
     try:
-        _write_study_zip(spool, analysis)
+        exports.study_zip_write(spool, analysis)
+    except FileNotFoundError:
+        spool.close()
+        raise Http404("a file of the study is missing from storage") from None
     except BaseException:
         spool.close()
         raise
     spool.seek(0)
-    return _attachment(spool, f"{analysis.stem}-study.zip", content_type="application/zip")
-
-
-def _write_study_zip(target, analysis: Analysis) -> None:
-    with zipfile.ZipFile(target, "w") as archive:
-        for slice_ in analysis.slices.all():
-            prefix = f"{slice_.index:04d}-{_safe_name(slice_.stem)}"
-            with _open(slice_.image) as fh:
-                archive.writestr(f"{prefix}-slice.png", fh.read())
-            if slice_.overlay:  # made when the slice was processed
-                with _open(slice_.overlay) as fh:
-                    archive.writestr(f"{prefix}-overlay.png", fh.read())
-            else:
-                archive.writestr(f"{prefix}-overlay.png", png_bytes(render_overlay(_grey(slice_), _labels(slice_))))
-            with _open(slice_.labels) as fh:
-                archive.writestr(f"{prefix}-labels.png", fh.read())
-        text, report = _reports(analysis)
-        archive.writestr("report.csv", text, compress_type=zipfile.ZIP_DEFLATED)
-        archive.writestr("report.json", _json_text(report), compress_type=zipfile.ZIP_DEFLATED)
-
-
-def _safe_name(text: str) -> str:
-    """A file name part made of letters, digits, '-', '_', '.', '[' and ']' only."""
-    kept = "".join(ch if ch.isalnum() or ch in "-_.[]" else "_" for ch in text)
-    return kept.strip(".") or "slice"
+    return _attachment(spool, exports.download_name(analysis, "study.zip"), content_type="application/zip")

@@ -81,7 +81,7 @@ def test_reap_cleans_an_abandoned_study_its_task_row_and_an_old_temporary_upload
     assert re.search(rf"analysis {abandoned.id} \(lost.zip\): running 7/100, silent 30\d s -> failed; 2 files removed", out)
     for row in (abandoned_task, finished_task):
         row.refresh_from_db()
-        assert row.status == TaskResultStatus.FAILED and row.exception_class_path == "segmenter.services.LeaseLost"
+        assert row.status == TaskResultStatus.FAILED and row.exception_class_path == "segmenter.processing.LeaseLost"
         assert f"task {row.id} (analysis " in out
     assert not old_spool.exists() and f"temporary upload {old_spool}" in out
     assert out.splitlines()[-1] == "reaped 1 analyses, 2 task rows, 1 temporary uploads"

@@ -10,7 +10,7 @@ from django.core.files.storage import FileSystemStorage
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
-from segmenter import services
+from segmenter import processing, services
 from segmenter.models import Analysis, Slice
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("stand_in_engine")]
@@ -82,7 +82,7 @@ def test_a_worker_whose_store_turns_read_only_fails_the_study_without_raising(sa
     data = _study(samples, 6)
     analysis = services.analysis_create(stream=io.BytesIO(data), name="s.zip", size=len(data))
     saved = read_only_after(6)  # six slice files are stored, then the store turns read-only
-    assert services.analysis_process(analysis_id=str(analysis.id)) == services.Outcome.STORAGE_UNAVAILABLE
+    assert processing.analysis_process(analysis_id=str(analysis.id)) == processing.Outcome.STORAGE_UNAVAILABLE
     assert len(saved) == 6
     analysis.refresh_from_db()
     assert (analysis.status, analysis.error, analysis.slices_done) == ("failed", MESSAGE, 0)

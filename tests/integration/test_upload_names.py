@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from segmenter import services
+from segmenter import processing, uploads
+from segmenter.ml.io.names import clean_name
 from segmenter.models import Analysis
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("stand_in_engine")]
@@ -58,10 +59,10 @@ def test_a_queued_upload_keeps_its_kind_of_file_in_the_stored_name(queued, post,
 def test_a_queued_upload_named_in_cyrillic_is_processed_by_the_worker(queued, post, samples):
     name = LONG_CYRILLIC + ".dcm"
     analysis = Analysis.objects.get(pk=post(name, samples.dicom()).json()["id"])
-    services.analysis_process(analysis_id=str(analysis.id))  # what db_worker runs
+    processing.analysis_process(analysis_id=str(analysis.id))  # what db_worker runs
     analysis.refresh_from_db()
     assert analysis.status == Analysis.Status.DONE, analysis.error
-    assert analysis.source_name == services.clean_name(name) == analysis.slices.get().name
+    assert analysis.source_name == clean_name(name) == analysis.slices.get().name
 
 
 def test_a_200_character_cyrillic_name_is_analysed_in_the_request(post, samples, stored_files):
@@ -93,9 +94,9 @@ def test_a_large_upload_with_a_long_cyrillic_extension_is_answered_not_a_500(cli
 def test_stored_names_are_short_ascii_whatever_the_name():
     for name in (LONG_CYRILLIC, LONG_CYRILLIC + ".png", "x" * 300 + ".nii.gz", "IM000001", ".png", "a.PNG.exe",
                  "..\\..\\etc/passwd", "scan.dcm\u202e"):
-        stored = services.stored_upload_name(name)
+        stored = uploads.stored_upload_name(name)
         assert stored.isascii() and 0 < len(stored) <= MAX_STORED_NAME, name
         assert "/" not in stored and "\\" not in stored and not stored.startswith(".")
-    assert services.stored_upload_name("Study.NII.GZ").endswith(".nii.gz")
-    assert services.stored_upload_name(LONG_CYRILLIC).isalnum()
-    assert services.stored_upload_name("a.png") != services.stored_upload_name("a.png")
+    assert uploads.stored_upload_name("Study.NII.GZ").endswith(".nii.gz")
+    assert uploads.stored_upload_name(LONG_CYRILLIC).isalnum()
+    assert uploads.stored_upload_name("a.png") != uploads.stored_upload_name("a.png")

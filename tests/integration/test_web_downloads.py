@@ -14,7 +14,7 @@ from django.urls import reverse
 from PIL import Image
 
 from segmenter.ml.constants import BACKGROUND, CONSOLIDATION, GGO, OTHER_LUNG
-from segmenter.ml.pipeline import DISCLAIMER, REPORT_FIELDS
+from segmenter.ml.results.reports import DISCLAIMER, REPORT_FIELDS
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("stand_in_engine")]
 

@@ -180,7 +180,7 @@ def test_every_page_offers_the_language_switch(client, analyse, samples):
 def test_a_workers_failure_reason_is_written_in_the_uploaders_language(client, upload, samples, settings, use_engine):
     from django.utils import translation
 
-    from segmenter import services
+    from segmenter import processing
     from tests import stubs
 
     settings.TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
@@ -191,7 +191,7 @@ def test_a_workers_failure_reason_is_written_in_the_uploaders_language(client, u
     assert (analysis.status, analysis.language) == ("queued", "ru")
 
     with translation.override("en"):  # the worker's own language
-        services.analysis_process(analysis_id=str(analysis.id))
+        processing.analysis_process(analysis_id=str(analysis.id))
 
     analysis.refresh_from_db()
     assert analysis.status == "failed"

@@ -10,8 +10,8 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from segmenter import services
-from segmenter.ml.pipeline import DISCLAIMER
+from segmenter import processing
+from segmenter.ml.results.reports import DISCLAIMER
 from segmenter.models import Analysis
 from segmenter.templatetags.segmenter_tags import GRADE_RULES
 from tests import stubs
@@ -293,7 +293,7 @@ def test_a_queued_upload_shows_progress_until_a_worker_finishes_it(client, uploa
     assert client.get(reverse("segmenter:slice", args=[analysis.id, 1]))["Location"] == url
     assert client.get(reverse("segmenter:slice_image", args=[analysis.id, 1])).status_code == 404
 
-    services.analysis_process(analysis_id=str(analysis.id))  # what the worker does
+    processing.analysis_process(analysis_id=str(analysis.id))  # what the worker does
 
     status = client.get(reverse("segmenter:status", args=[analysis.id])).json()
     assert (status["status"], status["finished"], status["slices_done"]) == ("done", True, 2)

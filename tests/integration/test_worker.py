@@ -216,6 +216,6 @@ def test_a_paused_worker_resumed_after_its_study_was_reaped_cannot_bring_it_back
     assert paused.poll() is None  # it stopped that study, not itself
     rows = stack.manage("shell", "-v", "0", "-c", "from django_tasks_db.models import DBTaskResult as T; "
                         "print(*T.objects.values_list('status', 'exception_class_path'))")
-    assert rows.strip() == "('FAILED', 'segmenter.services.LeaseLost')"  # the task row, too
+    assert rows.strip() == "('FAILED', 'segmenter.processing.LeaseLost')"  # the task row, too
     again = _upload(stack, _study_zip(data_root, 3))
     assert _watch(stack, again["id"], lambda b: b["status"] in ("done", "failed"))[-1]["status"] == "done"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from segmenter.ml.pipeline import slice_stem
+from segmenter.ml.io.names import slice_stem
 
 
 @pytest.mark.parametrize(

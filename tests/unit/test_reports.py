@@ -3,7 +3,7 @@
 import csv
 import io
 
-from segmenter.ml.pipeline import report_csv, report_rows
+from segmenter.ml.results.reports import report_csv, report_rows
 from segmenter.ml.results.severity import Areas
 
 

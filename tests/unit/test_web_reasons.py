@@ -9,7 +9,7 @@ import pytest
 from django.utils import translation
 
 from segmenter.ml.io.imaging import UnreadableImage
-from segmenter.services import UNREADABLE_REASONS, megabytes, unreadable_reason
+from segmenter.reasons import UNREADABLE_REASONS, megabytes, unreadable_reason
 
 ML = Path(__file__).resolve().parents[2] / "segmenter" / "ml"
 MB = 1024 * 1024

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 from segmenter.context_processors import DISCLAIMER
-from segmenter.ml.pipeline import DISCLAIMER as ENGINE_DISCLAIMER
+from segmenter.ml.results.reports import DISCLAIMER as ENGINE_DISCLAIMER
 from segmenter.ml.results.severity import GRADE_RULES as ENGINE_GRADE_RULES
 from segmenter.templatetags.segmenter_tags import GRADE_LABELS, GRADE_RULES
 

@@ -2,7 +2,7 @@
 
 from django.core.management.base import BaseCommand
 
-from segmenter import services
+from segmenter import reaper
 
 
 class Command(BaseCommand):
@@ -12,7 +12,7 @@ class Command(BaseCommand):
     )
 
     def handle(self, *args, **options) -> None:
-        reaped = services.abandoned_reap()
+        reaped = reaper.abandoned_reap()
         for line in (*reaped.analyses, *reaped.task_rows, *reaped.temp_uploads):
             self.stdout.write(line)
         self.stdout.write(

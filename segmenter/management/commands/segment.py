@@ -4,7 +4,8 @@ Segments slices, archives of slices (zip, RAR, 7z, tar, tar.gz, tar.xz), folders
 volumes without a server. For each PATH it writes, under DIR/<name>/, each slice's label map (values 0 GGO, 1 consolidation, 2 other lung,
 3 background) and overlay PNG, report.csv and report.json, and prints the study grade.
 Nothing touches the database unless --save is given, which also stores each result as
-an analysis viewable in the web app and the API.
+an analysis viewable in the web app and the API: the same pass over the slices feeds
+the folder and the database (the networks run once per slice).
 """
 
 from __future__ import annotations
@@ -15,33 +16,35 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from segmenter.ml.io.archive import ARCHIVE_SUFFIXES, read_folder
-from segmenter.ml.io.ctcheck import check_slices
-from segmenter.ml.io.imaging import CTSlice, UnreadableImage
-from segmenter.ml.pipeline import (
-    DISCLAIMER,
-    analyse_slice,
-    report_csv,
-    report_json,
-    report_rows,
-    slice_stem,
-    study_from,
-)
+from segmenter.ml.io.names import file_part, slice_stem, strip_suffix
+from segmenter.ml.pipeline import SliceAnalysis, StudySummary, Tee, run_study
 from segmenter.ml.results.overlay import png_bytes, render_overlay
+from segmenter.ml.results.reports import DISCLAIMER, report_csv, report_json, report_rows
+from segmenter.ml.results.severity import Areas
 
 
-def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in (".nii.gz", *ARCHIVE_SUFFIXES, ".nii", ".png", ".jpg", ".jpeg", ".dcm", ".dicom"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)] or "study"
-    return name or "study"
+class FolderSink:
+    """The pipeline's sink for the command line: each slice's label map and overlay PNG
+    in ``target`` as it comes; of each slice only its name and areas are kept, for the
+    reports."""
 
+    def __init__(self, target: Path) -> None:
+        self.target = target
+        self.names: list[str] = []
+        self.areas: list[Areas] = []
 
-def _slice_stem(ct: CTSlice, index: int) -> str:
-    """'0003-a' for the third slice, from 'study/a.dcm'; '0003-x-002' from frame 2 of x.dcm."""
-    base = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in slice_stem(ct.name)) or "slice"
-    return f"{index:04d}-{base}"
+    def add(self, index: int, result: SliceAnalysis) -> None:
+        ct = result.source
+        stem = f"{index:04d}-{file_part(slice_stem(ct.name), 'slice')}"  # '0003-a', '0003-x-002'
+        (self.target / f"{stem}-labels.png").write_bytes(png_bytes(result.labels))
+        (self.target / f"{stem}-overlay.png").write_bytes(png_bytes(render_overlay(ct.pixels, result.labels)))
+        self.names.append(ct.name)
+        self.areas.append(result.areas)
+
+    def write_reports(self, source: Path) -> None:
+        rows, total = report_rows(self.names, self.areas)
+        (self.target / "report.csv").write_text(report_csv(rows, total))
+        (self.target / "report.json").write_text(json.dumps(report_json(rows, total, source=str(source)), indent=2) + "\n")
 
 
 class Command(BaseCommand):
@@ -54,59 +57,58 @@ class Command(BaseCommand):
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     def handle(self, *args, paths: list[Path], out: Path, save: bool, no_progress: bool, **options):
-        from segmenter import services
         from segmenter.engine import get_segmenter
 
-        studies = []
-        for path in paths:  # read everything first: bad input stops before any work
-            studies.append((path, self._read(path, services)))
+        # Read and check everything first: bad input stops before any work. A volume's
+        # slices are made one at a time as they are segmented.
+        studies = [(path, self._read(path)) for path in paths]
         segmenter = get_segmenter()
         self.stderr.write(DISCLAIMER)
-        for path, (kind, slices) in studies:
-            target = out / _stem(path)
+        for path, parsed in studies:
+            target = out / (strip_suffix(path.name) or "study")
             target.mkdir(parents=True, exist_ok=True)
-            results = []
-            bar = self._progress(slices, path.name, disabled=no_progress)
-            for k, ct in enumerate(bar, start=1):
-                result = analyse_slice(ct, segmenter)
-                stem = _slice_stem(ct, k)
-                (target / f"{stem}-labels.png").write_bytes(png_bytes(result.labels))
-                (target / f"{stem}-overlay.png").write_bytes(png_bytes(render_overlay(ct.pixels, result.labels)))
-                results.append(result)
-            study = study_from(results)
-            rows, total = report_rows([r.source.name for r in results], [r.areas for r in results])
-            (target / "report.csv").write_text(report_csv(rows, total))
-            (target / "report.json").write_text(json.dumps(report_json(rows, total, source=str(path)), indent=2) + "\n")
-            line = self._describe(path, study.severity, target)
-            if save:
-                analysis = services.analysis_record(  # stores what was computed above, not a second run
-                    source_name=path.name, kind=kind, slices=slices, labels=[r.labels for r in results]
-                )
-                line += f"  saved as {analysis.id}"
-            self.stdout.write(line)
+            folder = FolderSink(target)
+            with self._progress(len(parsed.slices), path.name, disabled=no_progress) as bar:
+                if save:
+                    from segmenter import processing
 
-    def _read(self, path: Path, services) -> tuple[str, list[CTSlice]]:
+                    with processing.analysis_recording(
+                        source_name=path.name, kind=parsed.kind, slices_total=len(parsed.slices), segmenter=segmenter
+                    ) as stored:
+
+                        def progress(done, total, stored=stored, bar=bar):
+                            bar.update()
+                            stored.progress(done, total)
+
+                        summary = run_study(parsed.slices, segmenter, Tee(folder, stored), progress)
+                        stored.finish(summary)
+                    saved = f"  saved as {stored.analysis.id}"
+                else:
+                    summary = run_study(parsed.slices, segmenter, folder, lambda done, total: bar.update())
+                    saved = ""
+            folder.write_reports(path)
+            self.stdout.write(self._describe(path, summary, target) + saved)
+
+    def _read(self, path: Path):
+        from segmenter import uploads
+
         if not path.exists():
             raise CommandError(f"{path} does not exist")
         try:
             if path.is_dir():
-                slices = read_folder(path, services.archive_limits())
-                check_slices(slices, study=True)
-                return "study", slices
+                return uploads.folder_read(path)
             with open(path, "rb") as fh:
-                parsed = services.upload_read(stream=fh, name=path.name, size=path.stat().st_size)
-            return parsed.kind, parsed.slices
-        except (services.UploadError, UnreadableImage) as exc:
+                return uploads.upload_read(stream=fh, name=path.name, size=path.stat().st_size)
+        except uploads.UploadError as exc:
             raise CommandError(f"{path}: {exc}") from exc
 
-    def _progress(self, slices, label: str, disabled: bool):
+    def _progress(self, total: int, label: str, disabled: bool):
         from tqdm import tqdm
 
-        return tqdm(
-            slices, desc=label, unit="slice", file=sys.stderr, disable=disabled or len(slices) < 2, leave=False
-        )
+        return tqdm(total=total, desc=label, unit="slice", file=sys.stderr, disable=disabled or total < 2, leave=False)
 
-    def _describe(self, path: Path, severity, target: Path) -> str:
+    def _describe(self, path: Path, summary: StudySummary, target: Path) -> str:
+        severity = summary.severity
         if severity.grade is None:
             return f"{path}: no lung found -> {target}"
         return (

@@ -1,6 +1,6 @@
 """manage.py worker: django-tasks-db's db_worker (same options), plus the reaper.
 
-The reaper (services.abandoned_reap) runs once before the first task and then every
+The reaper (reaper.abandoned_reap) runs once before the first task and then every
 --reap-every seconds on a thread of its own, so abandoned work is cleaned up whether
 the worker is idle or busy with a long study. `make worker` runs this.
 """
@@ -16,7 +16,7 @@ from django.db import connections
 from django.utils.autoreload import DJANGO_AUTORELOAD_ENV
 from django_tasks_db.management.commands.db_worker import Command as DBWorkerCommand
 
-from segmenter import services
+from segmenter import reaper
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class Command(DBWorkerCommand):
 
 def _reap() -> None:
     try:
-        services.abandoned_reap()
+        reaper.abandoned_reap()
     except Exception:
         log.exception("the reaper failed")
     finally:

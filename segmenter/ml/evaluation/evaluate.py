@@ -34,6 +34,8 @@ import numpy as np
 from PIL import Image
 
 from ..io.imaging import UnreadableImage, read_slices
+from ..io.names import SLICE_SUFFIXES, slice_stem
+from ..io.volumes import NIFTI_SUFFIXES
 from ..model.ensemble import Ensemble
 from ..model.postprocess import postprocess
 from ..model.preprocess import resize_probabilities
@@ -41,12 +43,13 @@ from ..model.weights import DEFAULT_WEIGHTS_DIR
 from .metrics import HealthyScores, LesionScores, LungScores
 
 log = logging.getLogger("segmenter.evaluate")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".nii", ".nii.gz")
+
+
+#: The files --images reads: single slices and NIfTI volumes (what the application reads, less archives).
+IMAGE_SUFFIXES = (*SLICE_SUFFIXES, *NIFTI_SUFFIXES)
 
 
 def _stem(name: str) -> str:
-    from ..pipeline import slice_stem
-
     return slice_stem(name)
 
 

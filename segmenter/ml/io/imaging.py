@@ -25,7 +25,7 @@ from __future__ import annotations
 import io
 import logging
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +93,12 @@ class CTSlice:
     @property
     def shape(self) -> tuple[int, int]:
         return self.pixels.shape  # type: ignore[return-value]
+
+    def without_pixels(self) -> CTSlice:
+        """This slice's header alone: names, spacing, position and geometry, with empty
+        pixels (shape (0, 0)) and no HU. What a study keeps of each slice once it has
+        been processed (for its provenance and exports), so that memory stays flat."""
+        return replace(self, pixels=np.zeros((0, 0), np.uint8), hu=None)
 
 
 # --- Intensity mapping ---------------------------------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import zlib
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -117,8 +118,9 @@ def read_nifti(
     max_bytes: int = MAX_VOLUME_BYTES,
     max_slices: int = MAX_VOLUME_SLICES,
     max_pixels: int = MAX_DECODED_PIXELS,
-) -> list[CTSlice]:
-    """A NIfTI-1/2 file (optionally gzipped) -> axial CTSlices, head to feet.
+) -> VolumeSlices:
+    """A NIfTI-1/2 file (optionally gzipped) -> its axial CTSlices, head to feet, made one
+    at a time as they are reached (VolumeSlices).
 
     The header is read and checked first (dimensions, data type, geometry, and the
     decoded size against ``max_bytes``, ``max_slices`` and ``max_pixels``); only then is
@@ -183,7 +185,6 @@ def read_nifti(
             code="damaged_volume",
             params={"detail": "truncated"},
         )
-    volume = np.ndarray(shape[:3], dtype=dtype, buffer=body, offset=offset, order="F")
     slope, inter = header.get_slope_inter()
     slope = 1.0 if slope is None or not np.isfinite(slope) or slope == 0 else float(slope)
     inter = 0.0 if inter is None or not np.isfinite(inter) else float(inter)
@@ -200,24 +201,64 @@ def read_nifti(
         si=axis_of[2],
         xform_code=sform_code or qform_code or 1,
     )
-    slices = []
-    with np.errstate(all="ignore"):
-        # Head to feet; each plane turned to the display convention: anterior at the top
-        # (row index runs to posterior), the patient's right on the left.
-        for position, k in enumerate(geometry.slice_indices()):
-            plane = np.take(volume, k, axis=si_axis).astype(np.float32) * slope + inter
-            plane = np.nan_to_num(geometry.to_display(plane), nan=-1000.0, posinf=3000.0, neginf=-1000.0)
-            slices.append(
-                CTSlice(
-                    pixels=window(plane),
-                    name=f"{name}[{position + 1}]",
-                    calibrated=True,
-                    pixel_spacing_mm=spacing if all(0 < s <= MAX_SPACING_MM for s in spacing) else None,
-                    slice_thickness_mm=thickness if 0 < thickness <= MAX_SPACING_MM else None,
-                    instance_number=position + 1,
-                    hu=hu_int16(plane),
-                    volume=geometry,
-                    volume_index=k,
-                )
-            )
-    return slices
+    return VolumeSlices(
+        volume=np.ndarray(shape[:3], dtype=dtype, buffer=body, offset=offset, order="F"),
+        geometry=geometry,
+        name=name,
+        slope=slope,
+        inter=inter,
+        spacing=spacing if all(0 < s <= MAX_SPACING_MM for s in spacing) else None,
+        thickness=thickness if 0 < thickness <= MAX_SPACING_MM else None,
+    )
+
+
+class VolumeSlices(Sequence[CTSlice]):
+    """The axial slices of a read NIfTI volume, head to feet, each made when it is asked
+    for: the volume's voxels are held once (as read), and a slice's pixels and HU exist
+    only while someone holds that slice. Indexing and iteration give fresh CTSlices.
+
+    Every slice is calibrated (Hounsfield units from the header's scaling) and grey, so
+    ``ctcheck.check_ct`` accepts each without looking at its pixels.
+    """
+
+    def __init__(self, *, volume: np.ndarray, geometry: VolumeGeometry, name: str, slope: float, inter: float,
+                 spacing: tuple[float, float] | None, thickness: float | None) -> None:
+        self._volume = volume
+        self._indices = geometry.slice_indices()
+        self.geometry = geometry
+        self.name = name
+        self._slope, self._inter = slope, inter
+        self._spacing, self._thickness = spacing, thickness
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    def __getitem__(self, position):
+        if isinstance(position, slice):
+            return [self[k] for k in range(*position.indices(len(self)))]
+        if position < 0:
+            position += len(self)
+        if not 0 <= position < len(self):
+            raise IndexError(f"slice {position} of a {len(self)}-slice volume")
+        return self._slice(position)
+
+    def _slice(self, position: int) -> CTSlice:
+        k = self._indices[position]
+        si_axis = self.geometry.si[0]
+        with np.errstate(all="ignore"):
+            # The plane turned to the display convention: anterior at the top (row index
+            # runs to posterior), the patient's right on the left.
+            plane = np.take(self._volume, k, axis=si_axis).astype(np.float32) * self._slope + self._inter
+            plane = np.nan_to_num(self.geometry.to_display(plane), nan=-1000.0, posinf=3000.0, neginf=-1000.0)
+            pixels, hu = window(plane), hu_int16(plane)
+        return CTSlice(
+            pixels=pixels,
+            name=f"{self.name}[{position + 1}]",
+            calibrated=True,
+            pixel_spacing_mm=self._spacing,
+            slice_thickness_mm=self._thickness,
+            instance_number=position + 1,
+            hu=hu,
+            volume=self.geometry,
+            volume_index=k,
+        )

@@ -1,0 +1,386 @@
+"""Processing an analysis: segmenting its slices under a lease and storing the result, all or nothing.
+
+``analysis_process`` (run by the task in a worker, or by ``services.analysis_create`` in
+the request with the immediate backend) claims a queued analysis (``_Lease``), runs
+the study pipeline (``ml.pipeline.run_study``) into a ``_Recording`` -- the sink that
+stores each slice's PNGs, default overlay and thumbnail on a writer thread and collects
+its row -- and then stores every row and the study result in one transaction. On any
+failure the analysis ends failed, with the reason, and without files.
+``analysis_recording`` is the same sink for slices processed elsewhere (the command
+line's ``--save``). The reaper (``segmenter.reaper``) cleans up after runs that stopped.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import timedelta
+from enum import StrEnum
+from typing import Self
+
+import numpy as np
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.db import transaction
+from django.utils import timezone, translation
+from django.utils.translation import gettext as _
+
+from .engine import get_segmenter
+from .exports import provenance_files
+from .ml.io.imaging import CTSlice
+from .ml.io.names import clean_name
+from .ml.pipeline import Segmenter, SliceAnalysis, StudySummary, run_study
+from .ml.results.overlay import pack_hu, png_bytes, render_overlay, thumbnail
+from .models import Analysis, Slice, analysis_folder
+from .uploads import ParsedUpload, UploadError, upload_read
+
+log = logging.getLogger(__name__)
+
+#: Progress is written to the database at most this often (seconds).
+PROGRESS_INTERVAL = 0.5
+#: Longest side of a gallery thumbnail, in pixels.
+THUMBNAIL_SIDE_PX = 160
+
+
+class StorageUnavailable(UploadError):
+    """The file store refused a write (read-only, full, no permission): nothing is wrong
+    with the upload, and the same request may work later."""
+
+    status_code = 503
+
+    def __init__(self) -> None:
+        super().__init__(_("Storage is unavailable; please try again later."))
+
+
+class LeaseLost(RuntimeError):
+    """A worker run no longer holds the analysis it was writing: the analysis went stale
+    (no heartbeat for SEGMENTER_STALE_AFTER_SECONDS) or was marked failed meanwhile."""
+
+
+class Outcome(StrEnum):
+    """How one run of analysis_process ended (the task's return value)."""
+
+    DONE = "done"
+    FAILED = "failed"
+    STORAGE_UNAVAILABLE = "storage unavailable"
+    LEASE_LOST = "lease lost"
+    SKIPPED = "skipped"  # not queued: already taken by another run, finished, or gone
+
+
+#: Errors of a file store that mean "try again later", not "this upload is bad".
+_STORAGE_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EIO})
+
+
+def is_storage_outage(exc: BaseException) -> bool:
+    return isinstance(exc, PermissionError) or (isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS)
+
+
+# --- Files and leases --------------------------------------------------------------------
+
+
+def delete_folder(folder: str) -> int:
+    """Delete every file below ``folder`` in the default storage; how many were deleted."""
+    try:
+        dirs, files = default_storage.listdir(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    for f in files:
+        default_storage.delete(f"{folder}/{f}")
+    return len(files) + sum(delete_folder(f"{folder}/{d}") for d in dirs)
+
+
+def delete_folder_quietly(folder: str) -> int:
+    """delete_folder on a clean-up path: a store that refuses is logged, never raised."""
+    try:
+        return delete_folder(folder)
+    except OSError as exc:
+        log.warning("could not remove %s: %s", folder, exc)
+        return 0
+
+
+def slice_folder(analysis_id) -> str:
+    """Where a run stores an analysis' slices and result files (lost whole on failure)."""
+    return f"{analysis_folder(analysis_id)}/slices"
+
+
+def stopped_message() -> str:
+    return _("Processing stopped before it finished; please upload the file again.")
+
+
+def lease_cutoff(now):
+    """Heartbeats older than this have expired."""
+    return now - timedelta(seconds=settings.SEGMENTER_STALE_AFTER_SECONDS)
+
+
+def lease_expired(analysis: Analysis) -> bool:
+    return analysis.heartbeat is None or analysis.heartbeat < lease_cutoff(timezone.now())
+
+
+def discard_upload(analysis: Analysis) -> None:
+    """The upload is kept only until it has been processed (a refusing store is logged)."""
+    if analysis.upload:
+        delete_folder_quietly(f"{analysis_folder(analysis.pk)}/upload")
+        Analysis.objects.filter(pk=analysis.pk).update(upload="")
+
+
+class _Lease:
+    """One run's hold on a running analysis, and the files that run wrote.
+
+    A run claims a queued analysis (status queued -> running, with a fresh token in
+    ``owner``); every later write of the running analysis (progress, heartbeat, done) is
+    a compare-and-set on status running, this token and a heartbeat younger than
+    SEGMENTER_STALE_AFTER_SECONDS. So once a lease has expired, or the analysis was
+    marked failed, the run can write nothing more: renew() raises LeaseLost, and the run
+    removes what it wrote (only that: the names storage gave its own saves).
+    """
+
+    def __init__(self, analysis_id, token: str) -> None:
+        self.analysis_id = analysis_id
+        self.token = token
+        self.written: list[str] = []  # appended from the PNG writer thread too
+
+    @classmethod
+    def claim(cls, analysis_id) -> _Lease | None:
+        """The lease on a queued analysis, now running; None if it is not queued."""
+        token = uuid.uuid4().hex
+        claimed = Analysis.objects.filter(pk=analysis_id, status=Analysis.Status.QUEUED).update(
+            status=Analysis.Status.RUNNING, owner=token, heartbeat=timezone.now(), slices_done=0, error=""
+        )
+        return cls(analysis_id, token) if claimed else None
+
+    def _held(self):
+        return Analysis.objects.filter(pk=self.analysis_id, status=Analysis.Status.RUNNING, owner=self.token)
+
+    def renew(self, **fields) -> None:
+        """Write ``fields`` and a fresh heartbeat, if the lease still holds; else LeaseLost."""
+        now = timezone.now()
+        if not self._held().filter(heartbeat__gte=lease_cutoff(now)).update(heartbeat=now, **fields):
+            raise LeaseLost(f"analysis {self.analysis_id} is no longer held by run {self.token}")
+
+    def fail(self, message: str) -> bool:
+        """Mark the analysis failed, if this run still owns it (expired or not); whether it did."""
+        return bool(
+            self._held().update(status=Analysis.Status.FAILED, error=message, finished=timezone.now(), slices_done=0)
+        )
+
+    def store_png(self, path: str, array: np.ndarray) -> str:
+        return self.store_bytes(path, png_bytes(array))
+
+    def store_bytes(self, path: str, data: bytes) -> str:
+        try:
+            name = default_storage.save(path, ContentFile(data))
+        except Exception as exc:
+            if is_storage_outage(exc):
+                raise StorageUnavailable() from exc
+            raise
+        self.written.append(name)
+        return name
+
+    def remove_written(self) -> None:
+        """Delete the files this run stored; a store that refuses is logged, never raised."""
+        for name in self.written:
+            try:
+                default_storage.delete(name)
+            except OSError as exc:
+                log.warning("could not remove %s: %s", name, exc)
+        self.written.clear()
+
+
+# --- The sink that stores a study ----------------------------------------------------------
+
+
+class _Recording:
+    """The pipeline's sink for an analysis held under ``lease``: each slice's PNGs (grey
+    image, HU when known, labels, the default overlay and its thumbnail) are encoded and
+    stored on a writer thread while the networks run on the next slice (zlib and the
+    runtime both release the GIL); its Slice row is kept, and of the slice itself only
+    its header (for provenance.json). ``finish`` stores the rows and the study result.
+
+    Used as a context manager: leaving it waits for the writer, so that after a failure
+    the lease knows every file this run wrote.
+    """
+
+    def __init__(self, analysis: Analysis, lease: _Lease, segmenter: Segmenter) -> None:
+        self.analysis = analysis
+        self.lease = lease
+        self.segmenter = segmenter
+        self.folder = slice_folder(analysis.pk)
+        self.rows: list[Slice] = []
+        self.headers: list[CTSlice] = []
+        self.finished = False
+        self._pending: tuple | None = None  # the last slice added: its row waits for its files
+        self._writer: ThreadPoolExecutor | None = None
+        self._reported = time.monotonic()
+
+    def __enter__(self) -> Self:
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slice-png")
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._writer.shutdown(wait=True)
+
+    def add(self, index: int, result: SliceAnalysis) -> None:
+        ct, labels, stem = result.source, result.labels, f"{self.folder}/{index:04d}"
+        submit, store = self._writer.submit, self.lease.store_png
+        files = (
+            submit(store, f"{stem}-image.png", ct.pixels),
+            None if ct.hu is None else submit(store, f"{stem}-hu.png", pack_hu(ct.hu)),
+            submit(store, f"{stem}-labels.png", labels),
+            submit(_store_views, self.lease, stem, ct.pixels, labels),
+        )
+        self._collect()  # the previous slice's files were written meanwhile
+        self._pending = (index, ct.without_pixels(), ct.pixels.shape, result.areas, result.severity, files)
+
+    def _collect(self) -> None:
+        """The row of the slice added last, once its files are stored."""
+        if self._pending is None:
+            return
+        index, header, (h, w), areas, severity, (image, hu, labels, views) = self._pending
+        self._pending = None
+        overlay, thumbnail_ = views.result()
+        self.rows.append(
+            Slice(
+                analysis=self.analysis,
+                index=index,
+                name=header.name[:255],
+                width=w,
+                height=h,
+                image=image.result(),
+                labels=labels.result(),
+                hu="" if hu is None else hu.result(),
+                overlay=overlay,
+                thumbnail=thumbnail_,
+                areas=areas.as_dict(),
+                severity=severity.as_dict(),
+            )
+        )
+        self.headers.append(header)
+
+    def progress(self, done: int, total: int | None) -> None:
+        """Write progress (and so the heartbeat) at most every PROGRESS_INTERVAL seconds;
+        raises LeaseLost when the lease has gone."""
+        if time.monotonic() - self._reported >= PROGRESS_INTERVAL and (total is None or done < total):
+            self.lease.renew(slices_done=done)
+            self._reported = time.monotonic()
+
+    def finish(self, summary: StudySummary) -> None:
+        """Store the result files of the study (provenance.json, geometry.json), then every
+        Slice row and the study's result, marking it done, in one transaction."""
+        self._collect()
+        if summary.slices != len(self.rows):
+            raise RuntimeError(f"{len(self.rows)} slices stored for a summary of {summary.slices}")
+        files = provenance_files(analysis_id=self.analysis.pk, slices=self.headers, segmenter=self.segmenter)
+        for path, data in files.items():
+            self.lease.store_bytes(path, data)
+        with transaction.atomic():  # the compare-and-set first: on PostgreSQL it locks the row
+            self.lease.renew(
+                status=Analysis.Status.DONE,
+                finished=timezone.now(),
+                slices_total=len(self.rows),
+                slices_done=len(self.rows),
+                areas=summary.areas.as_dict(),
+                severity=summary.severity.as_dict(),
+            )
+            Slice.objects.bulk_create(self.rows)
+        self.finished = True
+
+
+def _store_views(lease: _Lease, stem: str, grey: np.ndarray, labels: np.ndarray) -> tuple[str, str]:
+    """Store a slice's overlay in the default layers and its thumbnail; their names."""
+    rgb = render_overlay(grey, labels)
+    overlay = lease.store_png(f"{stem}-overlay.png", rgb)
+    return overlay, lease.store_png(f"{stem}-thumbnail.png", thumbnail(rgb, THUMBNAIL_SIDE_PX))
+
+
+# --- Use cases ---------------------------------------------------------------------------
+
+
+def analysis_process(*, analysis_id, parsed: ParsedUpload | None = None) -> Outcome:
+    """Segment a queued analysis; store every slice's files and rows and the study result,
+    or, if anything fails, nothing (the analysis is then marked failed with the reason).
+
+    ``parsed`` is the upload already read in this process (services.analysis_create with
+    the immediate backend); without it the stored upload is read, once. Only a queued
+    analysis is processed, by the run that claims it (see _Lease); a run that loses its
+    lease midway stops and removes what it wrote (Outcome.LEASE_LOST).
+    """
+    lease = _Lease.claim(analysis_id)
+    if lease is None:
+        log.warning("analysis %s is not queued (taken by another run, finished or gone); skipped", analysis_id)
+        return Outcome.SKIPPED
+    analysis = Analysis.objects.get(pk=analysis_id)
+    # In a worker, messages are written in the uploader's language, not the worker's.
+    with translation.override(analysis.language or None):
+        if parsed is None:
+            try:
+                with analysis.upload.open("rb") as fh:
+                    parsed = upload_read(stream=fh, name=analysis.source_name, size=analysis.upload.size)
+            except Exception as exc:
+                return _fail(analysis, lease, exc)
+        outcome = _segment_into(analysis, lease, parsed.slices)
+    if outcome == Outcome.DONE:
+        discard_upload(analysis)
+    return outcome
+
+
+def _segment_into(analysis: Analysis, lease: _Lease, slices: Sequence[CTSlice]) -> Outcome:
+    """Run the pipeline over ``slices`` into a _Recording and finish it; on any error end
+    the analysis failed (and without files). How it ended."""
+    segmenter = get_segmenter()
+    try:
+        with _Recording(analysis, lease, segmenter) as recording:
+            lease.renew(slices_done=0, slices_total=len(slices))
+            recording.finish(run_study(slices, segmenter, recording, progress=recording.progress))
+    except LeaseLost:
+        log.warning("analysis %s: lease lost; this run stops and removes what it wrote", analysis.pk)
+        lease.remove_written()
+        if lease.fail(stopped_message()):
+            discard_upload(analysis)  # expired, but nobody had reaped it yet
+        return Outcome.LEASE_LOST
+    except Exception as exc:
+        return _fail(analysis, lease, exc)
+    return Outcome.DONE
+
+
+@contextmanager
+def analysis_recording(*, source_name: str, kind: str, slices_total: int, segmenter: Segmenter) -> Iterator[_Recording]:
+    """A new analysis, stored from slices processed by the caller (the command line's
+    ``--save``, which feeds the pipeline's results to this sink and its folder at once):
+    the caller adds every slice and calls ``finish(summary)`` inside the block. If the
+    block raises, or ends without finish, the analysis ends failed and without files,
+    and the exception propagates."""
+    analysis = Analysis.objects.create(kind=kind, source_name=clean_name(source_name), slices_total=slices_total)
+    lease = _Lease.claim(analysis.pk)
+    try:
+        with _Recording(analysis, lease, segmenter) as recording:
+            lease.renew(slices_done=0)
+            yield recording
+            if not recording.finished:
+                raise RuntimeError("the recording ended before finish()")
+    except BaseException as exc:
+        _fail(analysis, lease, exc)
+        raise
+    analysis.refresh_from_db()
+
+
+def _fail(analysis: Analysis, lease: _Lease, exc: BaseException) -> Outcome:
+    """Record why a run failed, then remove whatever it wrote. The status is written
+    first and the clean-up never raises, so a failing store cannot leave it running."""
+    if isinstance(exc, UploadError):
+        message = str(exc)
+        if isinstance(exc, StorageUnavailable):
+            log.error("analysis %s failed: the file store refused a write", analysis.pk, exc_info=exc)
+    else:
+        log.error("analysis %s failed", analysis.pk, exc_info=exc)
+        message = _("Processing failed because of an internal error; please try again.")
+    if lease.fail(message):
+        discard_upload(analysis)
+    lease.remove_written()
+    return Outcome.STORAGE_UNAVAILABLE if isinstance(exc, StorageUnavailable) else Outcome.FAILED
+
