@@ -158,3 +158,43 @@ def test_the_real_ensemble_finds_lung_on_the_dicom_sample(data_root, tmp_path):
     assert 0.08 < lung < 0.5, lung
     report = json.loads((tmp_path / "0" / "report.json").read_text())
     assert report["study"]["right_lesion_percent"] is not None  # both lungs found, side by side
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("stand_in_engine")
+def test_save_of_a_study_runs_the_networks_once_per_slice_and_stores_what_it_wrote(samples, tmp_path, monkeypatch):
+    from tests.stubs import StandInSegmenter
+
+    calls = []
+    segment = StandInSegmenter.segment
+    monkeypatch.setattr(StandInSegmenter, "segment", lambda self, *a, **k: calls.append(1) or segment(self, *a, **k))
+    archive = tmp_path / "study.zip"
+    archive.write_bytes(samples.zip({f"s/{k}.jpg": samples.jpeg(k) for k in range(4)}))
+    out, _ = _run(archive, "--out", tmp_path / "out", "--save")
+    assert len(calls) == 4  # one pass feeds the folder and the database
+    analysis = Analysis.objects.get()
+    assert analysis.status == Analysis.Status.DONE and str(analysis.id) in out
+    report = json.loads((tmp_path / "out" / "study" / "report.json").read_text())
+    assert analysis.severity["grade"] == report["study"]["grade"]
+    assert analysis.areas["ggo"] == report["study"]["ggo_px"] and analysis.areas["ggo"] > 0
+    written = sorted((tmp_path / "out" / "study").glob("*-labels.png"))
+    stored = list(analysis.slices.all())
+    assert [s.index for s in stored] == [1, 2, 3, 4] and len(written) == 4
+    for slice_, path in zip(stored, written):
+        with slice_.labels.open("rb") as fh:
+            assert np.array_equal(np.asarray(Image.open(fh)), _labels(path))
+        assert slice_.overlay and slice_.thumbnail  # made once, as for an upload
+
+
+@pytest.mark.django_db
+def test_a_save_that_fails_halfway_leaves_a_failed_analysis_without_files(samples, tmp_path, use_engine, stored_files):
+    from tests.stubs import FailingOnThirdSlice
+
+    use_engine(FailingOnThirdSlice)
+    archive = tmp_path / "study.zip"
+    archive.write_bytes(samples.zip({f"s/{k}.jpg": samples.jpeg(k) for k in range(4)}))
+    with pytest.raises(RuntimeError, match="third slice"):
+        _run(archive, "--out", tmp_path / "out", "--save")
+    analysis = Analysis.objects.get()
+    assert analysis.status == Analysis.Status.FAILED and analysis.slices.count() == 0
+    assert stored_files() == []

@@ -1,28 +1,126 @@
-"""Names of what is written for a slice: its stem, shared by downloads and the command line."""
+"""The study pipeline every front end runs: each slice segmented once, graded, handed to the
+sink in order; progress reported; the study graded from the summed areas; nothing kept."""
 
+from __future__ import annotations
+
+import gc
+import weakref
+
+import numpy as np
 import pytest
 
-from segmenter.ml.io.names import slice_stem
+from segmenter.ml.io.imaging import CTSlice
+from segmenter.ml.pipeline import SliceAnalysis, Tee, run_study
+from segmenter.ml.results.severity import assess, measure
+from tests.stubs import StandInSegmenter, stand_in_labels
+
+SIDE = 96
 
 
-@pytest.mark.parametrize(
-    "name, stem",
-    [
-        ("0.dcm", "0"),
-        ("study/sub/a.PNG", "a"),
-        ("study\\a.jpeg", "a"),
-        ("IM000001", "IM000001"),
-        ("x.dcm[3]", "x-003"),
-        ("case/x.dcm[1]", "x-001"),
-        ("ct.nii.gz[12]", "ct-012"),
-        ("ct.nii[7]", "ct-007"),
-        ("chest.NII.GZ[1234]", "chest-1234"),
-        ("IM01[2]", "IM01-002"),
-        ("scan[1].png", "scan[1]"),  # brackets in a file's own name are not a frame
-        ("a.b.png", "a.b"),
-        (".png", ""),
-        (".dcm[2]", "002"),
-    ],
-)
-def test_a_slice_stem_drops_folders_and_extension_and_pads_the_frame(name, stem):
-    assert slice_stem(name) == stem
+def _slice(k: int) -> CTSlice:
+    """A synthetic chest-like slice: tissue with two dark lungs whose width grows with k."""
+    pixels = np.full((SIDE, SIDE), 230, np.uint8)
+    pixels[:4] = pixels[-4:] = 10  # air around the body
+    pixels[20:76, 14 : 30 + k] = 90
+    pixels[20:76, 60 : 76 + k] = 90
+    return CTSlice(pixels=pixels, name=f"s{k}.png", pixel_spacing_mm=(0.7, 0.7), slice_thickness_mm=2.0)
+
+
+class CountingSegmenter(StandInSegmenter):
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def segment(self, pixels, spacing_mm=None):
+        self.calls += 1
+        return super().segment(pixels, spacing_mm)
+
+
+class ListSink:
+    def __init__(self) -> None:
+        self.got: list[tuple[int, SliceAnalysis]] = []
+
+    def add(self, index: int, result: SliceAnalysis) -> None:
+        self.got.append((index, result))
+
+
+def test_each_slice_is_segmented_once_and_reaches_the_sink_in_order():
+    slices = [_slice(k) for k in range(5)]
+    segmenter, sink = CountingSegmenter(), ListSink()
+    summary = run_study(slices, segmenter, sink)
+    assert segmenter.calls == 5 and summary.slices == 5
+    assert [index for index, _ in sink.got] == [1, 2, 3, 4, 5]
+    assert [r.source.name for _, r in sink.got] == [s.name for s in slices]
+    for (_, result), ct in zip(sink.got, slices):
+        assert np.array_equal(result.labels, stand_in_labels(ct.pixels))
+        assert result.areas == measure(result.labels, (0.7, 0.7), 2.0)
+        assert result.severity == assess(result.areas)
+
+
+def test_progress_is_reported_after_each_slice_with_the_total_when_known():
+    calls = []
+    run_study([_slice(k) for k in range(3)], StandInSegmenter(), ListSink(), lambda d, t: calls.append((d, t)))
+    assert calls == [(1, 3), (2, 3), (3, 3)]
+    calls.clear()
+    run_study((_slice(k) for k in range(2)), StandInSegmenter(), ListSink(), lambda d, t: calls.append((d, t)))
+    assert calls == [(1, None), (2, None)]  # a generator does not know its length
+
+
+def test_the_study_is_graded_from_the_summed_areas():
+    sink = ListSink()
+    summary = run_study([_slice(k) for k in range(4)], StandInSegmenter(), sink)
+    total = sink.got[0][1].areas
+    for _, result in sink.got[1:]:
+        total = total + result.areas
+    assert summary.areas.ggo == total.ggo > 0 and summary.areas.lung == total.lung > 0
+    assert summary.areas.lung_ml == pytest.approx(total.lung_ml)
+    assert summary.severity == assess(total)
+    # Not the mean of the slices' grades: the lesion share of the summed lungs.
+    assert summary.severity.lesion_percent == pytest.approx(100 * total.lesion / total.lung)
+
+
+def test_an_empty_study_grades_as_no_lung():
+    summary = run_study([], StandInSegmenter(), ListSink())
+    assert summary.slices == 0 and summary.severity.grade is None
+
+
+def test_nothing_of_a_slice_is_kept_once_its_sink_has_it():
+    """Memory stays flat in the study's length: the pipeline holds no slice or label map
+    of earlier slices (the sink here keeps only weak references)."""
+    refs = []
+
+    class WeakSink:
+        def add(self, index, result):
+            refs.append((weakref.ref(result.source.pixels.base if result.source.pixels.base is not None
+                                     else result.source.pixels), weakref.ref(result)))
+
+    def lazily():
+        for k in range(30):
+            yield _slice(k % 8)
+
+    run_study(lazily(), StandInSegmenter(), WeakSink())
+    gc.collect()
+    alive = [k for k, (pixels, result) in enumerate(refs) if pixels() is not None or result() is not None]
+    assert alive == [], alive
+
+
+def test_a_failing_segmenter_stops_the_run_and_the_sink_has_the_slices_before_it():
+    from tests.stubs import FailingOnThirdSlice
+
+    sink = ListSink()
+    with pytest.raises(RuntimeError, match="third slice"):
+        run_study([_slice(k) for k in range(5)], FailingOnThirdSlice(), sink)
+    assert [index for index, _ in sink.got] == [1, 2]
+
+
+def test_a_tee_hands_each_slice_to_every_sink_in_order():
+    order = []
+
+    class Named:
+        def __init__(self, name):
+            self.name = name
+
+        def add(self, index, result):
+            order.append((self.name, index))
+
+    run_study([_slice(0), _slice(1)], StandInSegmenter(), Tee(Named("folder"), Named("database")))
+    assert order == [("folder", 1), ("database", 1), ("folder", 2), ("database", 2)]

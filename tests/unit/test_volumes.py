@@ -136,3 +136,33 @@ def test_a_4d_series_is_refused():
 def test_what_is_not_nifti_is_refused():
     with pytest.raises(UnreadableImage, match="not a NIfTI"):
         read_nifti(b"\0" * 500, "x.nii")
+
+
+def test_a_volumes_slices_are_made_one_at_a_time_when_reached():
+    """read_nifti holds the voxels once; each slice's pixels and HU exist only while held."""
+    import weakref
+
+    from segmenter.ml.io.volumes import VolumeSlices
+
+    rng = np.random.default_rng(0)
+    vol = rng.integers(-1000, 400, size=(64, 64, 40), dtype=np.int16)
+    slices = read_nifti(_nifti(vol, np.diag([0.625, 0.625, 1.25, 1.0])), "ct.nii")
+    assert isinstance(slices, VolumeSlices) and len(slices) == 40
+    first = slices[0]
+    assert slices[0] is not first and np.array_equal(slices[0].pixels, first.pixels)  # made afresh
+    assert slices[-1].name == "ct.nii[40]" and [s.name for s in slices[1:3]] == ["ct.nii[2]", "ct.nii[3]"]
+    refs = [weakref.ref(s.hu) for s in slices]  # iterate: each slice dropped before the next
+    assert all(r() is None for r in refs)
+    with pytest.raises(IndexError):
+        slices[40]
+
+
+def test_a_volumes_slices_pass_the_ct_check_by_construction():
+    """upload_read does not run check_ct over a volume: every slice of one is calibrated
+    and grey, which check_ct accepts whatever the pixels look like."""
+    from segmenter.ml.io.ctcheck import why_not_ct
+
+    flat = np.full((64, 64, 3), 40, np.int16)  # uniform mid grey: refused as a picture
+    for ct in read_nifti(_nifti(flat, np.diag([0.625, 0.625, 1.25, 1.0])), "flat.nii"):
+        assert ct.calibrated and ct.colour_share == 0.0
+        assert why_not_ct(ct) is None
