@@ -2,7 +2,14 @@
 
 import pytest
 
-from segmenter.ml.io.names import UPLOAD_SUFFIXES, clean_name, file_part, known_suffix, slice_stem, strip_suffix
+from segmenter.ml.io.names import (
+    UPLOAD_SUFFIXES,
+    clean_name,
+    file_part,
+    known_suffix,
+    slice_stem,
+    strip_suffix,
+)
 
 
 @pytest.mark.parametrize(
