@@ -49,7 +49,7 @@ from .ml.io.archive import (
     read_any_archive,
     suffix_kind,
 )
-from .ml.io.ctcheck import check_slices
+from .ml.io.ctcheck import check_lungs, check_slices
 from .ml.io.headers import PixelBudget
 from .ml.io.imaging import DICOM_SUFFIXES, IMAGE_SUFFIXES, CTSlice, UnreadableImage, read_slices
 from .ml.io.volumes import NIFTI_SUFFIXES, is_nifti_name, read_nifti
@@ -172,6 +172,9 @@ NOT_CT_REASONS = {
     "it has none of the fine texture of a CT scan, like a drawing or document": gettext_lazy(
         "it has none of the fine texture of a CT scan, like a drawing or document"
     ),
+    "what would be lung fills the picture": gettext_lazy("what would be lung fills the picture"),
+    "what would be lung falls apart into many pieces": gettext_lazy("what would be lung falls apart into many pieces"),
+    "the networks find no consistent lungs in it": gettext_lazy("the networks find no consistent lungs in it"),
 }
 
 
@@ -293,6 +296,8 @@ def upload_read(*, stream: BinaryIO, name: str, size: int) -> ParsedUpload:
             slices = read_slices(stream.read(), name, PixelBudget(settings.SEGMENTER_MAX_DECODED_PIXELS))
             kind = Analysis.Kind.SLICE if len(slices) == 1 else Analysis.Kind.STUDY
         check_slices(slices, study=kind == Analysis.Kind.STUDY)
+        if len(slices) <= settings.SEGMENTER_MAX_SLICES:  # over the limit: refused below
+            check_lungs(slices, get_segmenter(), study=kind == Analysis.Kind.STUDY)
     except UnreadableImage as exc:
         log.info("%s could not be read: %s", name, exc)
         message = _("%(name)s could not be read: %(reason)s.") % {"name": name, "reason": unreadable_reason(exc)}

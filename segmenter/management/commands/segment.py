@@ -16,7 +16,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 
 from segmenter.ml.io.archive import ARCHIVE_SUFFIXES, read_folder
-from segmenter.ml.io.ctcheck import check_slices
+from segmenter.ml.io.ctcheck import check_lungs, check_slices
 from segmenter.ml.io.imaging import CTSlice, UnreadableImage
 from segmenter.ml.pipeline import (
     DISCLAIMER,
@@ -86,12 +86,15 @@ class Command(BaseCommand):
             self.stdout.write(line)
 
     def _read(self, path: Path, services) -> tuple[str, list[CTSlice]]:
+        from segmenter.engine import get_segmenter
+
         if not path.exists():
             raise CommandError(f"{path} does not exist")
         try:
             if path.is_dir():
                 slices = read_folder(path, services.archive_limits())
                 check_slices(slices, study=True)
+                check_lungs(slices, get_segmenter(), study=True)
                 return "study", slices
             with open(path, "rb") as fh:
                 parsed = services.upload_read(stream=fh, name=path.name, size=path.stat().st_size)
