@@ -117,6 +117,9 @@ NOT_CT_REASONS = {
     "it has none of the fine texture of a CT scan, like a drawing or document": gettext_lazy(
         "it has none of the fine texture of a CT scan, like a drawing or document"
     ),
+    "what would be lung fills the picture": gettext_lazy("what would be lung fills the picture"),
+    "what would be lung falls apart into many pieces": gettext_lazy("what would be lung falls apart into many pieces"),
+    "the networks find no consistent lungs in it": gettext_lazy("the networks find no consistent lungs in it"),
 }
 
 

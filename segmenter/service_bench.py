@@ -15,6 +15,19 @@ Runs against a throwaway SQLite database and media folder, with the real weights
 * web_peak_rss_mb: the peak resident memory of one gunicorn worker process that served
   one slice and the zip.
 
+And for a whole CT study, a --volume-slices (300) 512 x 512 NIfTI volume in Hounsfield
+units (the real lesion-free kmader slices, calibrated, repeated past 200):
+
+* engine_volume_ms: the engine's own time per slice of that volume (mean over 20 of its
+  slices, read as the service reads them), and engine_volume_slices_per_s;
+* cli_volume_slices_per_s: the volume through `manage.py segment`, start to end;
+* api_worker_volume_slices_per_s: the volume through the API with the database queue and
+  a warm `db_worker`, from POST until the API reports it done, and
+  api_worker_volume_ratio = that / engine_volume_slices_per_s (the goal: >= 0.8);
+* worker_peak_rss_mb: the peak resident memory of a fresh `db_worker` process that loads
+  the ensemble on one slice and then processes one upload: a 1-slice DICOM, the
+  300-slice volume and a --large-slices (1,000) slice volume.
+
 Two real DICOM slices exist in the data set, so the zip repeats them; each copy is
 segmented afresh.
 """
@@ -68,12 +81,45 @@ def _peak_rss_mb(pid: int) -> float:
     raise RuntimeError("VmHWM not found")
 
 
+def _volume(path: Path, n: int, data_root: Path) -> Path:
+    """Write an n-slice 512 x 512 int16 HU NIfTI volume (0.7 mm pixels, 1 mm slices) of the
+    real kmader slices, calibrated as a scanner would (kmader_to_hu), to ``path``."""
+    import nibabel as nib
+    import numpy as np
+
+    from segmenter.ml.training.data import kmader_to_hu
+
+    values = np.load(data_root / "kmader-lungs" / "images.npz")["images"]
+    hu = np.empty((512, 512, n), np.int16)  # (columns, rows, slices)
+    for k in range(n):
+        hu[:, :, k] = np.clip(kmader_to_hu(values[k % len(values)]), -1024, 3071).astype(np.int16).T
+    image = nib.Nifti1Image(hu, np.diag([-0.7, -0.7, 1.0, 1.0]))
+    image.header.set_xyzt_units("mm")
+    nib.save(image, path)
+    return path
+
+
+def _start_worker(work: Path, log_name: str) -> subprocess.Popen:
+    worker_env = {**os.environ, "DJANGO_TASKS_BACKEND": "django_tasks_db.DatabaseBackend", "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "manage.py"), "db_worker", "--no-reload", "--interval", "0.1", "--no-startup-delay"],
+        env=worker_env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(work / log_name, "w"),  # noqa: SIM115
+    )
+
+
+def _stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    process.wait(60)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m segmenter.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--slices", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--volume-slices", type=int, default=300)
+    parser.add_argument("--large-slices", type=int, default=1000)
     parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT)
     args = parser.parse_args(argv)
 
@@ -144,34 +190,62 @@ def main(argv: list[str] | None = None) -> None:
     call_command("segment", str(work / "study.zip"), "--out", str(work / "cli"), "--no-progress", stdout=io.StringIO(), stderr=io.StringIO())
     results["cli_slices_per_s"] = args.slices / (time.perf_counter() - t)
 
-    # 5. the API with the database queue and a worker process
-    worker_env = {**os.environ, "DJANGO_TASKS_BACKEND": "django_tasks_db.DatabaseBackend", "PYTHONPATH": str(ROOT)}
-    worker = subprocess.Popen(
-        [sys.executable, str(ROOT / "manage.py"), "db_worker", "--no-reload", "--interval", "0.1", "--no-startup-delay"],
-        env=worker_env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(work / "worker.log", "w"),
-    )
-    try:
-        with override_settings(TASKS={"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}):
+    # 5. the API with the database queue and a worker process: the zip, then the volume
+    volume = _volume(work / "volume.nii.gz", args.volume_slices, args.data_root).read_bytes()
+    large = _volume(work / "large.nii.gz", args.large_slices, args.data_root).read_bytes()
+    from segmenter.ml.io.volumes import read_nifti
 
-            def through_api(name: str, payload: bytes) -> float:
-                t0 = time.perf_counter()
-                r = client.post("/api/v1/analyses", {"file": SimpleUploadedFile(name, payload)})
-                if r.status_code != 202:
-                    raise RuntimeError(f"API answered {r.status_code}: {r.content[:200]}")
-                url = r.json()["links"]["self"]
-                while True:
-                    body = client.get(url).json()
-                    if body["status"] in ("done", "failed"):
-                        if body["status"] == "failed":
-                            raise RuntimeError(body["error"])
-                        return time.perf_counter() - t0
-                    time.sleep(0.05)
+    sample = read_nifti(volume, "volume.nii.gz")[:: max(1, args.volume_slices // 20)][:20]
+    t = time.perf_counter()
+    for ct in sample:
+        segmenter.segment(ct.pixels, spacing_mm=ct.pixel_spacing_mm)
+    results["engine_volume_ms"] = 1000 * (time.perf_counter() - t) / len(sample)
+    results["engine_volume_slices_per_s"] = 1000 / results["engine_volume_ms"]
+    del sample
 
+    def through_api(name: str, payload: bytes) -> float:
+        t0 = time.perf_counter()
+        r = client.post("/api/v1/analyses", {"file": SimpleUploadedFile(name, payload)})
+        if r.status_code != 202:
+            raise RuntimeError(f"API answered {r.status_code}: {r.content[:200]}")
+        url = r.json()["links"]["self"]
+        while True:
+            body = client.get(url).json()
+            if body["status"] in ("done", "failed"):
+                if body["status"] == "failed":
+                    raise RuntimeError(body["error"])
+                return time.perf_counter() - t0
+            time.sleep(0.05)
+
+    with override_settings(TASKS={"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}):
+        worker = _start_worker(work, "worker.log")
+        try:
             through_api("warmup.dcm", data)  # the worker loads the ensemble on its first task
             results["api_worker_slices_per_s"] = args.slices / through_api("study.zip", zip_bytes)
-    finally:
-        worker.terminate()
-        worker.wait(30)
+            results["api_worker_volume_slices_per_s"] = args.volume_slices / through_api("volume.nii.gz", volume)
+            results["api_worker_volume_ratio"] = (
+                results["api_worker_volume_slices_per_s"] / results["engine_volume_slices_per_s"]
+            )
+        finally:
+            _stop(worker)
+        rss = {}
+        for label, name, payload in (("1", "chest.dcm", data), (str(args.volume_slices), "volume.nii.gz", volume),
+                                     (str(args.large_slices), "large.nii.gz", large)):
+            worker = _start_worker(work, f"worker-{label}.log")
+            try:
+                through_api("warmup.dcm", data)
+                through_api(name, payload)
+                rss[label] = _peak_rss_mb(worker.pid)
+            finally:
+                _stop(worker)
+        results["worker_peak_rss_mb"] = rss
+        results["worker_peak_rss_spread_mb"] = max(rss.values()) - min(rss.values())
+
+    # 4b. the volume through the command line
+    t = time.perf_counter()
+    call_command("segment", str(work / "volume.nii.gz"), "--out", str(work / "cli-volume"), "--no-progress",
+                 stdout=io.StringIO(), stderr=io.StringIO())
+    results["cli_volume_slices_per_s"] = args.volume_slices / (time.perf_counter() - t)
 
     # 6. peak memory of one gunicorn worker serving a slice and the zip
     port = _free_port()

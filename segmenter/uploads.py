@@ -27,7 +27,8 @@ from django.conf import settings
 from django.utils.translation import gettext as _
 
 from .ml.io.archive import HEAD_BYTES, ArchiveLimits, archive_kind, read_any_archive, read_folder, suffix_kind
-from .ml.io.ctcheck import check_slices
+from .engine import get_segmenter
+from .ml.io.ctcheck import check_lungs, check_slices
 from .ml.io.headers import PixelBudget
 from .ml.io.imaging import CTSlice, UnreadableImage, read_slices
 from .ml.io.names import clean_name, known_suffix
@@ -166,8 +167,12 @@ def upload_read(*, stream: BinaryIO, name: str, size: int) -> ParsedUpload:
         else:
             slices = read_slices(stream.read(), name, PixelBudget(settings.SEGMENTER_MAX_DECODED_PIXELS))
             kind = Analysis.Kind.SLICE if len(slices) == 1 else Analysis.Kind.STUDY
-        if kind != Analysis.Kind.VOLUME:  # a volume's slices are calibrated and grey: check_ct passes them
+        # A volume's slices are calibrated and grey, which both checks pass without looking
+        # (and looking would make every slice of it here).
+        if kind != Analysis.Kind.VOLUME:
             check_slices(slices, study=kind == Analysis.Kind.STUDY)
+            if len(slices) <= settings.SEGMENTER_MAX_SLICES:  # over the limit: refused below
+                check_lungs(slices, get_segmenter(), study=kind == Analysis.Kind.STUDY)
     except UnreadableImage as exc:
         raise _unreadable(name, exc) from exc
     if len(slices) > settings.SEGMENTER_MAX_SLICES:
@@ -184,6 +189,7 @@ def folder_read(folder: Path) -> ParsedUpload:
     try:
         slices = read_folder(folder, archive_limits())
         check_slices(slices, study=True)
+        check_lungs(slices, get_segmenter(), study=True)
     except UnreadableImage as exc:
         raise _unreadable(folder.name, exc) from exc
     return ParsedUpload(kind=Analysis.Kind.STUDY, slices=slices)

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from segmenter.ml.constants import BACKGROUND, CONSOLIDATION, GGO, OTHER_LUNG
+from segmenter.ml.io.ctcheck import LungEvidence
 
 #: Lung-window grey values below this are air (aerated lung sits near 85-130, soft tissue near 236).
 AIR_BELOW = 150
@@ -52,13 +53,29 @@ def stand_in_labels(pixels: np.ndarray) -> np.ndarray:
     return labels
 
 
+#: What the real networks find on a chest CT slice (see ctcheck.why_not_lungs): it passes.
+LUNGS_FOUND = LungEvidence(lung_share=0.3, two_regions=1.0, agreement=0.95, confidence=0.95)
+
+
 class StandInSegmenter:
-    """Fast and deterministic: the labels depend on the pixels alone."""
+    """Fast and deterministic: the labels depend on the pixels alone. Its lung check
+    (``segment_checked``) passes every slice and does not count as a segmentation."""
+
+    evidence = LUNGS_FOUND
 
     def segment(self, pixels: np.ndarray, spacing_mm=None) -> np.ndarray:
         if pixels.dtype != np.uint8 or pixels.ndim != 2:
             raise ValueError(f"expected uint8 (H, W), got {pixels.dtype} {pixels.shape}")
         return stand_in_labels(pixels)
+
+    def segment_checked(self, pixels: np.ndarray, spacing_mm=None) -> tuple[np.ndarray, LungEvidence]:
+        return stand_in_labels(pixels), self.evidence
+
+
+class NoConsistentLungs(StandInSegmenter):
+    """Its networks disagree about the lungs on every slice, as on a photograph."""
+
+    evidence = LungEvidence(lung_share=0.3, two_regions=1.0, agreement=0.5, confidence=0.95)
 
 
 class FailingOnThirdSlice(StandInSegmenter):
@@ -79,6 +96,9 @@ class NoLungSegmenter:
 
     def segment(self, pixels: np.ndarray, spacing_mm=None) -> np.ndarray:
         return np.full(pixels.shape, BACKGROUND, np.uint8)
+
+    def segment_checked(self, pixels: np.ndarray, spacing_mm=None) -> tuple[np.ndarray, LungEvidence]:
+        return self.segment(pixels), LungEvidence(0.0, 1.0, 1.0, 1.0)
 
 
 class StandInWithManifest(StandInSegmenter):

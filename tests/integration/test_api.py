@@ -118,6 +118,22 @@ def test_a_ct_slice_in_a_zip_next_to_a_photograph_refuses_the_study(post, sample
     assert stored_files() == []
 
 
+def test_a_slice_whose_lungs_the_networks_do_not_find_answers_400_in_either_language(
+    post, samples, stored_files, use_engine
+):
+    from tests.stubs import NoConsistentLungs
+
+    use_engine(NoConsistentLungs)
+    response = post("slice.jpg", samples.jpeg())
+    assert response.status_code == 400
+    assert "this does not look like a CT slice: the networks find no consistent lungs" in response.json()["error"]
+    response = post("slice.jpg", samples.jpeg(), headers={"Accept-Language": "ru"})
+    assert response.status_code == 400 and "нейросети не находят" in response.json()["error"]
+    assert not Analysis.objects.exists() and stored_files() == []
+    # Hounsfield units from a CT header are trusted: the same engine grades a DICOM slice.
+    assert post("slice.dcm", samples.dicom()).status_code == 201
+
+
 def test_a_missing_file_field_answers_400(post, samples):
     response = post("a.png", samples.png(), field="upload")
     assert response.status_code == 400 and "'file'" in response.json()["error"]

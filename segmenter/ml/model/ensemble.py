@@ -24,7 +24,8 @@ import cv2
 import numpy as np
 import torch
 
-from ..constants import BACKGROUND, MODEL_SCALE, NUM_CLASSES, SIZE_MULTIPLE
+from ..constants import BACKGROUND, LUNG_CLASSES, MODEL_SCALE, NUM_CLASSES, SIZE_MULTIPLE
+from ..io.ctcheck import LungEvidence
 from .networks import NETWORKS
 from .onnx_runtime import OnnxNetwork
 from .postprocess import postprocess
@@ -184,8 +185,25 @@ class Ensemble:
 
     def segment(self, pixels: np.ndarray, spacing_mm: tuple[float, float] | None = None) -> np.ndarray:
         """uint8 (H, W) slice -> uint8 (H, W) label map (see constants for the values)."""
-        if pixels.ndim != 2:
+        return self._segment(pixels, spacing_mm)[0]
+
+    def segment_checked(
+        self, pixels: np.ndarray, spacing_mm: tuple[float, float] | None = None
+    ) -> tuple[np.ndarray, LungEvidence]:
+        """segment, and what the networks found, for ctcheck.why_not_lungs (one run)."""
+        labels, parts = self._segment(pixels, spacing_mm)
+        h, w = pixels.shape
+        lungs, top = [], []
+        for p in parts:
+            full = np.stack([cv2.resize(c, (w, h), interpolation=cv2.INTER_LINEAR) for c in p])
+            lungs.append(full.argmax(0) != BACKGROUND)
+            top.append(full.max(0))
+        return labels, LungEvidence.measure(np.isin(labels, LUNG_CLASSES), lungs, top)
+
+    def _segment(self, pixels: np.ndarray, spacing_mm) -> tuple[np.ndarray, list[np.ndarray]]:
+        if pixels.ndim != 2 or pixels.dtype != np.uint8:
             raise ValueError(f"expected a uint8 (H, W) slice, got {pixels.dtype} {pixels.shape}")
         body = body_mask(pixels)  # once: for the scale rule and for the anatomy rules
         factor = reference_factor(pixels, spacing_mm, body)
-        return postprocess(self.probabilities(pixels, factor=factor), pixels, factor, body)
+        parts = [self.network_probabilities(k, pixels, factor) for k in range(len(self.networks))]
+        return postprocess(self.combine(parts, *pixels.shape), pixels, factor, body), parts

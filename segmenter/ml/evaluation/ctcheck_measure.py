@@ -1,0 +1,110 @@
+"""python -m segmenter.ml.evaluation.ctcheck_measure [--data DIR] [--json FILE]
+
+What the CT check's second stage (``ctcheck.why_not_lungs``) sees: the ``LungEvidence``
+of the served ensemble on real CT slices (every MedSeg slice, every 16th Zenodo slice,
+every 4th kmader slice calibrated and sent as W1500/L-600 PNG and as HU DICOM, the sample
+DICOMs) and on the grey pictures from scikit-image (with inversions and random crops)
+that pass the pixel rules. Prints each group's range per feature and every picture, so
+the thresholds in ctcheck can be checked against the weights that are shipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..io.ctcheck import why_not_ct, why_not_lungs
+from ..io.dicomwrite import write_ct_dicom
+from ..io.imaging import read_slice, window
+from ..model.ensemble import Ensemble
+from ..paths import DEFAULT_DATA_ROOT
+from ..training.data import kmader_to_hu
+
+PICTURES = ("astronaut", "camera", "coins", "hubble_deep_field", "immunohistochemistry", "moon", "page",
+            "text", "brick", "grass", "gravel", "clock", "horse", "retina", "cell", "chelsea", "coffee",
+            "rocket", "stereo_motorcycle")
+FEATURES = ("lung_share", "two_regions", "agreement", "confidence")
+
+
+def _png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _pictures(seed: int = 0):
+    import skimage.data
+
+    rng = np.random.default_rng(seed)
+    for name in PICTURES:
+        picture = getattr(skimage.data, name)()
+        picture = np.asarray(picture[0] if isinstance(picture, tuple) else picture)  # a stereo pair: the left
+        if picture.dtype != np.uint8:  # boolean or integer pictures: stretched to 0-255
+            picture = picture.astype(np.float64)
+            picture = np.round(255 * (picture - picture.min()) / max(np.ptp(picture), 1e-9)).astype(np.uint8)
+        grey = np.asarray(Image.fromarray(picture[..., :3]).convert("L")) if picture.ndim == 3 else picture
+        yield name, grey
+        yield f"{name} inverted", 255 - grey
+        h, w = grey.shape
+        for k in range(3):
+            ch, cw = rng.integers(h // 2, h + 1), rng.integers(w // 2, w + 1)
+            y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+            yield f"{name} crop {k}", grey[y : y + ch, x : x + cw]
+
+
+def _ct_slices(data: Path, folder: Path):
+    for p in sorted((data / "dicom-samples").glob("*.dcm")):
+        yield "dicom", p.name, read_slice(p)
+    for p in sorted((data / "medseg-covid" / "images").glob("*.jpg")):
+        yield "medseg", p.name, read_slice(p)
+    for p in sorted((data / "zenodo-covid-unlabelled" / "images").glob("*.jpg"))[::16]:
+        yield "zenodo", p.name, read_slice(p)
+    for k, values in enumerate(np.load(data / "kmader-lungs" / "images.npz")["images"][::4]):
+        hu = kmader_to_hu(values)
+        yield "kmader png", str(k), read_slice(_png(window(hu, 1500, -600)), f"{k}.png")
+        yield "kmader dicom", str(k), read_slice(write_ct_dicom(hu, folder / f"{k}.dcm"))
+
+
+def measure(ensemble: Ensemble, data: Path) -> list[dict]:
+    rows = []
+
+    def add(group: str, name: str, ct) -> None:
+        if why_not_ct(ct):
+            return  # refused by the pixel rules already
+        evidence = ensemble.segment_checked(ct.pixels, spacing_mm=ct.pixel_spacing_mm)[1]
+        rows.append({"group": group, "name": name, **{f: getattr(evidence, f) for f in FEATURES},
+                     "refused": why_not_lungs(evidence)})
+
+    with tempfile.TemporaryDirectory() as folder:
+        for group, name, ct in _ct_slices(data, Path(folder)):
+            add(group, name, ct)
+    for name, grey in _pictures():
+        add("picture", name, read_slice(_png(grey), "picture.png"))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT)
+    parser.add_argument("--json", type=Path, help="write every row here")
+    args = parser.parse_args(argv)
+    rows = measure(Ensemble.load(), args.data)
+    for group in dict.fromkeys(r["group"] for r in rows):
+        mine = [r for r in rows if r["group"] == group]
+        ranges = "  ".join(f"{f} {min(r[f] for r in mine):.3f}-{max(r[f] for r in mine):.3f}" for f in FEATURES)
+        print(f"{group:13s} {len(mine):4d} slices, {sum(bool(r['refused']) for r in mine):3d} refused  {ranges}")
+    for r in rows:
+        if r["group"] == "picture":
+            print(f"  {r['name']:32s} " + " ".join(f"{r[f]:.3f}" for f in FEATURES) + f"  {r['refused'] or 'GRADED'}")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""The second CT check, on what the real networks find (slow: the served ensemble). Grey
+photographs that pass the pixel rules are refused by it; every real CT slice we have,
+sent the ways users send it, still passes."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from segmenter.ml.io.ctcheck import LungEvidence, check_lungs, why_not_ct, why_not_lungs
+from segmenter.ml.io.dicomwrite import write_ct_dicom
+from segmenter.ml.io.imaging import UnreadableImage, read_slice, window
+from segmenter.ml.training.data import kmader_to_hu
+
+skimage_data = pytest.importorskip("skimage.data")
+
+pytestmark = pytest.mark.slow
+
+
+def png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def grey(rgb: np.ndarray) -> np.ndarray:
+    return np.asarray(Image.fromarray(rgb[..., :3]).convert("L"))
+
+
+#: Grey pictures the pixel rules let through (asserted below), refused on the lungs.
+PHOTOGRAPHS = {
+    "portrait (astronaut, grey)": lambda: grey(skimage_data.astronaut()),
+    "portrait, inverted": lambda: 255 - grey(skimage_data.astronaut()),
+    "coins on a tray": lambda: skimage_data.coins(),
+    "camera man, cropped": lambda: skimage_data.camera()[100:400, 50:450],
+    "street scene (motorcycle, grey)": lambda: grey(skimage_data.stereo_motorcycle()[0]),
+    "star field (Hubble, grey)": lambda: grey(skimage_data.hubble_deep_field()),
+}
+
+
+def lung_reason(served, ct) -> str | None:
+    return why_not_lungs(served.segment_checked(ct.pixels, spacing_mm=ct.pixel_spacing_mm)[1])
+
+
+@pytest.mark.parametrize("what", sorted(PHOTOGRAPHS))
+def test_grey_photographs_that_pass_the_pixel_rules_are_refused_on_their_lungs(served, what):
+    ct = read_slice(png(PHOTOGRAPHS[what]()), "photo.png")
+    assert why_not_ct(ct) is None  # else this picture tests nothing here
+    with pytest.raises(UnreadableImage) as caught:
+        check_lungs([ct], served, study=False)
+    assert caught.value.code == "not_ct"
+    assert str(caught.value).startswith("this does not look like a CT slice: ")
+
+
+def test_every_medseg_slice_and_the_sample_dicoms_pass(served, data_root):
+    paths = sorted((data_root / "medseg-covid" / "images").glob("*.jpg"))
+    paths += sorted((data_root / "dicom-samples").glob("*.dcm"))
+    refused = [(p.name, r) for p in paths if (r := lung_reason(served, read_slice(p)))]
+    assert len(paths) == 59 and refused == []
+
+
+def test_zenodo_slices_pass(served, data_root):
+    paths = sorted((data_root / "zenodo-covid-unlabelled" / "images").glob("*.jpg"))[5::40]
+    refused = [(p.name, r) for p in paths if (r := lung_reason(served, read_slice(p)))]
+    assert len(paths) >= 40 and refused == []
+
+
+def test_lesion_free_slices_pass_as_png_and_as_dicom(served, data_root, tmp_path):
+    values = np.load(data_root / "kmader-lungs" / "images.npz")["images"][1::10]
+    refused = []
+    for k, v in enumerate(values):
+        hu = kmader_to_hu(v)
+        for ct in (read_slice(png(window(hu, 1500, -600)), f"{k}.png"), read_slice(write_ct_dicom(hu, tmp_path / f"{k}.dcm"))):
+            if r := lung_reason(served, ct):
+                refused.append((k, r))
+    assert refused == []
+
+
+def test_a_study_is_refused_only_when_most_of_its_checked_slices_fail(served, data_root):
+    medseg = [read_slice(p) for p in sorted((data_root / "medseg-covid" / "images").glob("*.jpg"))[:5]]
+    photo = read_slice(png(skimage_data.coins()), "coins.png")
+    check_lungs(medseg[:4] + [photo], served, study=True)  # one picture among CT slices: graded
+    with pytest.raises(UnreadableImage) as caught:
+        check_lungs([photo, photo, photo, medseg[0]], served, study=True)
+    assert caught.value.params["reason"].code == "not_ct"
+
+
+@pytest.mark.parametrize(
+    "evidence, refused",
+    [
+        (LungEvidence(lung_share=0.70, two_regions=0.94, agreement=0.72, confidence=0.84), False),  # CT's extremes
+        (LungEvidence(lung_share=0.0, two_regions=1.0, agreement=1.0, confidence=1.0), False),  # no lung: graded as such
+        (LungEvidence(lung_share=0.95, two_regions=1.0, agreement=0.99, confidence=0.99), True),
+        (LungEvidence(lung_share=0.3, two_regions=0.6, agreement=0.9, confidence=0.9), True),
+        (LungEvidence(lung_share=0.3, two_regions=1.0, agreement=0.5, confidence=0.9), True),
+        (LungEvidence(lung_share=0.3, two_regions=1.0, agreement=0.9, confidence=0.78), True),
+    ],
+)
+def test_the_lung_rules(evidence, refused):
+    assert (why_not_lungs(evidence) is not None) == refused
