@@ -248,7 +248,10 @@ class VolumeSlices(Sequence[CTSlice]):
         with np.errstate(all="ignore"):
             # The plane turned to the display convention: anterior at the top (row index
             # runs to posterior), the patient's right on the left.
-            plane = np.take(self._volume, k, axis=si_axis).astype(np.float32) * self._slope + self._inter
+            # A view, not np.take: take copies the whole (Fortran-ordered) volume for every slice.
+            where = [slice(None)] * 3
+            where[si_axis] = k
+            plane = self._volume[tuple(where)].astype(np.float32) * self._slope + self._inter
             plane = np.nan_to_num(self.geometry.to_display(plane), nan=-1000.0, posinf=3000.0, neginf=-1000.0)
             pixels, hu = window(plane), hu_int16(plane)
         return CTSlice(
