@@ -1,7 +1,7 @@
 from django.conf import settings
 from django.utils.translation import gettext_lazy as _
 
-#: ml.pipeline.DISCLAIMER, translatable (a unit test keeps the English text the same).
+#: ml.results.reports.DISCLAIMER, translatable (a unit test keeps the English text the same).
 DISCLAIMER = _("For research and demonstration only; not for diagnosis.")
 
 

@@ -166,7 +166,9 @@ class _Lease:
     def fail(self, message: str) -> bool:
         """Mark the analysis failed, if this run still owns it (expired or not); whether it did."""
         return bool(
-            self._held().update(status=Analysis.Status.FAILED, error=message, finished=timezone.now(), slices_done=0)
+            self._held().update(
+                status=Analysis.Status.FAILED, error=message, finished=timezone.now(), slices_done=0
+            )
         )
 
     def store_png(self, path: str, array: np.ndarray) -> str:
@@ -312,7 +314,9 @@ def analysis_process(*, analysis_id, parsed: ParsedUpload | None = None) -> Outc
     """
     lease = _Lease.claim(analysis_id)
     if lease is None:
-        log.warning("analysis %s is not queued (taken by another run, finished or gone); skipped", analysis_id)
+        log.warning(
+            "analysis %s is not queued (taken by another run, finished or gone); skipped", analysis_id
+        )
         return Outcome.SKIPPED
     analysis = Analysis.objects.get(pk=analysis_id)
     # In a worker, messages are written in the uploader's language, not the worker's.
@@ -321,7 +325,7 @@ def analysis_process(*, analysis_id, parsed: ParsedUpload | None = None) -> Outc
             try:
                 with analysis.upload.open("rb") as fh:
                     parsed = upload_read(stream=fh, name=analysis.source_name, size=analysis.upload.size)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any error ends the analysis failed, with its reason
                 return _fail(analysis, lease, exc)
         outcome = _segment_into(analysis, lease, parsed.slices)
     if outcome == Outcome.DONE:
@@ -343,19 +347,23 @@ def _segment_into(analysis: Analysis, lease: _Lease, slices: Sequence[CTSlice]) 
         if lease.fail(stopped_message()):
             discard_upload(analysis)  # expired, but nobody had reaped it yet
         return Outcome.LEASE_LOST
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any error ends the analysis failed, with its reason
         return _fail(analysis, lease, exc)
     return Outcome.DONE
 
 
 @contextmanager
-def analysis_recording(*, source_name: str, kind: str, slices_total: int, segmenter: Segmenter) -> Iterator[_Recording]:
+def analysis_recording(
+    *, source_name: str, kind: str, slices_total: int, segmenter: Segmenter
+) -> Iterator[_Recording]:
     """A new analysis, stored from slices processed by the caller (the command line's
     ``--save``, which feeds the pipeline's results to this sink and its folder at once):
     the caller adds every slice and calls ``finish(summary)`` inside the block. If the
     block raises, or ends without finish, the analysis ends failed and without files,
     and the exception propagates."""
-    analysis = Analysis.objects.create(kind=kind, source_name=clean_name(source_name), slices_total=slices_total)
+    analysis = Analysis.objects.create(
+        kind=kind, source_name=clean_name(source_name), slices_total=slices_total
+    )
     lease = _Lease.claim(analysis.pk)
     try:
         with _Recording(analysis, lease, segmenter) as recording:
@@ -383,4 +391,3 @@ def _fail(analysis: Analysis, lease: _Lease, exc: BaseException) -> Outcome:
         discard_upload(analysis)
     lease.remove_written()
     return Outcome.STORAGE_UNAVAILABLE if isinstance(exc, StorageUnavailable) else Outcome.FAILED
-

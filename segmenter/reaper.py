@@ -140,7 +140,9 @@ def _unqueued_reap(now, cutoff) -> list[str]:
             status__in=(TaskResultStatus.READY, TaskResultStatus.RUNNING), task_path=PROCESS_TASK_PATH
         ):
             args = (row.args_kwargs or {}).get("args") or []
-            waiting.add(str(args[0] if args else (row.args_kwargs or {}).get("kwargs", {}).get("analysis_id")))
+            waiting.add(
+                str(args[0] if args else (row.args_kwargs or {}).get("kwargs", {}).get("analysis_id"))
+            )
     lines = []
     for analysis in stale:
         if str(analysis.pk) in waiting:
@@ -152,8 +154,10 @@ def _unqueued_reap(now, cutoff) -> list[str]:
         )
         if taken:
             removed = delete_folder_quietly(analysis_folder(analysis.pk))
-            lines.append(f"analysis {analysis.pk} ({analysis.source_name}): queued, no task -> failed; "
-                         f"{removed} files removed")
+            lines.append(
+                f"analysis {analysis.pk} ({analysis.source_name}): queued, no task -> failed; "
+                f"{removed} files removed"
+            )
     return lines
 
 
@@ -165,10 +169,9 @@ def _orphan_task_rows_reap(now, cutoff) -> list[str]:
     from django_tasks import TaskResultStatus
     from django_tasks_db.models import DBTaskResult
 
-
-    rows = DBTaskResult.objects.filter(
-        status=TaskResultStatus.RUNNING, task_path=PROCESS_TASK_PATH
-    ).filter(Q(started_at__lt=cutoff) | Q(started_at__isnull=True))
+    rows = DBTaskResult.objects.filter(status=TaskResultStatus.RUNNING, task_path=PROCESS_TASK_PATH).filter(
+        Q(started_at__lt=cutoff) | Q(started_at__isnull=True)
+    )
     lines = []
     for row in rows:
         args = (row.args_kwargs or {}).get("args") or []
@@ -211,14 +214,18 @@ def _temp_uploads_reap(now, cutoff) -> list[str]:
             continue
         try:
             info = entry.stat(follow_symlinks=False)
-            if not entry.is_file(follow_symlinks=False) or info.st_uid != os.getuid() or info.st_mtime >= limit:
+            if (
+                not entry.is_file(follow_symlinks=False)
+                or info.st_uid != os.getuid()
+                or info.st_mtime >= limit
+            ):
                 continue
             os.unlink(entry.path)
         except OSError as exc:
             log.warning("could not remove %s: %s", entry.path, exc)
             continue
         age = now.timestamp() - info.st_mtime
-        lines.append(f"temporary upload {entry.path} ({megabytes(info.st_size)} MB, {age:.0f} s old) -> deleted")
+        lines.append(
+            f"temporary upload {entry.path} ({megabytes(info.st_size)} MB, {age:.0f} s old) -> deleted"
+        )
     return lines
-
-

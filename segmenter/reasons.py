@@ -91,7 +91,9 @@ UNREADABLE_REASONS = {
     "volume_too_large": gettext_lazy("the volume unpacks to %(size_mb)s MB; the limit is %(limit_mb)s MB"),
     "volume_too_many_slices": gettext_lazy("the volume holds %(count)s slices; the limit is %(limit)s"),
     "volume_dtype": gettext_lazy("voxels of type %(dtype)s are not CT numbers (expected integers or floats)"),
-    "nifti_pair": gettext_lazy("this is the header of a .hdr/.img pair; upload a single .nii or .nii.gz file"),
+    "nifti_pair": gettext_lazy(
+        "this is the header of a .hdr/.img pair; upload a single .nii or .nii.gz file"
+    ),
     "not_nifti": gettext_lazy("not a NIfTI volume"),
     "volume_not_3d": gettext_lazy("expected a 3-D volume, got shape %(shape)s"),
     "volume_4d": gettext_lazy("expected one 3-D volume, got %(count)s volumes (4-D)"),
@@ -118,8 +120,12 @@ NOT_CT_REASONS = {
         "it has none of the fine texture of a CT scan, like a drawing or document"
     ),
     "what would be lung fills the picture": gettext_lazy("what would be lung fills the picture"),
-    "what would be lung falls apart into many pieces": gettext_lazy("what would be lung falls apart into many pieces"),
-    "the networks find no consistent lungs in it": gettext_lazy("the networks find no consistent lungs in it"),
+    "what would be lung falls apart into many pieces": gettext_lazy(
+        "what would be lung falls apart into many pieces"
+    ),
+    "the networks find no consistent lungs in it": gettext_lazy(
+        "the networks find no consistent lungs in it"
+    ),
 }
 
 

@@ -49,7 +49,9 @@ def analysis_create(*, stream: BinaryIO, name: str, size: int, browser: str = ""
     try:
         with transaction.atomic():
             if not here:  # a worker reads the upload from storage
-                analysis.upload.save(stored_upload_name(name), File(stream, name=clean_name(name)), save=False)
+                analysis.upload.save(
+                    stored_upload_name(name), File(stream, name=clean_name(name)), save=False
+                )
             analysis.save()
     except Exception as exc:
         processing.delete_folder_quietly(analysis_folder(analysis.id))

@@ -16,5 +16,7 @@ def process_analysis(analysis_id: str) -> str:
     reaper.abandoned_reap_if_due()
     outcome = processing.analysis_process(analysis_id=analysis_id)
     if outcome == processing.Outcome.LEASE_LOST:
-        raise processing.LeaseLost(f"analysis {analysis_id}: the lease expired or the analysis was failed meanwhile")
+        raise processing.LeaseLost(
+            f"analysis {analysis_id}: the lease expired or the analysis was failed meanwhile"
+        )
     return outcome.value

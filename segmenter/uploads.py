@@ -26,8 +26,8 @@ from typing import BinaryIO
 from django.conf import settings
 from django.utils.translation import gettext as _
 
-from .ml.io.archive import HEAD_BYTES, ArchiveLimits, archive_kind, read_any_archive, read_folder, suffix_kind
 from .engine import get_segmenter
+from .ml.io.archive import HEAD_BYTES, ArchiveLimits, archive_kind, read_any_archive, read_folder, suffix_kind
 from .ml.io.ctcheck import check_lungs, check_slices
 from .ml.io.headers import PixelBudget
 from .ml.io.imaging import CTSlice, UnreadableImage, read_slices
@@ -160,7 +160,9 @@ def upload_read(*, stream: BinaryIO, name: str, size: int) -> ParsedUpload:
             slices, kind = read_any_archive(stream, name, archive_limits()), Analysis.Kind.STUDY
         elif is_nifti_name(name):
             slices = read_nifti(
-                stream.read(), name, max_slices=settings.SEGMENTER_MAX_SLICES,
+                stream.read(),
+                name,
+                max_slices=settings.SEGMENTER_MAX_SLICES,
                 max_pixels=settings.SEGMENTER_MAX_DECODED_PIXELS,
             )
             kind = Analysis.Kind.VOLUME
@@ -197,4 +199,6 @@ def folder_read(folder: Path) -> ParsedUpload:
 
 def _unreadable(name: str, exc: UnreadableImage) -> UploadError:
     log.info("%s could not be read: %s", name, exc)
-    return UploadError(_("%(name)s could not be read: %(reason)s.") % {"name": name, "reason": unreadable_reason(exc)})
+    return UploadError(
+        _("%(name)s could not be read: %(reason)s.") % {"name": name, "reason": unreadable_reason(exc)}
+    )

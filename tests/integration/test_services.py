@@ -20,8 +20,12 @@ API = "/api/v1/analyses"
 
 
 def _web(client, data: bytes, **extra):
-    return client.post(reverse("segmenter:home"), {"file": SimpleUploadedFile("big.png", data)},
-                       headers={"Accept": "application/json"}, **extra)
+    return client.post(
+        reverse("segmenter:home"),
+        {"file": SimpleUploadedFile("big.png", data)},
+        headers={"Accept": "application/json"},
+        **extra,
+    )
 
 
 def _api(client, data: bytes, **extra):
@@ -53,7 +57,10 @@ def test_a_malformed_content_length_is_a_400_from_both(client, send):
 def test_the_browser_script_is_told_the_same_limit(client, settings):
     settings.SEGMENTER_MAX_UPLOAD_BYTES = 1024 * 1024
     page = client.get(reverse("segmenter:home")).content.decode()
-    assert uploads.too_large_message() == "The file is larger than the limit of 1 MB." and "larger than the limit of 1 MB" in page
+    assert (
+        uploads.too_large_message() == "The file is larger than the limit of 1 MB."
+        and "larger than the limit of 1 MB" in page
+    )
 
 
 @pytest.fixture
@@ -73,7 +80,9 @@ def test_an_upload_processed_in_the_request_is_decoded_once(samples, decodes):
     assert not analysis.upload  # nothing stored for a worker
 
 
-def test_a_queued_upload_is_decoded_once_where_it_is_checked_and_once_by_its_worker(samples, settings, decodes):
+def test_a_queued_upload_is_decoded_once_where_it_is_checked_and_once_by_its_worker(
+    samples, settings, decodes
+):
     settings.TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
     data = samples.zip({f"s/{k}.jpg": samples.jpeg(k) for k in range(3)})
     analysis = services.analysis_create(stream=io.BytesIO(data), name="s.zip", size=len(data))

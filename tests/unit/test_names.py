@@ -55,9 +55,20 @@ def test_the_longest_known_suffix_is_found_and_dropped(name, suffix, stem):
 def test_every_front_end_reads_the_same_suffixes():
     from segmenter.ml.evaluation import evaluate
 
-    assert {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".zip", ".rar", ".7z", ".tar", ".tar.gz", ".nii", ".nii.gz"} <= set(
-        UPLOAD_SUFFIXES
-    )
+    assert {
+        ".png",
+        ".jpg",
+        ".jpeg",
+        ".dcm",
+        ".dicom",
+        ".zip",
+        ".rar",
+        ".7z",
+        ".tar",
+        ".tar.gz",
+        ".nii",
+        ".nii.gz",
+    } <= set(UPLOAD_SUFFIXES)
     assert set(evaluate.IMAGE_SUFFIXES) <= set(UPLOAD_SUFFIXES)
 
 

@@ -58,10 +58,14 @@ def test_each_slice_is_segmented_once_and_reaches_the_sink_in_order():
 
 def test_progress_is_reported_after_each_slice_with_the_total_when_known():
     calls = []
-    run_study([_slice(k) for k in range(3)], StandInSegmenter(), ListSink(), lambda d, t: calls.append((d, t)))
+    run_study(
+        [_slice(k) for k in range(3)], StandInSegmenter(), ListSink(), lambda d, t: calls.append((d, t))
+    )
     assert calls == [(1, 3), (2, 3), (3, 3)]
     calls.clear()
-    run_study((_slice(k) for k in range(2)), StandInSegmenter(), ListSink(), lambda d, t: calls.append((d, t)))
+    run_study(
+        (_slice(k) for k in range(2)), StandInSegmenter(), ListSink(), lambda d, t: calls.append((d, t))
+    )
     assert calls == [(1, None), (2, None)]  # a generator does not know its length
 
 
@@ -90,8 +94,16 @@ def test_nothing_of_a_slice_is_kept_once_its_sink_has_it():
 
     class WeakSink:
         def add(self, index, result):
-            refs.append((weakref.ref(result.source.pixels.base if result.source.pixels.base is not None
-                                     else result.source.pixels), weakref.ref(result)))
+            refs.append(
+                (
+                    weakref.ref(
+                        result.source.pixels.base
+                        if result.source.pixels.base is not None
+                        else result.source.pixels
+                    ),
+                    weakref.ref(result),
+                )
+            )
 
     def lazily():
         for k in range(30):
