@@ -151,6 +151,7 @@ def test_a_missing_path_is_an_error(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.real_engine
 def test_the_real_ensemble_finds_lung_on_the_dicom_sample(data_root, tmp_path):
     out, _ = _run(data_root / "dicom-samples" / "0.dcm", "--out", tmp_path)
     labels = _labels(tmp_path / "0" / "0001-0-labels.png")

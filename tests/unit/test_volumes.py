@@ -25,19 +25,13 @@ def stack(data_root):
     return vol, [c.pixels for c in cts]
 
 
-def _dicom_path(k: int):
-    from tests.conftest import DATA_ROOT
-
-    return DATA_ROOT / "dicom-samples" / f"{k}.dcm"
-
-
 def _nifti(vol, affine) -> bytes:
     img = nib.Nifti1Image(vol, affine)
     img.header.set_zooms((0.625, 0.625, 1.25))
     return img.to_bytes()
 
 
-def test_a_ras_volume_reads_as_axial_slices_in_display_orientation(stack):
+def test_a_ras_volume_reads_as_axial_slices_in_display_orientation(stack, data_root):
     vol, expected = stack
     affine = np.diag([0.625, 0.625, 1.25, 1.0])
     slices = read_nifti(_nifti(vol, affine), "ct.nii")
@@ -47,7 +41,7 @@ def test_a_ras_volume_reads_as_axial_slices_in_display_orientation(stack):
     assert slices[0].calibrated and slices[0].pixel_spacing_mm == (0.625, 0.625)
     assert slices[0].slice_thickness_mm == 1.25
     # The HU in display orientation, as the DICOM reader gives them for the same slice.
-    hu0 = read_slice(_dicom_path(0)).hu
+    hu0 = read_slice(data_root / "dicom-samples" / "0.dcm").hu
     assert slices[0].hu.dtype == np.int16 and np.array_equal(slices[0].hu, hu0)
 
 

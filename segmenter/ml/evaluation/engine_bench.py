@@ -1,6 +1,6 @@
 """Benchmark the served inference path against the plain reference path, in one process.
 
-    python -m segmenter.ml.bench --json FILE [--slice PATH] [--threads 2] [--runs 15]
+    python -m segmenter.ml.bench --json FILE [--slice PATH] [--threads 2] [--runs 15] [--no-variants]
 
 * reference_ms: the plain eager fp32 forward (NCHW, the whole slice at each network's
   scale) of both networks plus softmax averaging, batch 1 -- the networks alone, as the
@@ -14,6 +14,12 @@
 Timings are medians of --runs runs after warm-up, with --threads threads (torch's and
 ONNX Runtime's). load_ms is the served ensemble's start-up: reading and verifying the
 weights and exporting both networks to ONNX.
+
+* variants: the other ways of running the ensemble that were tried (int8 quantisation,
+  batches of slices, cheaper PSPNet scales, the networks in turn; see engine_variants),
+  each with its ms per slice (timed interleaved with the served path), its agreement with
+  the reference on the same slices, and whether it clears the bar (faster than served,
+  agreement >= 0.995). They are printed as a table on stderr too.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import json
 import platform
 import resource
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -34,7 +41,9 @@ from ..io.imaging import read_slice
 from ..model.ensemble import REFERENCE, SERVED, Ensemble
 from ..model.postprocess import postprocess
 from ..model.preprocess import normalise, pad_to_multiple, resize_to_model
+from ..model.weights import load_networks
 from ..paths import DEFAULT_DATA_ROOT, DEFAULT_WEIGHTS_DIR
+from .engine_variants import AGREEMENT_BAR, Variant, build_variants
 
 DATA_ROOT = DEFAULT_DATA_ROOT
 
@@ -58,11 +67,65 @@ def agreement_slices(root: Path, limit: int = 24) -> list[tuple[str, np.ndarray]
     return [(p.name, read_slice(p).pixels) for p in paths[:limit]]
 
 
+def calibration_paths(root: Path) -> list[Path]:
+    """Twenty other real slices (none of agreement_slices'), for int8 calibration."""
+    paths = sorted((root / "medseg-covid" / "images").glob("*.jpg"))[20:30]
+    return paths + sorted((root / "zenodo-covid-unlabelled" / "images").glob("*.jpg"))[80::160][:10]
+
+
+def measure_variants(
+    variants: list[Variant],
+    pixels: np.ndarray,
+    slices: list[tuple[str, np.ndarray]],
+    references: list[np.ndarray],
+    runs: int,
+) -> list[dict]:
+    """ms per slice of each variant (interleaved rounds, median) and its agreement with the
+    reference labels of ``slices``."""
+    times: dict[str, list[float]] = {v.name: [] for v in variants}
+    for v in variants:  # warm-up
+        v.segment([pixels] * v.batch)
+    for _ in range(runs):
+        for v in variants:
+            t = time.perf_counter()
+            v.segment([pixels] * v.batch)
+            times[v.name].append((time.perf_counter() - t) * 1000.0 / v.batch)
+    served_ms = next(statistics.median(times[v.name]) for v in variants if v.served)
+    rows = []
+    for v in variants:
+        labels = v.segment([px for _, px in slices])
+        equal = [int(np.count_nonzero(a == b)) for a, b in zip(labels, references)]
+        agreement = sum(equal) / sum(r.size for r in references)
+        ms = statistics.median(times[v.name])
+        rows.append(
+            {
+                "variant": v.name,
+                "ms_per_slice": ms,
+                "agreement": agreement,
+                "agreement_min_slice": min(e / r.size for e, r in zip(equal, references)),
+                "clears_bar": bool(v.served or (ms < served_ms and agreement >= AGREEMENT_BAR)),
+                "served": v.served,
+                "note": v.note,
+            }
+        )
+    return rows
+
+
+def variants_table(rows: list[dict]) -> str:
+    lines = [f"{'variant':<78} {'ms/slice':>8} {'agreement':>9}  bar  served"]
+    for r in rows:
+        lines.append(
+            f"{r['variant']:<78} {r['ms_per_slice']:>8.1f} {r['agreement']:>9.4f}  "
+            f"{'yes' if r['clears_bar'] else 'no ':<4} {'yes' if r['served'] else 'no'}"
+        )
+    return "\n".join(lines)
+
+
 def reference_labels(reference: Ensemble, pixels: np.ndarray) -> np.ndarray:
     return postprocess(reference.probabilities(pixels), pixels)
 
 
-def run(weights: Path, slice_path: Path, threads: int, runs: int) -> dict:
+def run(weights: Path, slice_path: Path, threads: int, runs: int, variants: bool = True) -> dict:
     torch.set_num_threads(threads)
     t = time.perf_counter()
     served = Ensemble.load(weights, SERVED)
@@ -84,11 +147,20 @@ def run(weights: Path, slice_path: Path, threads: int, runs: int) -> dict:
 
     same = total = 0
     per_slice = {}
-    for name, px in agreement_slices(DATA_ROOT):
+    slices = agreement_slices(DATA_ROOT)
+    references = []
+    for name, px in slices:
         a, b = served.segment(px), reference_labels(reference, px)
+        references.append(b)
         eq = int(np.count_nonzero(a == b))
         same, total = same + eq, total + a.size
         per_slice[name] = eq / a.size
+    tried = []
+    if variants:
+        networks, _, _ = load_networks(Path(weights))
+        tried = measure_variants(
+            build_variants(served, networks, calibration_paths(DATA_ROOT)), pixels, slices, references, runs
+        )
     return {
         "reference_ms": reference_ms,
         "served_ms": served_ms,
@@ -103,7 +175,8 @@ def run(weights: Path, slice_path: Path, threads: int, runs: int) -> dict:
         "model_input_shapes": {n: list(x.shape) for n, x in zip(reference.names, inputs)},
         "threads": threads,
         "runs": runs,
-        "served_options": dataclasses.asdict(SERVED),
+        "served_options": {"backend": type(SERVED.backend).__name__, **dataclasses.asdict(SERVED)},
+        "variants": tried,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(),
@@ -120,16 +193,24 @@ def report(result: dict, path: Path | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m segmenter.ml.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m segmenter.ml.bench", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--slice", type=Path, default=DATA_ROOT / "dicom-samples" / "0.dcm")
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS_DIR)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument(
+        "--no-variants", action="store_true", help="skip the variants tried beside the served path"
+    )
     args = parser.parse_args(argv)
     if args.runs < 10:
         parser.error("--runs must be at least 10")
-    report(run(args.weights, args.slice, args.threads, args.runs), args.json)
+    result = run(args.weights, args.slice, args.threads, args.runs, variants=not args.no_variants)
+    report(result, args.json)
+    if result["variants"]:
+        print(variants_table(result["variants"]), file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,15 @@
 """The ensemble: UNet/EfficientNet-b0 and PSPNet/EfficientNet-b2 averaged in probability.
 
-Build it once per process with ``Ensemble.load()`` and call ``segment`` (or
-``probabilities``) for each slice. Calls are serialised by a lock, so one instance can be
-shared between threads; the networks use the runtime's intra-op threads for each call.
+Build it once per process with ``Ensemble.load()`` (verify the weights, build the
+networks, export them to ONNX; a few seconds) and call ``segment`` (or
+``probabilities``) for each slice. The constructor itself is cheap: it takes ready
+runners, one per network (``onnx_runtime.OnnxRunner`` or ``networks.TorchRunner``, the
+same call: a float batch in, probabilities out), so that tools can put together other
+ensembles (a subset, other weights or scales) without loading anything again.
+
+Calls are serialised by a lock, so one instance can be shared between threads; the
+networks use the runtime's intra-op threads for each call, and under ONNX Runtime with
+at least one thread per network they run side by side (``OnnxOptions``).
 
 Each network runs at its own pixel scale (the manifest's "scale"; see networks.NETWORKS),
 and its probabilities are resized (bilinear) to the slice's size. Combination rule:
@@ -14,10 +21,11 @@ become other lung (``postprocess.postprocess``).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
-from dataclasses import dataclass
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -26,8 +34,8 @@ import torch
 
 from ..constants import BACKGROUND, LUNG_CLASSES, MODEL_SCALE, NUM_CLASSES, SIZE_MULTIPLE
 from ..io.ctcheck import LungEvidence
-from .networks import NETWORKS
-from .onnx_runtime import OnnxNetwork
+from .networks import NETWORKS, TorchOptions, TorchRunner
+from .onnx_runtime import OnnxOptions, OnnxRunner
 from .postprocess import postprocess
 from .preprocess import (
     Box,
@@ -43,121 +51,178 @@ from .weights import DEFAULT_WEIGHTS_DIR, load_networks
 
 log = logging.getLogger(__name__)
 
+#: A network ready to run: float32 (N, 1, H, W) in [-1, 1], H and W multiples of
+#: SIZE_MULTIPLE -> float32 (N, C, H, W) softmax probabilities.
+Runner = Callable[[np.ndarray], np.ndarray]
+
 
 @dataclass(frozen=True)
 class InferenceOptions:
-    """How the forward pass runs; all settings give the same labels up to rounding.
+    """How ``Ensemble.load`` runs the networks; every choice gives the same labels up to
+    rounding.
 
-    onnx: run the networks in ONNX Runtime (exported at load time; see onnx_runtime),
-    about three times faster than eager torch on a plain CPU. The torch-only options
-    below then do not apply.
-    channels_last: run torch convolutions on NHWC tensors (faster with oneDNN on CPU).
-    crop_to_body: run the networks only on the box around the body, not the air around it.
-    bf16: autocast torch to bfloat16 (faster only on CPUs with native bf16 matrix units).
+    backend: ``OnnxOptions()`` (the served path: each network exported to ONNX Runtime
+    at load time, about three times faster than eager torch on a plain CPU) or
+    ``TorchOptions()`` (eager torch); each carries the options that apply to it alone.
+    crop_to_body: run the networks only on the box around the body, not the air around
+    it (either backend).
     """
 
-    onnx: bool = True
-    channels_last: bool = True
+    backend: OnnxOptions | TorchOptions = field(default_factory=OnnxOptions)
     crop_to_body: bool = True
-    bf16: bool = False
 
 
 #: The plain path: eager torch fp32, NCHW, the whole slice. The benchmark's yardstick.
-REFERENCE = InferenceOptions(onnx=False, channels_last=False, crop_to_body=False, bf16=False)
+REFERENCE = InferenceOptions(backend=TorchOptions(channels_last=False, bf16=False), crop_to_body=False)
 #: The path the application serves.
 SERVED = InferenceOptions()
 
 
+def build_runners(
+    networks: dict[str, torch.nn.Module], backend: OnnxOptions | TorchOptions
+) -> tuple[dict[str, Runner], bool]:
+    """Runners for ``networks`` (eval mode, on the CPU) and whether to run them side by side.
+
+    Under ONNX each network is exported and the dictionary's entry removed, so that
+    nothing keeps the torch module alive once its session exists."""
+    if isinstance(backend, TorchOptions):
+        return {name: TorchRunner(net, backend) for name, net in networks.items()}, False
+    threads = torch.get_num_threads()
+    parallel = backend.parallel_networks and len(networks) > 1 and threads >= len(networks)
+    per_network = threads // len(networks) if parallel else threads
+    runners = {}
+    for name in list(networks):
+        runners[name] = OnnxRunner.export(networks.pop(name), per_network)
+    return runners, parallel
+
+
 class Ensemble:
-    """Networks, their averaging weights and the scale each works at; see the module docstring."""
+    """Runners, their averaging weights and the scale each works at; see the module docstring.
+
+    runners: name -> ``Runner``, in the order the probabilities are summed.
+    weights: name -> averaging weight (normalised to sum 1; default: equal).
+    scales: name -> pixel scale (default: the network's spec, else MODEL_SCALE).
+    manifest: the weights' manifest (what ``report.json`` names as the model).
+    crop_to_body: see ``InferenceOptions``.
+    parallel: run the networks side by side, one thread each (for runners whose sessions
+    were built for it; ``build_runners`` says when).
+    """
 
     def __init__(
         self,
-        networks: dict[str, torch.nn.Module],
+        runners: dict[str, Runner],
         weights: dict[str, float] | None = None,
-        options: InferenceOptions = SERVED,
-        manifest: dict | None = None,
         scales: dict[str, float] | None = None,
-        runners: dict[str, OnnxNetwork] | None = None,
+        *,
+        manifest: dict | None = None,
+        crop_to_body: bool = True,
+        parallel: bool = False,
     ):
-        if not networks:
+        if not runners:
             raise ValueError("an ensemble needs at least one network")
-        self.options = options
-        self.manifest = manifest or {}
-        self.names = list(networks)
-        self.networks = [networks[n] for n in self.names]
+        self.names = list(runners)
+        self.runners = [runners[n] for n in self.names]
         raw = [float((weights or {}).get(n, 1.0)) for n in self.names]
         total = sum(raw)
         if total <= 0:
             raise ValueError("ensemble weights must sum to a positive number")
         self.weights = [w / total for w in raw]
-        self.scales = [float((scales or {}).get(n, NETWORKS[n].scale if n in NETWORKS else MODEL_SCALE)) for n in self.names]
-        if options.channels_last and not options.onnx:
-            self.networks = [net.to(memory_format=torch.channels_last) for net in self.networks]
-        self.runners: list[OnnxNetwork] = []
-        if options.onnx:
-            runners = runners or {}
-            self.runners = [runners.get(n) or OnnxNetwork(net) for n, net in zip(self.names, self.networks)]
+        self.scales = [
+            float((scales or {}).get(n, NETWORKS[n].scale if n in NETWORKS else MODEL_SCALE))
+            for n in self.names
+        ]
+        self.manifest = manifest or {}
+        self.crop_to_body = crop_to_body
+        self.parallel = parallel and len(self.runners) > 1
+        self._pool = ThreadPoolExecutor(len(self.runners), "ensemble") if self.parallel else None
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, directory: Path | str = DEFAULT_WEIGHTS_DIR, options: InferenceOptions = SERVED) -> Ensemble:
-        """Verify and load the shipped weights (raises weights.WeightsError)."""
+    def load(
+        cls, directory: Path | str = DEFAULT_WEIGHTS_DIR, options: InferenceOptions = SERVED
+    ) -> Ensemble:
+        """Verify and load the shipped weights and build the runners (raises weights.WeightsError)."""
         networks, weights, manifest = load_networks(Path(directory))
         scales = {name: entry.get("scale", MODEL_SCALE) for name, entry in manifest["networks"].items()}
         log.info("loaded ensemble %s (scales %s) from %s", list(networks), scales, directory)
-        return cls(networks, weights, options, manifest, scales)
+        return cls.from_networks(networks, weights, scales, options, manifest=manifest)
+
+    @classmethod
+    def from_networks(
+        cls,
+        networks: dict[str, torch.nn.Module],
+        weights: dict[str, float] | None = None,
+        scales: dict[str, float] | None = None,
+        options: InferenceOptions = SERVED,
+        *,
+        manifest: dict | None = None,
+    ) -> Ensemble:
+        """An ensemble of torch modules in eval mode (training's validation uses it with
+        ``TorchOptions``, which keeps the very modules; under ONNX they are exported)."""
+        runners, parallel = build_runners(dict(networks), options.backend)
+        return cls(
+            runners, weights, scales, manifest=manifest, crop_to_body=options.crop_to_body, parallel=parallel
+        )
 
     def subset(self, names: list[str], weights: dict[str, float] | None = None) -> Ensemble:
-        """The same networks (or some of them) with other averaging weights."""
-        by_name = dict(zip(self.names, self.networks))
+        """The same runners (or some of them) with other averaging weights."""
+        by_name = dict(zip(self.names, self.runners))
         chosen = weights or dict(zip(self.names, self.weights))
         return Ensemble(
-            {n: by_name[n] for n in names}, {n: chosen[n] for n in names}, self.options, self.manifest,
-            dict(zip(self.names, self.scales)), dict(zip(self.names, self.runners)),
+            {n: by_name[n] for n in names},
+            {n: chosen[n] for n in names},
+            dict(zip(self.names, self.scales)),
+            manifest=self.manifest,
+            crop_to_body=self.crop_to_body,
+            parallel=self.parallel,
         )
 
     # -- inference -----------------------------------------------------------------
 
     def forward(self, k: int, image: np.ndarray) -> np.ndarray:
         """Network k on float32 (H, W) in [-1, 1], H and W multiples of 32 -> softmax (C, H, W)."""
-        if self.runners:
-            with self._lock:
-                logits = torch.from_numpy(self.runners[k](image[None, None]))
-            return torch.softmax(logits, dim=1)[0].numpy()
-        net = self.networks[k]
-        if net.training:
-            raise RuntimeError("ensemble networks must be in eval() mode for inference")
-        x = torch.from_numpy(image[None, None])
-        if self.options.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        autocast = (
-            torch.autocast("cpu", dtype=torch.bfloat16) if self.options.bf16 else contextlib.nullcontext()
-        )
-        with self._lock, torch.inference_mode(), autocast:
-            return torch.softmax(net(x).float(), dim=1)[0].numpy()
+        with self._lock:
+            return self.runners[k](image[None, None])[0]
 
-    def network_probabilities(self, k: int, pixels: np.ndarray, factor: float | None = None) -> np.ndarray:
-        """uint8 (H, W) slice -> network k's float32 (C, h, w) probabilities at its scale.
-
-        factor: the slice's reference factor (preprocess.reference_factor); None: by size."""
+    def network_input(
+        self, k: int, pixels: np.ndarray, factor: float | None = None
+    ) -> tuple[np.ndarray, Box, tuple[int, int]]:
+        """uint8 (H, W) slice -> network k's input: float32 (h', w') in [-1, 1] padded to
+        multiples of SIZE_MULTIPLE, the box of the scaled slice it covers, and the scaled
+        slice's (h, w). factor: the slice's reference factor (None: by size)."""
         scaled = resize_to_model(pixels, self.scales[k], factor)
         h, w = scaled.shape
         box = Box(0, h, 0, w)
-        if self.options.crop_to_body:
+        if self.crop_to_body:
             # Snapped to the encoders' stride, so the crop keeps the whole slice's
             # downsampling grid and the labels do not shift with the crop.
             body = body_box(scaled)
-            box = Box(body.top // SIZE_MULTIPLE * SIZE_MULTIPLE, body.bottom,
-                      body.left // SIZE_MULTIPLE * SIZE_MULTIPLE, body.right)
+            box = Box(
+                body.top // SIZE_MULTIPLE * SIZE_MULTIPLE,
+                body.bottom,
+                body.left // SIZE_MULTIPLE * SIZE_MULTIPLE,
+                body.right,
+            )
         crop = scaled[box.top : box.bottom, box.left : box.right]
-        probs = self.forward(k, pad_to_multiple(normalise(crop), value=-1.0))[:, : box.height, : box.width]
-        if box == Box(0, h, 0, w):
+        return pad_to_multiple(normalise(crop), value=-1.0), box, (h, w)
+
+    @staticmethod
+    def place(probs: np.ndarray, box: Box, shape: tuple[int, int]) -> np.ndarray:
+        """A network's float32 (C, h', w') output for ``network_input``'s box -> (C, h, w)
+        probabilities of the whole scaled slice (background outside the box)."""
+        probs = probs[:, : box.height, : box.width]
+        if box == Box(0, shape[0], 0, shape[1]):
             return np.ascontiguousarray(probs)
-        full = np.zeros((NUM_CLASSES, h, w), np.float32)
+        full = np.zeros((NUM_CLASSES, *shape), np.float32)
         full[BACKGROUND] = 1.0
         full[:, box.top : box.bottom, box.left : box.right] = probs
         return full
+
+    def _network_probabilities(self, k: int, pixels: np.ndarray, factor: float | None) -> np.ndarray:
+        """uint8 (H, W) slice -> network k's float32 (C, h, w) probabilities at its scale
+        (the caller holds the lock)."""
+        image, box, shape = self.network_input(k, pixels, factor)
+        return self.place(self.runners[k](image[None, None])[0], box, shape)
 
     def combine(self, probabilities: list[np.ndarray], height: int, width: int) -> np.ndarray:
         """Each network's (C, h_k, w_k) probabilities -> their weighted average at (height, width)."""
@@ -180,8 +245,15 @@ class Ensemble:
             raise ValueError(f"expected a uint8 (H, W) slice, got {pixels.dtype} {pixels.shape}")
         if factor is None:
             factor = reference_factor(pixels, spacing_mm)
-        parts = [self.network_probabilities(k, pixels, factor) for k in range(len(self.networks))]
-        return self.combine(parts, *pixels.shape)
+        return self.combine(self._parts(pixels, factor), *pixels.shape)
+
+    def _parts(self, pixels: np.ndarray, factor: float | None) -> list[np.ndarray]:
+        """Each network's (C, h_k, w_k) probabilities, side by side where the runners allow."""
+        ks = range(len(self.runners))
+        with self._lock:
+            if self._pool is not None:
+                return list(self._pool.map(lambda k: self._network_probabilities(k, pixels, factor), ks))
+            return [self._network_probabilities(k, pixels, factor) for k in ks]
 
     def segment(self, pixels: np.ndarray, spacing_mm: tuple[float, float] | None = None) -> np.ndarray:
         """uint8 (H, W) slice -> uint8 (H, W) label map (see constants for the values)."""
@@ -205,5 +277,5 @@ class Ensemble:
             raise ValueError(f"expected a uint8 (H, W) slice, got {pixels.dtype} {pixels.shape}")
         body = body_mask(pixels)  # once: for the scale rule and for the anatomy rules
         factor = reference_factor(pixels, spacing_mm, body)
-        parts = [self.network_probabilities(k, pixels, factor) for k in range(len(self.networks))]
+        parts = self._parts(pixels, factor)
         return postprocess(self.combine(parts, *pixels.shape), pixels, factor, body), parts

@@ -1,8 +1,9 @@
 """Run the ensemble's networks with ONNX Runtime: the served path on the CPU.
 
-Each network is exported in memory, once per process at load time, from the very modules
-that hold the shipped weights (so there is one source of truth, ``weights/``), with the
-input's height and width left dynamic. On the 2-core machines this project runs on,
+Each network is exported in memory, once per process at load time (``Ensemble.load``),
+from the very modules that hold the shipped weights (so there is one source of truth,
+``weights/``), with the input's height and width left dynamic; the torch modules are
+dropped once the session exists. On the 2-core machines this project runs on,
 ONNX Runtime's fused kernels run EfficientNet's depthwise convolutions about three times
 faster than eager torch (see ``python -m segmenter.ml.bench``).
 
@@ -17,6 +18,7 @@ import copy
 import io
 import types
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -74,21 +76,43 @@ def export_onnx(net: torch.nn.Module, example_size: int = 256) -> bytes:
             dynamo=False,
             input_names=["image"],
             output_names=["logits"],
-            dynamic_axes={"image": {0: "n", 2: "height", 3: "width"}, "logits": {0: "n", 2: "height", 3: "width"}},
+            dynamic_axes={
+                "image": {0: "n", 2: "height", 3: "width"},
+                "logits": {0: "n", 2: "height", 3: "width"},
+            },
             opset_version=OPSET,
         )
     return buffer.getvalue()
 
 
-class OnnxNetwork:
-    """One network in an ONNX Runtime session: float32 (N, 1, H, W) array -> (N, C, H, W) logits.
+@dataclass(frozen=True)
+class OnnxOptions:
+    """How the ensemble runs its networks in ONNX Runtime (the served path).
 
-    ``threads`` is the session's intra-op thread count (torch's, by default). Its threads
-    sleep rather than spin when idle, so that several server processes share the cores
-    fairly (the same reason the engine sets OMP_WAIT_POLICY=PASSIVE for torch).
+    parallel_networks: run the networks side by side, each in its own session with an
+    equal share of the threads, instead of one after the other on all of them. On the
+    2-core machines a session on one thread is well over half as fast as on two
+    (EfficientNet's depthwise convolutions do not split well), so the two networks side
+    by side finish sooner (see ``python -m segmenter.ml.bench``). Ignored with fewer
+    threads than networks.
     """
 
-    def __init__(self, net: torch.nn.Module, threads: int | None = None):
+    parallel_networks: bool = True
+
+
+class OnnxRunner:
+    """One network in an ONNX Runtime session: float32 (N, 1, H, W) in [-1, 1], H and W
+    multiples of 32 -> float32 (N, C, H, W) softmax probabilities (the same call as
+    ``networks.TorchRunner``); ``logits`` gives the network's raw output.
+
+    Built from an ONNX model's bytes (``export`` makes them from a torch module, which the
+    runner does not keep). ``threads`` is the session's intra-op thread count (torch's, by
+    default). Its threads sleep rather than spin when idle, so that several server
+    processes share the cores fairly (the same reason the engine sets
+    OMP_WAIT_POLICY=PASSIVE for torch). A session may be run from several threads at once.
+    """
+
+    def __init__(self, model: bytes, threads: int | None = None):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -96,7 +120,19 @@ class OnnxNetwork:
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(export_onnx(net), options, providers=["CPUExecutionProvider"])
+        self.threads = options.intra_op_num_threads
+        self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        return self.session.run(["logits"], {"image": np.ascontiguousarray(image, dtype=np.float32)})[0]
+    @classmethod
+    def export(cls, net: torch.nn.Module, threads: int | None = None) -> OnnxRunner:
+        """Export ``net`` in memory (``export_onnx``, about a second per network) and open a
+        session on it."""
+        return cls(export_onnx(net), threads)
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        """float32 (N, 1, H, W) -> the network's float32 (N, C, H, W) logits."""
+        return self.session.run(["logits"], {"image": np.ascontiguousarray(images, dtype=np.float32)})[0]
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        # Softmax in torch, as TorchRunner does, so both give the same numbers.
+        return torch.softmax(torch.from_numpy(self.logits(images)), dim=1).numpy()

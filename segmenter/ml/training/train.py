@@ -43,7 +43,7 @@ from ..constants import CONSOLIDATION, GGO, LUNG_CLASSES, NUM_CLASSES
 from ..evaluation.metrics import HealthyScores, LesionScores
 from ..io.imaging import window
 from ..model.ensemble import Ensemble, InferenceOptions
-from ..model.networks import NETWORKS, build_network
+from ..model.networks import NETWORKS, TorchOptions, build_network
 from ..model.preprocess import normalise
 from ..model.pretrained import seed_encoder_from_lite
 from ..model.weights import save_weights
@@ -294,9 +294,9 @@ def validate(nets: dict[str, torch.nn.Module], data: Datasets, scales: dict[str,
         for share in ENSEMBLE_SHARES:
             members[f"ensemble {share:.1f}/{1 - share:.1f}"] = (nets, {first: share, second: 1 - share})
     members.update({name: ({name: net}, None) for name, net in nets.items()})
-    options = InferenceOptions(onnx=False, channels_last=True, crop_to_body=True, bf16=False)
+    options = InferenceOptions(backend=TorchOptions(channels_last=True, bf16=False), crop_to_body=True)
     for label, (subset, weights) in members.items():
-        ens = Ensemble(subset, weights=weights, options=options, scales=scales)
+        ens = Ensemble.from_networks(subset, weights, scales, options)
         lesion, healthy = LesionScores(), HealthyScores()
         for s in data.val_medseg:
             lesion.add(ens.segment(s.full), s.mask)

@@ -1,0 +1,144 @@
+"""The engine's objects, each with one job: runners run one network, the ensemble
+combines them, ``Ensemble.load`` is the one step that builds and exports."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import numpy as np
+import pytest
+import torch
+
+from segmenter.ml.constants import BACKGROUND, NUM_CLASSES, OTHER_LUNG
+from segmenter.ml.model import ensemble as ensemble_module
+from segmenter.ml.model.ensemble import REFERENCE, SERVED, Ensemble, InferenceOptions
+from segmenter.ml.model.networks import TorchOptions, TorchRunner, build_network
+from segmenter.ml.model.onnx_runtime import OnnxOptions, OnnxRunner
+
+
+class ConstantRunner:
+    """A stand-in network: the same class probabilities at every pixel, and a record of
+    the inputs it was given."""
+
+    def __init__(self, probabilities: list[float]):
+        self.probabilities = np.asarray(probabilities, np.float32)
+        self.inputs: list[tuple[int, ...]] = []
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        self.inputs.append(images.shape)
+        n, _, h, w = images.shape
+        return np.broadcast_to(self.probabilities[None, :, None, None], (n, NUM_CLASSES, h, w)).copy()
+
+
+def _slice() -> np.ndarray:
+    """A 200 x 300 'body' (grey 200) in air, on a 256 x 384 uint8 slice."""
+    pixels = np.full((256, 384), 30, np.uint8)
+    pixels[28:228, 42:342] = 200
+    return pixels
+
+
+def test_the_constructor_takes_ready_runners_and_averages_them_by_weight():
+    a, b = ConstantRunner([0.0, 0.0, 1.0, 0.0]), ConstantRunner([0.0, 0.0, 0.0, 1.0])
+    ensemble = Ensemble(
+        {"a": a, "b": b}, weights={"a": 3.0, "b": 1.0}, scales={"a": 0.5, "b": 1.0}, crop_to_body=False
+    )
+    probs = ensemble.probabilities(_slice(), factor=1.0)
+    assert probs.shape == (NUM_CLASSES, 256, 384)
+    np.testing.assert_allclose(probs[:, 100, 100], [0.0, 0.0, 0.75, 0.25], atol=1e-6)
+    # each network saw the slice at its own scale, padded to multiples of 32
+    assert a.inputs == [(1, 1, 128, 192)] and b.inputs == [(1, 1, 256, 384)]
+
+
+def test_the_body_crop_runs_the_networks_on_less_and_fills_the_rest_with_background():
+    runner = ConstantRunner([0.0, 0.0, 1.0, 0.0])
+    pixels = np.full((512, 512), 30, np.uint8)
+    pixels[160:352, 180:332] = 200  # a small body in much air
+    probs = Ensemble({"a": runner}, scales={"a": 1.0}).probabilities(pixels, factor=1.0)
+    (shape,) = runner.inputs
+    assert shape[2] <= 256 and shape[3] <= 224 and shape[2] % 32 == 0 and shape[3] % 32 == 0
+    assert probs[BACKGROUND, 0, 0] == 1.0 and probs[OTHER_LUNG, 256, 256] == 1.0
+
+
+def test_a_subset_shares_the_runners_and_takes_new_weights():
+    a, b = ConstantRunner([1.0, 0.0, 0.0, 0.0]), ConstantRunner([0.0, 1.0, 0.0, 0.0])
+    ensemble = Ensemble({"a": a, "b": b}, manifest={"networks": {}})
+    only_b = ensemble.subset(["b"])
+    assert only_b.runners == [b] and only_b.names == ["b"] and only_b.manifest is ensemble.manifest
+    reweighted = ensemble.subset(["a", "b"], {"a": 1.0, "b": 4.0})
+    assert reweighted.weights == pytest.approx([0.2, 0.8])
+    np.testing.assert_allclose(reweighted.probabilities(_slice(), factor=1.0)[:, 5, 5], [0.2, 0.8, 0.0, 0.0])
+
+
+def test_networks_side_by_side_give_exactly_what_they_give_in_turn():
+    torch.manual_seed(0)
+    nets = {"unet_b0": build_network("unet_b0").eval(), "pspnet_b2": build_network("pspnet_b2").eval()}
+    runners = {n: TorchRunner(net, TorchOptions(channels_last=False)) for n, net in nets.items()}
+    in_turn = Ensemble(runners, scales={"unet_b0": 0.25, "pspnet_b2": 0.25})
+    side_by_side = Ensemble(runners, scales={"unet_b0": 0.25, "pspnet_b2": 0.25}, parallel=True)
+    assert side_by_side.parallel and not in_turn.parallel
+    pixels = _slice()
+    np.testing.assert_array_equal(side_by_side.probabilities(pixels), in_turn.probabilities(pixels))
+
+
+def test_the_options_name_a_backend_and_carry_only_what_applies_to_it():
+    assert isinstance(SERVED.backend, OnnxOptions) and SERVED.crop_to_body
+    assert isinstance(REFERENCE.backend, TorchOptions) and not REFERENCE.crop_to_body
+    assert not REFERENCE.backend.channels_last and not REFERENCE.backend.bf16
+    with pytest.raises(TypeError):
+        InferenceOptions(onnx=False)  # the old flags that did nothing under ONNX are gone
+    with pytest.raises(TypeError):
+        OnnxOptions(bf16=True)
+
+
+def test_a_torch_runner_refuses_a_network_in_training_mode():
+    runner = TorchRunner(build_network("unet_b0").train())
+    with pytest.raises(RuntimeError, match="eval"):
+        runner(np.zeros((1, 1, 64, 64), np.float32))
+
+
+def test_from_networks_under_torch_keeps_the_very_modules():
+    net = build_network("unet_b0").eval()
+    ensemble = Ensemble.from_networks({"unet_b0": net}, options=InferenceOptions(backend=TorchOptions()))
+    (runner,) = ensemble.runners
+    assert isinstance(runner, TorchRunner) and runner.net is net
+
+
+def test_load_exports_to_onnx_and_keeps_no_torch_module_alive(monkeypatch):
+    torch.manual_seed(0)
+    alive: list[weakref.ref] = []
+
+    def fake_load_networks(directory):
+        net = build_network("unet_b0").eval()
+        alive.append(weakref.ref(net))
+        return {"unet_b0": net}, {"unet_b0": 1.0}, {"networks": {"unet_b0": {"scale": 0.5}}}
+
+    monkeypatch.setattr(ensemble_module, "load_networks", fake_load_networks)
+    ensemble = Ensemble.load("unused")
+    gc.collect()
+    assert alive and alive[0]() is None, "the torch module outlived its export"
+    (runner,) = ensemble.runners
+    assert isinstance(runner, OnnxRunner)
+    labels = ensemble.segment(_slice())
+    assert labels.shape == (256, 384) and labels.dtype == np.uint8
+
+
+def test_side_by_side_needs_a_thread_per_network(monkeypatch):
+    calls = []
+    monkeypatch.setattr(
+        OnnxRunner,
+        "export",
+        classmethod(lambda cls, net, threads=None: calls.append(threads) or ConstantRunner([0, 0, 0, 1])),
+    )
+    nets = {"a": object(), "b": object()}
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    _, parallel = ensemble_module.build_runners(dict(nets), OnnxOptions())
+    assert parallel and calls == [1, 1]
+    calls.clear()
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    _, parallel = ensemble_module.build_runners(dict(nets), OnnxOptions())
+    assert not parallel and calls == [1, 1]
+    calls.clear()
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    _, parallel = ensemble_module.build_runners(dict(nets), OnnxOptions(parallel_networks=False))
+    assert not parallel and calls == [4, 4]
