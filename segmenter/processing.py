@@ -16,7 +16,7 @@ import errno
 import logging
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import timedelta
@@ -35,7 +35,7 @@ from .engine import get_segmenter
 from .exports import provenance_files
 from .ml.io.imaging import CTSlice
 from .ml.io.names import clean_name
-from .ml.pipeline import Segmenter, SliceAnalysis, StudySummary, run_study
+from .ml.pipeline import Remembered, Segmenter, SliceAnalysis, StudySummary, run_study
 from .ml.results.overlay import pack_hu, png_bytes, render_overlay, thumbnail
 from .models import Analysis, Slice, analysis_folder
 from .uploads import ParsedUpload, UploadError, upload_read
@@ -327,20 +327,23 @@ def analysis_process(*, analysis_id, parsed: ParsedUpload | None = None) -> Outc
                     parsed = upload_read(stream=fh, name=analysis.source_name, size=analysis.upload.size)
             except Exception as exc:  # noqa: BLE001 - any error ends the analysis failed, with its reason
                 return _fail(analysis, lease, exc)
-        outcome = _segment_into(analysis, lease, parsed.slices)
+        outcome = _segment_into(analysis, lease, parsed)
     if outcome == Outcome.DONE:
         discard_upload(analysis)
     return outcome
 
 
-def _segment_into(analysis: Analysis, lease: _Lease, slices: Sequence[CTSlice]) -> Outcome:
-    """Run the pipeline over ``slices`` into a _Recording and finish it; on any error end
-    the analysis failed (and without files). How it ended."""
+def _segment_into(analysis: Analysis, lease: _Lease, parsed: ParsedUpload) -> Outcome:
+    """Run the pipeline over the upload's slices into a _Recording and finish it (the
+    slices the CT check segmented are not segmented again); on any error end the
+    analysis failed (and without files). How it ended."""
     segmenter = get_segmenter()
+    slices = parsed.slices
     try:
         with _Recording(analysis, lease, segmenter) as recording:
             lease.renew(slices_done=0, slices_total=len(slices))
-            recording.finish(run_study(slices, segmenter, recording, progress=recording.progress))
+            engine = Remembered(segmenter, parsed.segmented)
+            recording.finish(run_study(slices, engine, recording, progress=recording.progress))
     except LeaseLost:
         log.warning("analysis %s: lease lost; this run stops and removes what it wrote", analysis.pk)
         lease.remove_written()

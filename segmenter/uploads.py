@@ -19,10 +19,11 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+import numpy as np
 from django.conf import settings
 from django.utils.translation import gettext as _
 
@@ -65,6 +66,8 @@ class ParsedUpload:
 
     kind: str
     slices: Sequence[CTSlice]
+    #: (pixels, labels) of the slices the CT check already segmented (pipeline.Remembered).
+    segmented: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
 
 
 # --- The size gate ---------------------------------------------------------------------
@@ -171,10 +174,11 @@ def upload_read(*, stream: BinaryIO, name: str, size: int) -> ParsedUpload:
             kind = Analysis.Kind.SLICE if len(slices) == 1 else Analysis.Kind.STUDY
         # A volume's slices are calibrated and grey, which both checks pass without looking
         # (and looking would make every slice of it here).
+        segmented = []
         if kind != Analysis.Kind.VOLUME:
             check_slices(slices, study=kind == Analysis.Kind.STUDY)
             if len(slices) <= settings.SEGMENTER_MAX_SLICES:  # over the limit: refused below
-                check_lungs(slices, get_segmenter(), study=kind == Analysis.Kind.STUDY)
+                segmented = check_lungs(slices, get_segmenter(), study=kind == Analysis.Kind.STUDY)
     except UnreadableImage as exc:
         raise _unreadable(name, exc) from exc
     if len(slices) > settings.SEGMENTER_MAX_SLICES:
@@ -182,7 +186,7 @@ def upload_read(*, stream: BinaryIO, name: str, size: int) -> ParsedUpload:
             _("The upload holds %(n)d slices; the limit is %(limit)d.")
             % {"n": len(slices), "limit": settings.SEGMENTER_MAX_SLICES}
         )
-    return ParsedUpload(kind=kind, slices=slices)
+    return ParsedUpload(kind=kind, slices=slices, segmented=segmented)
 
 
 def folder_read(folder: Path) -> ParsedUpload:
@@ -191,10 +195,10 @@ def folder_read(folder: Path) -> ParsedUpload:
     try:
         slices = read_folder(folder, archive_limits())
         check_slices(slices, study=True)
-        check_lungs(slices, get_segmenter(), study=True)
+        segmented = check_lungs(slices, get_segmenter(), study=True)
     except UnreadableImage as exc:
         raise _unreadable(folder.name, exc) from exc
-    return ParsedUpload(kind=Analysis.Kind.STUDY, slices=slices)
+    return ParsedUpload(kind=Analysis.Kind.STUDY, slices=slices, segmented=segmented)
 
 
 def _unreadable(name: str, exc: UnreadableImage) -> UploadError:

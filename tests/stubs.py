@@ -59,7 +59,7 @@ LUNGS_FOUND = LungEvidence(lung_share=0.3, two_regions=1.0, agreement=0.95, conf
 
 class StandInSegmenter:
     """Fast and deterministic: the labels depend on the pixels alone. Its lung check
-    (``segment_checked``) passes every slice and does not count as a segmentation."""
+    (``segment_checked``) passes every slice and segments it, as the ensemble's does."""
 
     evidence = LUNGS_FOUND
 
@@ -69,7 +69,7 @@ class StandInSegmenter:
         return stand_in_labels(pixels)
 
     def segment_checked(self, pixels: np.ndarray, spacing_mm=None) -> tuple[np.ndarray, LungEvidence]:
-        return stand_in_labels(pixels), self.evidence
+        return self.segment(pixels, spacing_mm), self.evidence
 
 
 class NoConsistentLungs(StandInSegmenter):

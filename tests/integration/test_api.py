@@ -134,6 +134,16 @@ def test_a_slice_whose_lungs_the_networks_do_not_find_answers_400_in_either_lang
     assert post("slice.dcm", samples.dicom()).status_code == 201
 
 
+def test_a_slice_checked_for_lungs_is_segmented_once(post, samples, monkeypatch):
+    from tests.stubs import StandInSegmenter
+
+    calls = []
+    segment = StandInSegmenter.segment
+    monkeypatch.setattr(StandInSegmenter, "segment", lambda self, *a, **k: calls.append(1) or segment(self, *a, **k))
+    assert post("slice.jpg", samples.jpeg()).status_code == 201
+    assert len(calls) == 1  # the CT check's run is the one the result comes from
+
+
 def test_a_missing_file_field_answers_400(post, samples):
     response = post("a.png", samples.png(), field="upload")
     assert response.status_code == 400 and "'file'" in response.json()["error"]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from segmenter.ml.io.imaging import CTSlice
-from segmenter.ml.pipeline import SliceAnalysis, Tee, run_study
+from segmenter.ml.pipeline import Remembered, SliceAnalysis, Tee, run_study
 from segmenter.ml.results.severity import assess, measure
 from tests.stubs import StandInSegmenter, stand_in_labels
 
@@ -136,3 +136,18 @@ def test_a_tee_hands_each_slice_to_every_sink_in_order():
 
     run_study([_slice(0), _slice(1)], StandInSegmenter(), Tee(Named("folder"), Named("database")))
     assert order == [("folder", 1), ("database", 1), ("folder", 2), ("database", 2)]
+
+
+def test_slices_the_ct_check_segmented_are_answered_from_memory_once_and_the_rest_segmented():
+    engine = CountingSegmenter()
+    slices = [_slice(k) for k in range(3)]
+    known = np.full((SIDE, SIDE), 1, np.uint8)
+    remembered = Remembered(engine, [(slices[1].pixels, known)])
+    assert remembered.segment(slices[1].pixels) is known and engine.calls == 0
+    assert np.array_equal(remembered.segment(slices[0].pixels), stand_in_labels(slices[0].pixels))
+    assert engine.calls == 1
+    # an equal but other array is not the remembered slice; a slice is answered once
+    remembered = Remembered(engine, [(slices[2].pixels, known)])
+    assert remembered.segment(slices[2].pixels.copy()) is not known and engine.calls == 2
+    assert remembered.segment(slices[2].pixels) is known and engine.calls == 2
+    assert remembered.segment(slices[2].pixels) is not known and engine.calls == 3

@@ -17,7 +17,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 
 from segmenter.ml.io.names import file_part, slice_stem, strip_suffix
-from segmenter.ml.pipeline import SliceAnalysis, StudySummary, Tee, run_study
+from segmenter.ml.pipeline import Remembered, SliceAnalysis, StudySummary, Tee, run_study
 from segmenter.ml.results.overlay import png_bytes, render_overlay
 from segmenter.ml.results.reports import DISCLAIMER, report_csv, report_json, report_rows
 from segmenter.ml.results.severity import Areas
@@ -68,6 +68,7 @@ class Command(BaseCommand):
             target = out / (strip_suffix(path.name) or "study")
             target.mkdir(parents=True, exist_ok=True)
             folder = FolderSink(target)
+            engine = Remembered(segmenter, parsed.segmented)  # what the CT check segmented runs once
             with self._progress(len(parsed.slices), path.name, disabled=no_progress) as bar:
                 if save:
                     from segmenter import processing
@@ -80,11 +81,11 @@ class Command(BaseCommand):
                             bar.update()
                             stored.progress(done, total)
 
-                        summary = run_study(parsed.slices, segmenter, Tee(folder, stored), progress)
+                        summary = run_study(parsed.slices, engine, Tee(folder, stored), progress)
                         stored.finish(summary)
                     saved = f"  saved as {stored.analysis.id}"
                 else:
-                    summary = run_study(parsed.slices, segmenter, folder, lambda done, total: bar.update())
+                    summary = run_study(parsed.slices, engine, folder, lambda done, total: bar.update())
                     saved = ""
             folder.write_reports(path)
             self.stdout.write(self._describe(path, summary, target) + saved)

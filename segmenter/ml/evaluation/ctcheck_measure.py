@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import logging
 import tempfile
 from pathlib import Path
 
@@ -30,6 +31,8 @@ PICTURES = ("astronaut", "camera", "coins", "hubble_deep_field", "immunohistoche
             "text", "brick", "grass", "gravel", "clock", "horse", "retina", "cell", "chelsea", "coffee",
             "rocket", "stereo_motorcycle")
 FEATURES = ("lung_share", "two_regions", "agreement", "confidence")
+
+log = logging.getLogger(__name__)
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -94,14 +97,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT)
     parser.add_argument("--json", type=Path, help="write every row here")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     rows = measure(Ensemble.load(), args.data)
     for group in dict.fromkeys(r["group"] for r in rows):
         mine = [r for r in rows if r["group"] == group]
         ranges = "  ".join(f"{f} {min(r[f] for r in mine):.3f}-{max(r[f] for r in mine):.3f}" for f in FEATURES)
-        print(f"{group:13s} {len(mine):4d} slices, {sum(bool(r['refused']) for r in mine):3d} refused  {ranges}")
+        log.info("%-13s %4d slices, %3d refused  %s", group, len(mine), sum(bool(r["refused"]) for r in mine), ranges)
     for r in rows:
         if r["group"] == "picture":
-            print(f"  {r['name']:32s} " + " ".join(f"{r[f]:.3f}" for f in FEATURES) + f"  {r['refused'] or 'GRADED'}")
+            values = " ".join(f"{r[f]:.3f}" for f in FEATURES)
+            log.info("  %-32s %s  %s", r["name"], values, r["refused"] or "GRADED")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
 

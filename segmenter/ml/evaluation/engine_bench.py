@@ -27,10 +27,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import platform
 import resource
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -46,6 +46,8 @@ from ..paths import DEFAULT_DATA_ROOT, DEFAULT_WEIGHTS_DIR
 from .engine_variants import AGREEMENT_BAR, Variant, build_variants
 
 DATA_ROOT = DEFAULT_DATA_ROOT
+
+log = logging.getLogger(__name__)
 
 
 def median_ms(fn, runs: int, warmup: int = 3) -> float:
@@ -210,7 +212,8 @@ def main(argv: list[str] | None = None) -> None:
     result = run(args.weights, args.slice, args.threads, args.runs, variants=not args.no_variants)
     report(result, args.json)
     if result["variants"]:
-        print(variants_table(result["variants"]), file=sys.stderr)
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        log.info("%s", variants_table(result["variants"]))
 
 
 if __name__ == "__main__":

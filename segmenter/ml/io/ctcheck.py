@@ -201,25 +201,29 @@ def why_not_lungs(evidence: LungEvidence) -> str | None:
 STUDY_SAMPLE_AT = (0.3, 0.5, 0.7)
 
 
-def check_lungs(slices: list[CTSlice], segmenter, study: bool) -> None:
+def check_lungs(slices: list[CTSlice], segmenter, study: bool) -> list[tuple[np.ndarray, np.ndarray]]:
     """Raise UnreadableImage (code "not_ct") when what ``segmenter`` (an object with
     ``segment_checked``, like the Ensemble) finds in the uncalibrated slices is not a chest
     CT's lungs (``why_not_lungs``). A single slice must pass; a study is refused when most
-    of the slices at STUDY_SAMPLE_AT fail. Calibrated slices (HU from a CT header) pass."""
+    of the slices at STUDY_SAMPLE_AT fail. Calibrated slices (HU from a CT header) pass.
+
+    Returns (pixels, labels) of each slice it segmented, for the pipeline to reuse
+    (``pipeline.Remembered``) instead of running the networks on it again."""
     from .archive import in_member
 
     uncalibrated = [ct for ct in slices if not ct.calibrated]
     if not uncalibrated:
-        return
+        return []
     if len(uncalibrated) == 1:
         sample = uncalibrated
     else:
         picks = sorted({min(len(uncalibrated) - 1, int(f * len(uncalibrated))) for f in STUDY_SAMPLE_AT})
         sample = [uncalibrated[k] for k in picks]
-    failed = []
+    failed, segmented = [], []
     for ct in sample:
-        reason = why_not_lungs(segmenter.segment_checked(ct.pixels, spacing_mm=ct.pixel_spacing_mm)[1])
-        if reason:
+        labels, evidence = segmenter.segment_checked(ct.pixels, spacing_mm=ct.pixel_spacing_mm)
+        segmented.append((ct.pixels, labels))
+        if reason := why_not_lungs(evidence):
             failed.append((ct, reason))
     if len(failed) * 2 > len(sample):
         ct, reason = failed[0]
@@ -227,3 +231,4 @@ def check_lungs(slices: list[CTSlice], segmenter, study: bool) -> None:
             f"this does not look like a CT slice: {reason}", code="not_ct", params={"why": reason}
         )
         raise in_member(ct.name, exc) if study else exc
+    return segmented
