@@ -87,6 +87,16 @@ def stand_in_engine(use_engine):
     use_engine(stubs.StandInSegmenter)
 
 
+@pytest.fixture
+def segment_calls(monkeypatch) -> list:
+    """A list that grows by one with each slice the stand-in engine segments (its CT
+    check's runs included, as the ensemble's are network runs too)."""
+    calls = []
+    segment = stubs.StandInSegmenter.segment
+    monkeypatch.setattr(stubs.StandInSegmenter, "segment", lambda self, *a, **k: calls.append(1) or segment(self, *a, **k))
+    return calls
+
+
 @pytest.fixture(autouse=True)
 def _stand_in_unless_real_engine(request):
     """Every test gets the stand-in engine unless it is marked ``real_engine``: a test that

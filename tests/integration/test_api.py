@@ -134,12 +134,8 @@ def test_a_slice_whose_lungs_the_networks_do_not_find_answers_400_in_either_lang
     assert post("slice.dcm", samples.dicom()).status_code == 201
 
 
-def test_a_slice_checked_for_lungs_is_segmented_once(post, samples, monkeypatch):
-    from tests.stubs import StandInSegmenter
-
-    calls = []
-    segment = StandInSegmenter.segment
-    monkeypatch.setattr(StandInSegmenter, "segment", lambda self, *a, **k: calls.append(1) or segment(self, *a, **k))
+def test_a_slice_checked_for_lungs_is_segmented_once(post, samples, segment_calls):
+    calls = segment_calls
     assert post("slice.jpg", samples.jpeg()).status_code == 201
     assert len(calls) == 1  # the CT check's run is the one the result comes from
 

@@ -99,12 +99,8 @@ def test_each_frame_of_a_multiframe_dicom_is_written_under_the_files_name_and_fr
 
 @pytest.mark.django_db
 @pytest.mark.usefixtures("stand_in_engine")
-def test_save_stores_the_result_as_an_analysis(data_root, tmp_path, monkeypatch):
-    from tests.stubs import StandInSegmenter
-
-    calls = []
-    segment = StandInSegmenter.segment
-    monkeypatch.setattr(StandInSegmenter, "segment", lambda self, *a, **k: calls.append(1) or segment(self, *a, **k))
+def test_save_stores_the_result_as_an_analysis(data_root, tmp_path, segment_calls):
+    calls = segment_calls
     out, _ = _run(data_root / "dicom-samples" / "1.dcm", "--out", tmp_path, "--save")
     analysis = Analysis.objects.get()
     assert analysis.status == Analysis.Status.DONE and analysis.slices.count() == 1
@@ -163,12 +159,8 @@ def test_the_real_ensemble_finds_lung_on_the_dicom_sample(data_root, tmp_path):
 
 @pytest.mark.django_db
 @pytest.mark.usefixtures("stand_in_engine")
-def test_save_of_a_study_runs_the_networks_once_per_slice_and_stores_what_it_wrote(samples, tmp_path, monkeypatch):
-    from tests.stubs import StandInSegmenter
-
-    calls = []
-    segment = StandInSegmenter.segment
-    monkeypatch.setattr(StandInSegmenter, "segment", lambda self, *a, **k: calls.append(1) or segment(self, *a, **k))
+def test_save_of_a_study_runs_the_networks_once_per_slice_and_stores_what_it_wrote(samples, tmp_path, segment_calls):
+    calls = segment_calls
     archive = tmp_path / "study.zip"
     archive.write_bytes(samples.zip({f"s/{k}.jpg": samples.jpeg(k) for k in range(4)}))
     out, _ = _run(archive, "--out", tmp_path / "out", "--save")
