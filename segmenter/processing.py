@@ -390,7 +390,11 @@ def _fail(analysis: Analysis, lease: _Lease, exc: BaseException) -> Outcome:
     else:
         log.error("analysis %s failed", analysis.pk, exc_info=exc)
         message = _("Processing failed because of an internal error; please try again.")
-    if lease.fail(message):
+    held = lease.fail(message)
+    if held:
         discard_upload(analysis)
     lease.remove_written()
+    if not held:  # failed or reaped meanwhile: whatever went wrong, this run had lost its lease
+        log.warning("analysis %s: the run erred after losing its lease; it stops", analysis.pk)
+        return Outcome.LEASE_LOST
     return Outcome.STORAGE_UNAVAILABLE if isinstance(exc, StorageUnavailable) else Outcome.FAILED
