@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import io
+import os
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,19 @@ def test_the_modules_import_each_other_in_one_direction():
 def test_no_module_level_hand_over_of_decoded_slices_remains():
     for path in APP.glob("*.py"):
         assert "_decoded" not in path.read_text(encoding="utf-8"), path
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="thread priorities are set on Linux only")
+def test_the_png_writer_runs_below_the_networks_priority():
+    """The writer encodes in the time the networks leave idle (processing._yield_to_networks):
+    its thread runs at WRITER_NICENESS while the calling thread keeps its own."""
+    import threading
+    from types import SimpleNamespace
+
+    def niceness() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    before = niceness()
+    with processing._Recording(SimpleNamespace(pk="x"), lease=None, segmenter=None) as recording:
+        in_writer = recording._writer.submit(niceness).result()
+    assert in_writer == processing.WRITER_NICENESS and niceness() == before

@@ -1,11 +1,16 @@
+import io
+
 import numpy as np
 import pytest
+from PIL import Image
 
 from segmenter.ml.constants import BACKGROUND, CONSOLIDATION, GGO, OTHER_LUNG
 from segmenter.ml.results.overlay import (
     DEFAULT_STYLES,
     HU_PNG_OFFSET,
+    LAYERS,
     LayerStyle,
+    hu_png_bytes,
     pack_hu,
     parse_style,
     png_bytes,
@@ -63,14 +68,46 @@ def test_hounsfield_units_pack_into_two_bytes_of_an_rgb_png_exactly():
     packed = pack_hu(hu)
     assert packed.dtype == np.uint8 and packed.shape == (2, 4, 3)
     assert tuple(packed[0, 2]) == ((-1000 + HU_PNG_OFFSET) >> 8, (-1000 + HU_PNG_OFFSET) & 255, 0) == (124, 24, 0)
-    import io
-
-    from PIL import Image
-
     decoded = np.asarray(Image.open(io.BytesIO(png_bytes(packed))).convert("RGB"))
+    assert np.array_equal(unpack_hu(decoded), hu)
+    decoded = np.asarray(Image.open(io.BytesIO(hu_png_bytes(hu))).convert("RGB"))
     assert np.array_equal(unpack_hu(decoded), hu)
 
 
 def test_pack_hu_takes_only_int16_planes():
     with pytest.raises(ValueError):
         pack_hu(np.zeros((2, 2), np.float32))
+
+
+def _blended(pixels, labels, styles, mask_only):
+    """The overlay formula of the module docstring, pixel by pixel in float."""
+    styles = {**DEFAULT_STYLES, **styles}
+    out = np.repeat((np.zeros_like(pixels) if mask_only else pixels).astype(np.float32)[..., None], 3, axis=2)
+    for name, cls in LAYERS.items():
+        style = styles[name]
+        if style.visible and style.opacity > 0:
+            where = labels == cls
+            out[where] = (1 - style.opacity) * out[where] + style.opacity * np.asarray(style.rgb, np.float32)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("mask_only", [False, True])
+@pytest.mark.parametrize(
+    "styles",
+    [{}, {"ggo": LayerStyle(False, "#000000", 0.5), "other_lung": LayerStyle(True, "#123456", 0.07)},
+     {"consolidation": LayerStyle(True, "#ffffff", 1.0), "ggo": LayerStyle(True, "#00ff00", 0.0)}],
+)
+def test_the_lookup_table_gives_exactly_the_blend_of_the_formula(styles, mask_only):
+    rng = np.random.default_rng(7)
+    pixels = rng.integers(0, 256, (64, 48), dtype=np.uint8)
+    labels = rng.integers(0, 4, (64, 48), dtype=np.uint8)
+    out = render_overlay(pixels, labels, styles, mask_only)
+    assert out.shape == (64, 48, 3) and out.dtype == np.uint8
+    assert np.array_equal(out, _blended(pixels, labels, styles, mask_only))
+
+
+def test_overlays_round_trip_through_png():
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (33, 17, 3), dtype=np.uint8)
+    decoded = np.asarray(Image.open(io.BytesIO(png_bytes(rgb))).convert("RGB"))
+    assert np.array_equal(decoded, rgb)

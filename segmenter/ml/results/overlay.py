@@ -79,37 +79,53 @@ def render_overlay(
     styles: dict[str, LayerStyle] | None = None,
     mask_only: bool = False,
 ) -> np.ndarray:
-    """uint8 (H, W) slice + uint8 (H, W) label map -> uint8 (H, W, 3) RGB overlay."""
+    """uint8 (H, W) slice + uint8 (H, W) label map -> uint8 (H, W, 3) RGB overlay.
+
+    A pixel's colour depends only on its class and its grey value, so the blend is made
+    once per (class, grey) pair into a lookup table and the image is one table lookup
+    (~2 ms for 512 x 512 instead of ~12 ms blending the float image), with exactly the
+    values of the formula above.
+    """
     if pixels.shape != labels.shape:
         raise ValueError(f"slice {pixels.shape} and labels {labels.shape} differ in shape")
-    styles = {**DEFAULT_STYLES, **(styles or {})}
-    base = np.zeros(pixels.shape, np.float32) if mask_only else pixels.astype(np.float32)
-    out = np.repeat(base[..., None], 3, axis=2)
+    if pixels.dtype != np.uint8 or labels.dtype != np.uint8:
+        raise ValueError(f"expected uint8 slice and labels, got {pixels.dtype} and {labels.dtype}")
+    table = _blend_table({**DEFAULT_STYLES, **(styles or {})}, mask_only)
+    index = labels.astype(np.intp) << 8
+    index |= pixels
+    return table[index]
+
+
+def _blend_table(styles: dict[str, LayerStyle], mask_only: bool) -> np.ndarray:
+    """uint8 (256 * 256, 3): the colour of grey value g in class c at row c * 256 + g."""
+    grey = np.zeros(256, np.float32) if mask_only else np.arange(256, dtype=np.float32)
+    table = np.repeat(np.repeat(grey[None, :, None], 256, axis=0), 3, axis=2)
     for name, cls in LAYERS.items():
         style = styles[name]
-        if not style.visible or style.opacity <= 0:
-            continue
-        where = labels == cls
-        if not where.any():
-            continue
-        colour = np.asarray(style.rgb, np.float32)
-        out[where] = (1.0 - style.opacity) * out[where] + style.opacity * colour
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+        if style.visible and style.opacity > 0:
+            colour = np.asarray(style.rgb, np.float32)
+            table[cls] = (1.0 - style.opacity) * table[cls] + style.opacity * colour
+    return np.clip(np.rint(table), 0, 255).astype(np.uint8).reshape(256 * 256, 3)
 
 
-def png_bytes(array: np.ndarray) -> bytes:
-    """uint8 (H, W) grey or (H, W, 3) RGB -> PNG file bytes, encoded for speed.
+#: OpenCV PNG settings (zlib level 1), chosen by timing 512 x 512 slices: grey images
+#: (slices, label maps) with the "sub" filter and run-length matching (~2 ms); RGB
+#: overlays unfiltered (~6 ms, 280 kB; the encoder's adaptive filter: ~10 ms, 314 kB);
+#: packed HU (R, G bytes) with "sub" and run-length matching (~6 ms, 305 kB; adaptive:
+#: ~12 ms, 343 kB).
+_PNG_GREY = (cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_SUB)
+_PNG_RGB = (cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE)
 
-    OpenCV's encoder at zlib level 1; grey images with the "sub" filter and run-length
-    matching, which suit CT slices and label maps: a 512 x 512 slice takes ~2.5 ms and
-    ~105 kB (Pillow at level 1: ~7 ms, ~110 kB; at its default level 6: ~20 ms, ~100 kB).
-    """
+
+def png_bytes(array: np.ndarray, *, packed: bool = False) -> bytes:
+    """uint8 (H, W) grey or (H, W, 3) RGB -> PNG file bytes, encoded for speed (see
+    _PNG_GREY); ``packed`` for an RGB image of bytes rather than colours (pack_hu)."""
     params = [cv2.IMWRITE_PNG_COMPRESSION, 1]
-    if array.ndim == 2:
-        params += [
-            cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_SUB
-        ]
+    if array.ndim == 2 or packed:
+        params += _PNG_GREY
     else:
+        params += _PNG_RGB
+    if array.ndim == 3:
         array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
     ok, encoded = cv2.imencode(".png", np.ascontiguousarray(array, dtype=np.uint8), params)
     if not ok:
@@ -135,6 +151,11 @@ def pack_hu(hu: np.ndarray) -> np.ndarray:
     out[..., 0] = v >> 8
     out[..., 1] = v & 0xFF
     return out
+
+
+def hu_png_bytes(hu: np.ndarray) -> bytes:
+    """int16 (H, W) Hounsfield units -> the PNG file of pack_hu(hu)."""
+    return png_bytes(pack_hu(hu), packed=True)
 
 
 def unpack_hu(rgb: np.ndarray) -> np.ndarray:
