@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import timedelta
 from enum import StrEnum
 from typing import Self
@@ -340,13 +340,16 @@ def analysis_process(*, analysis_id, parsed: ParsedUpload | None = None) -> Outc
         return Outcome.SKIPPED
     analysis = Analysis.objects.get(pk=analysis_id)
     # In a worker, messages are written in the uploader's language, not the worker's.
-    with translation.override(analysis.language or None):
+    # A volume's slices are read from the open upload as they are reached: it stays open
+    # until the run ends.
+    with translation.override(analysis.language or None), ExitStack() as upload:
         if parsed is None:
             try:
-                with analysis.upload.open("rb") as fh:
-                    parsed = upload_read(stream=fh, name=analysis.source_name, size=analysis.upload.size)
+                fh = upload.enter_context(analysis.upload.open("rb"))
+                parsed = upload_read(stream=fh, name=analysis.source_name, size=analysis.upload.size)
             except Exception as exc:  # noqa: BLE001 - any error ends the analysis failed, with its reason
                 return _fail(analysis, lease, exc)
+        upload.callback(parsed.close)
         outcome = _segment_into(analysis, lease, parsed)
     if outcome == Outcome.DONE:
         discard_upload(analysis)

@@ -25,7 +25,7 @@ from . import processing, reaper, tasks
 from .ml.io.names import clean_name
 from .models import Analysis, analysis_folder
 from .processing import Outcome, StorageUnavailable
-from .uploads import stored_upload_name, upload_read
+from .uploads import ParsedUpload, stored_upload_name, upload_read
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,13 @@ def analysis_create(*, stream: BinaryIO, name: str, size: int, browser: str = ""
     (StorageUnavailable, a 503, when the file store refuses the upload or, processed
     here, its results). The analysis as it is when this returns."""
     parsed = upload_read(stream=stream, name=name, size=size)
+    try:
+        return _create(parsed, stream=stream, name=name, browser=browser)
+    finally:
+        parsed.close()
+
+
+def _create(parsed: ParsedUpload, *, stream: BinaryIO, name: str, browser: str) -> Analysis:
     stream.seek(0)
     here = _processed_here()
     analysis = Analysis(

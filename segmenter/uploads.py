@@ -69,6 +69,13 @@ class ParsedUpload:
     #: (pixels, labels) of the slices the CT check already segmented (pipeline.Remembered).
     segmented: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
 
+    def close(self) -> None:
+        """Let go of what the slices are read from (a volume's temporary file); a volume's
+        upload file is the caller's to close, after this."""
+        close = getattr(self.slices, "close", None)
+        if close is not None:
+            close()
+
 
 # --- The size gate ---------------------------------------------------------------------
 
@@ -144,8 +151,9 @@ def upload_read(*, stream: BinaryIO, name: str, size: int) -> ParsedUpload:
     """Read and check an upload completely: a slice, an archive of slices (zip, RAR, 7z,
     tar, tar.gz, tar.xz), a multi-frame DICOM or a NIfTI volume. Every slice is decoded
     and checked (``ctcheck``) before this returns, except a volume's, which are Hounsfield
-    units by construction and are made as they are reached. Raises UploadError with a
-    message for the user."""
+    units by construction and are made as they are reached, from ``stream`` (which must
+    then stay open while they are; ParsedUpload.close lets go of the rest). Raises
+    UploadError with a message for the user."""
     name = clean_name(name)
     _size_check(size)
     if not _suffix_allowed(name):
@@ -162,8 +170,8 @@ def upload_read(*, stream: BinaryIO, name: str, size: int) -> ParsedUpload:
         if archive_kind(head, name) in STUDY_ARCHIVES or suffix_kind(name):  # a misnamed one is refused there
             slices, kind = read_any_archive(stream, name, archive_limits()), Analysis.Kind.STUDY
         elif is_nifti_name(name):
-            slices = read_nifti(
-                stream.read(),
+            slices = read_nifti(  # reads from the stream as each slice is reached: keep it open
+                stream,
                 name,
                 max_slices=settings.SEGMENTER_MAX_SLICES,
                 max_pixels=settings.SEGMENTER_MAX_DECODED_PIXELS,

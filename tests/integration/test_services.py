@@ -92,6 +92,31 @@ def test_a_queued_upload_is_decoded_once_where_it_is_checked_and_once_by_its_wor
     assert len(decodes) == 2  # the worker's own process reads the stored upload once
 
 
+@pytest.mark.parametrize("name", ["ct.nii", "ct.nii.gz"])
+def test_a_queued_volume_is_read_slice_by_slice_from_its_stored_upload(name, settings):
+    """The worker reads a volume's slices from the open upload (or, gzipped, from its
+    temporary file) as they are reached, and lets go of every file it opened."""
+    import gzip
+
+    import nibabel as nib
+    import numpy as np
+
+    settings.TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
+    hu = np.full((64, 64, 5), -1000, np.int16)
+    hu[8:56, 8:56] = 40
+    hu[16:48, 14:30] = hu[16:48, 34:50] = -850  # two lungs in a body
+    data = nib.Nifti1Image(hu, np.diag([-0.7, -0.7, 1.0, 1.0])).to_bytes()
+    data = gzip.compress(data) if name.endswith(".gz") else data
+    analysis = services.analysis_create(stream=io.BytesIO(data), name=name, size=len(data))
+    assert analysis.status == Analysis.Status.QUEUED
+    fds = set(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+    assert processing.analysis_process(analysis_id=str(analysis.id)) == processing.Outcome.DONE
+    analysis.refresh_from_db()
+    assert analysis.slices.count() == 5 and not analysis.upload
+    if fds is not None:
+        assert set(os.listdir("/proc/self/fd")) <= fds
+
+
 def test_the_reaper_names_the_task_that_processes_an_analysis():
     assert reaper.PROCESS_TASK_PATH == tasks.process_analysis.module_path
 

@@ -160,3 +160,63 @@ def test_a_volumes_slices_pass_the_ct_check_by_construction():
     for ct in read_nifti(_nifti(flat, np.diag([0.625, 0.625, 1.25, 1.0])), "flat.nii"):
         assert ct.calibrated and ct.colour_share == 0.0
         assert why_not_ct(ct) is None
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2), (0, 2, 1), (2, 0, 1), (1, 2, 0)])
+@pytest.mark.parametrize("gz", [False, True])
+def test_every_axis_order_read_from_an_open_file_gives_nibabels_slices(tmp_path, order, gz):
+    """Slices read one at a time from the file (contiguous, per column, or whole) are the
+    planes nibabel gives for the same volume, big-endian included."""
+    rng = np.random.default_rng(1)
+    vol = rng.integers(-1000, 1000, size=(40, 48, 6), dtype=np.int16).transpose(order)
+    affine = np.eye(4)[:, list(order) + [3]]
+    img = nib.Nifti1Image(vol.astype(">i2"), affine)
+    path = tmp_path / ("v.nii.gz" if gz else "v.nii")
+    nib.save(img, path)
+    si = order.index(2)
+    want = np.asarray(nib.load(path).dataobj)
+    with open(path, "rb") as fh, read_nifti(fh, path.name) as slices:
+        assert len(slices) == 6
+        for ct in slices:
+            where = [slice(None)] * 3
+            where[si] = ct.volume_index
+            plane = ct.volume.from_display(ct.hu)
+            assert np.array_equal(plane, want[tuple(where)])
+
+
+def test_a_gzipped_volume_lives_in_a_temporary_file_not_in_memory():
+    """Reading and iterating a 24 MB volume allocates about one slice at a time; closing
+    it closes (and so removes) its unnamed temporary file."""
+    import tracemalloc
+
+    vol = np.full((512, 512, 48), -800, np.int16)
+    data = gzip.compress(_nifti(vol, np.diag([0.625, 0.625, 1.25, 1.0])), compresslevel=1)
+    tracemalloc.start()
+    try:
+        slices = read_nifti(data, "big.nii.gz")
+        for _ in slices:
+            pass
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 2**20, f"{peak / 2**20:.1f} MB traced for a {vol.nbytes / 2**20:.0f} MB volume"
+    scratch = slices._voxels.file
+    assert not scratch.closed
+    slices.close()
+    assert scratch.closed
+
+
+def test_a_truncated_gzipped_volume_leaves_no_temporary_file_open(monkeypatch):
+    import tempfile
+
+    opened = []
+    real = tempfile.TemporaryFile
+
+    def recording(*args, **kwargs):
+        opened.append(real(*args, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", recording)
+    with pytest.raises(UnreadableImage, match="cut short"):
+        read_nifti(gzip.compress(declaring((64, 64, 4), body=1000)), "cut.nii.gz")
+    assert opened and all(f.closed for f in opened)

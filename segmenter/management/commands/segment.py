@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
@@ -57,11 +58,15 @@ class Command(BaseCommand):
         parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     def handle(self, *args, paths: list[Path], out: Path, save: bool, no_progress: bool, **options):
-        from segmenter.engine import get_segmenter
-
         # Read and check everything first: bad input stops before any work. A volume's
         # slices are made one at a time as they are segmented.
-        studies = [(path, self._read(path)) for path in paths]
+        with ExitStack() as files:  # a volume's slices are read from its open file
+            studies = [(path, self._read(path, files)) for path in paths]
+            self._segment_all(studies, out, save, no_progress)
+
+    def _segment_all(self, studies, out: Path, save: bool, no_progress: bool) -> None:
+        from segmenter.engine import get_segmenter
+
         segmenter = get_segmenter()
         self.stderr.write(DISCLAIMER)
         for path, parsed in studies:
@@ -90,7 +95,9 @@ class Command(BaseCommand):
             folder.write_reports(path)
             self.stdout.write(self._describe(path, summary, target) + saved)
 
-    def _read(self, path: Path):
+    def _read(self, path: Path, files: ExitStack):
+        """The checked upload at ``path``; its file (and a volume's temporary file) stay
+        open until ``files`` closes."""
         from segmenter import uploads
 
         if not path.exists():
@@ -98,8 +105,10 @@ class Command(BaseCommand):
         try:
             if path.is_dir():
                 return uploads.folder_read(path)
-            with open(path, "rb") as fh:
-                return uploads.upload_read(stream=fh, name=path.name, size=path.stat().st_size)
+            fh = files.enter_context(open(path, "rb"))  # noqa: SIM115 - closed with ``files``
+            parsed = uploads.upload_read(stream=fh, name=path.name, size=path.stat().st_size)
+            files.callback(parsed.close)
+            return parsed
         except uploads.UploadError as exc:
             raise CommandError(f"{path}: {exc}") from exc
 

@@ -8,13 +8,23 @@ scl_slope / scl_inter, i.e. Hounsfield units for CT, windowed like DICOM. Slices
 returned from head to feet, with the voxel size as pixel spacing and slice thickness, each
 carrying the volume's geometry (geometry.VolumeGeometry) so that labels can be put back on
 the input's voxel grid (ml.exports).
+
+The voxels are not held in memory: a gzipped volume is inflated once, in chunks, into an
+unnamed temporary file (gone when closed, or when the process ends), and a slice is read
+from that file, or from an uncompressed upload's own file, when it is reached. So a
+1,000-slice study needs the memory of a slice, not of the volume. Only a volume whose
+slices are not contiguous runs in the file (stored with the body's long axis first) is
+read whole.
 """
 
 from __future__ import annotations
 
 import io
+import tempfile
+import threading
 import zlib
 from collections.abc import Sequence
+from typing import BinaryIO
 
 import numpy as np
 
@@ -51,27 +61,55 @@ def _too_large(size: int, limit: int) -> UnreadableImage:
     )
 
 
-def _gunzip(data: bytes, size: int) -> bytearray:
-    """The first ``size`` bytes that gzip ``data`` inflates to (fewer if it ends first),
-    inflated into one buffer of that size: nothing past ``size`` is ever inflated."""
-    out = bytearray(size)
-    view, filled = memoryview(out), 0
+#: Bytes read from the compressed stream, and inflated at most, per step.
+CHUNK_BYTES = 1 << 20
+
+
+def _inflate(stream: BinaryIO, size: int, into) -> int:
+    """Inflate the gzip ``stream`` (from its start) into ``into(chunk)``, at most ``size``
+    bytes; how many it gave (fewer if the data end first). Nothing past ``size`` is ever
+    inflated, so a bomb costs no more than the size its header declares."""
+    stream.seek(0)
     inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    tail = memoryview(data)
+    filled, pending = 0, b""
     try:
-        while filled < size and len(tail) and not inflater.eof:
-            chunk = inflater.decompress(tail[: 1 << 20] if not inflater.unconsumed_tail else inflater.unconsumed_tail,
-                                        min(size - filled, 1 << 24))
-            if not inflater.unconsumed_tail:
-                tail = tail[1 << 20 :]
-            view[filled : filled + len(chunk)] = chunk
+        while filled < size and not inflater.eof:
+            if not pending:
+                pending = stream.read(CHUNK_BYTES)
+                if not pending:
+                    break
+            chunk = inflater.decompress(pending, min(size - filled, CHUNK_BYTES))
+            pending = inflater.unconsumed_tail
+            into(chunk)
             filled += len(chunk)
     except zlib.error as exc:
         raise UnreadableImage("the .gz file is damaged", code="damaged_gzip") from exc
-    del view
-    if filled < size:
-        del out[filled:]
-    return out
+    return filled
+
+
+def _inflated_head(stream: BinaryIO, size: int) -> bytes:
+    parts: list[bytes] = []
+    _inflate(stream, size, parts.append)
+    return b"".join(parts)
+
+
+def _inflated_file(stream: BinaryIO, size: int) -> tuple[BinaryIO, int]:
+    """The first ``size`` inflated bytes of the gzip ``stream`` in an unnamed temporary
+    file, and how many there were."""
+    scratch = tempfile.TemporaryFile(prefix="42epochs-volume-")
+    try:
+        filled = _inflate(stream, size, scratch.write)
+    except BaseException:
+        scratch.close()
+        raise
+    return scratch, filled
+
+
+def _stream_size(stream: BinaryIO) -> int:
+    here = stream.tell()
+    end = stream.seek(0, io.SEEK_END)
+    stream.seek(here)
+    return end
 
 
 def _header(head: bytes):
@@ -113,21 +151,27 @@ def _orientation(header) -> dict[int, tuple[int, int]]:
 
 
 def read_nifti(
-    data: bytes,
+    data: bytes | BinaryIO,
     name: str = "volume.nii",
     max_bytes: int = MAX_VOLUME_BYTES,
     max_slices: int = MAX_VOLUME_SLICES,
     max_pixels: int = MAX_DECODED_PIXELS,
 ) -> VolumeSlices:
-    """A NIfTI-1/2 file (optionally gzipped) -> its axial CTSlices, head to feet, made one
-    at a time as they are reached (VolumeSlices).
+    """A NIfTI-1/2 file (optionally gzipped; its bytes, or a seekable binary file) -> its
+    axial CTSlices, head to feet, made one at a time as they are reached (VolumeSlices).
 
     The header is read and checked first (dimensions, data type, geometry, and the
     decoded size against ``max_bytes``, ``max_slices`` and ``max_pixels``); only then is
-    the data inflated, and never past the size the header declares.
+    the data inflated, and never past the size the header declares. An uncompressed
+    volume's slices are read from ``data`` itself as they are reached, so a file passed
+    in must stay open while they are; close the VolumeSlices (or use it as a context
+    manager) to drop its temporary file at once.
     """
-    gz = data[:2] == GZIP_MAGIC
-    header = _header(bytes(_gunzip(data, HEADER_BYTES)) if gz else data[:HEADER_BYTES])
+    stream = io.BytesIO(data) if isinstance(data, bytes | bytearray | memoryview) else data
+    stream.seek(0)
+    gz = stream.read(2) == GZIP_MAGIC
+    stream.seek(0)
+    header = _header(_inflated_head(stream, HEADER_BYTES) if gz else stream.read(HEADER_BYTES))
     shape = tuple(int(n) for n in header.get_data_shape())
     dtype = header.get_data_dtype()
     if dtype.fields is not None or dtype.kind not in "iuf":
@@ -178,10 +222,12 @@ def read_nifti(
     size = offset + int(np.prod(shape)) * dtype.itemsize
     if size > max_bytes:
         raise _too_large(size, max_bytes)
-    body = _gunzip(data, size) if gz else data
-    if len(body) < size:
+    body, length = _inflated_file(stream, size) if gz else (stream, _stream_size(stream))
+    if length < size:
+        if gz:
+            body.close()
         raise UnreadableImage(
-            f"the volume's data are cut short ({len(body):,} of {size:,} bytes)",
+            f"the volume's data are cut short ({length:,} of {size:,} bytes)",
             code="damaged_volume",
             params={"detail": "truncated"},
         )
@@ -202,7 +248,7 @@ def read_nifti(
         xform_code=sform_code or qform_code or 1,
     )
     return VolumeSlices(
-        volume=np.ndarray(shape[:3], dtype=dtype, buffer=body, offset=offset, order="F"),
+        voxels=Voxels(body, offset, shape[:3], dtype, owned=gz),
         geometry=geometry,
         name=name,
         slope=slope,
@@ -212,23 +258,76 @@ def read_nifti(
     )
 
 
+class Voxels:
+    """A volume's voxels in a binary file (Fortran order from ``offset``), read one plane
+    along an array axis at a time; ``owned`` files (the temporary one an inflated volume
+    lives in) are closed with it. Planes across the last axis are one contiguous read,
+    across the middle axis one read per column of planes; across the first axis every
+    voxel is apart, so that volume is read into memory whole, once."""
+
+    def __init__(self, file: BinaryIO, offset: int, shape: tuple[int, int, int], dtype: np.dtype, owned: bool) -> None:
+        self.file, self.offset, self.shape, self.dtype, self.owned = file, offset, shape, np.dtype(dtype), owned
+        self._whole: np.ndarray | None = None
+        self._lock = threading.Lock()  # one seek-and-read at a time
+
+    def _read(self, start: int, count: int) -> np.ndarray:
+        self.file.seek(self.offset + start * self.dtype.itemsize)
+        out = np.empty(count, self.dtype)
+        got = self.file.readinto(memoryview(out).cast("B"))
+        if got != out.nbytes:
+            raise UnreadableImage("the volume's data ended while it was read", code="damaged_volume",
+                                  params={"detail": "truncated"})
+        return out
+
+    def plane(self, axis: int, k: int) -> np.ndarray:
+        """The (n_a, n_b) plane at index ``k`` along ``axis``; a, b the other axes in order."""
+        s0, s1, s2 = self.shape
+        with self._lock:
+            if axis == 2:
+                return self._read(k * s0 * s1, s0 * s1).reshape((s0, s1), order="F")
+            if axis == 1:
+                out = np.empty((s0, s2), self.dtype, order="F")
+                for m in range(s2):
+                    out[:, m] = self._read(s0 * (k + s1 * m), s0)
+                return out
+            if self._whole is None:
+                self._whole = self._read(0, s0 * s1 * s2).reshape(self.shape, order="F")
+            return self._whole[k]
+
+    def close(self) -> None:
+        self._whole = None
+        if self.owned:
+            self.file.close()
+
+
 class VolumeSlices(Sequence[CTSlice]):
     """The axial slices of a read NIfTI volume, head to feet, each made when it is asked
-    for: the volume's voxels are held once (as read), and a slice's pixels and HU exist
-    only while someone holds that slice. Indexing and iteration give fresh CTSlices.
+    for: a slice's voxels are read, and its pixels and HU exist, only while someone holds
+    that slice. Indexing and iteration give fresh CTSlices. Closing it (or leaving it as
+    a context manager) removes an inflated volume's temporary file; otherwise that goes
+    when the object is collected.
 
     Every slice is calibrated (Hounsfield units from the header's scaling) and grey, so
     ``ctcheck.check_ct`` accepts each without looking at its pixels.
     """
 
-    def __init__(self, *, volume: np.ndarray, geometry: VolumeGeometry, name: str, slope: float, inter: float,
+    def __init__(self, *, voxels: Voxels, geometry: VolumeGeometry, name: str, slope: float, inter: float,
                  spacing: tuple[float, float] | None, thickness: float | None) -> None:
-        self._volume = volume
+        self._voxels = voxels
         self._indices = geometry.slice_indices()
         self.geometry = geometry
         self.name = name
         self._slope, self._inter = slope, inter
         self._spacing, self._thickness = spacing, thickness
+
+    def __enter__(self) -> VolumeSlices:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._voxels.close()
 
     def __len__(self) -> int:
         return len(self._indices)
@@ -244,14 +343,10 @@ class VolumeSlices(Sequence[CTSlice]):
 
     def _slice(self, position: int) -> CTSlice:
         k = self._indices[position]
-        si_axis = self.geometry.si[0]
         with np.errstate(all="ignore"):
             # The plane turned to the display convention: anterior at the top (row index
             # runs to posterior), the patient's right on the left.
-            # A view, not np.take: take copies the whole (Fortran-ordered) volume for every slice.
-            where = [slice(None)] * 3
-            where[si_axis] = k
-            plane = self._volume[tuple(where)].astype(np.float32) * self._slope + self._inter
+            plane = self._voxels.plane(self.geometry.si[0], k).astype(np.float32) * self._slope + self._inter
             plane = np.nan_to_num(self.geometry.to_display(plane), nan=-1000.0, posinf=3000.0, neginf=-1000.0)
             pixels, hu = window(plane), hu_int16(plane)
         return CTSlice(
