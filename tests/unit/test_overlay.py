@@ -111,3 +111,21 @@ def test_overlays_round_trip_through_png():
     rgb = rng.integers(0, 256, (33, 17, 3), dtype=np.uint8)
     decoded = np.asarray(Image.open(io.BytesIO(png_bytes(rgb))).convert("RGB"))
     assert np.array_equal(decoded, rgb)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (7, 300), (512, 512), (3, 5, 3), (512, 384, 3)])
+def test_pngs_are_valid_files_that_decode_to_the_same_bytes(shape):
+    import cv2
+
+    array = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
+    data = png_bytes(array)
+    Image.open(io.BytesIO(data)).verify()  # chunk layout and every CRC
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), array)
+    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert np.array_equal(decoded if decoded.ndim == 2 else decoded[..., ::-1], array)
+
+
+@pytest.mark.parametrize("bad", [np.zeros((4, 4), np.uint16), np.zeros((4, 4, 4), np.uint8), np.zeros((0, 4), np.uint8)])
+def test_png_bytes_refuses_what_it_cannot_write(bad):
+    with pytest.raises(ValueError):
+        png_bytes(bad)

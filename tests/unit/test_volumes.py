@@ -220,3 +220,12 @@ def test_a_truncated_gzipped_volume_leaves_no_temporary_file_open(monkeypatch):
     with pytest.raises(UnreadableImage, match="cut short"):
         read_nifti(gzip.compress(declaring((64, 64, 4), body=1000)), "cut.nii.gz")
     assert opened and all(f.closed for f in opened)
+
+
+def test_a_damaged_gzipped_volume_is_refused_as_damaged(stack):
+    vol, _ = stack
+    data = bytearray(gzip.compress(_nifti(vol, np.diag([0.625, 0.625, 1.25, 1.0]))))
+    data[len(data) // 2 : len(data) // 2 + 64] = b"\xff" * 64  # deflate blocks past the header
+    with pytest.raises(UnreadableImage) as caught:
+        read_nifti(bytes(data), "damaged.nii.gz")
+    assert caught.value.code in ("damaged_gzip", "damaged_volume")

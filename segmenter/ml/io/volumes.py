@@ -22,11 +22,11 @@ from __future__ import annotations
 import io
 import tempfile
 import threading
-import zlib
 from collections.abc import Sequence
 from typing import BinaryIO
 
 import numpy as np
+from isal import isal_zlib
 
 from .geometry import VolumeGeometry
 from .imaging import (
@@ -70,7 +70,7 @@ def _inflate(stream: BinaryIO, size: int, into) -> int:
     bytes; how many it gave (fewer if the data end first). Nothing past ``size`` is ever
     inflated, so a bomb costs no more than the size its header declares."""
     stream.seek(0)
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    inflater = isal_zlib.decompressobj(16 + isal_zlib.MAX_WBITS)  # ISA-L: ~2 x zlib's speed
     filled, pending = 0, b""
     try:
         while filled < size and not inflater.eof:
@@ -82,7 +82,7 @@ def _inflate(stream: BinaryIO, size: int, into) -> int:
             pending = inflater.unconsumed_tail
             into(chunk)
             filled += len(chunk)
-    except zlib.error as exc:
+    except isal_zlib.error as exc:
         raise UnreadableImage("the .gz file is damaged", code="damaged_gzip") from exc
     return filled
 

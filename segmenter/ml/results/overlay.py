@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import io
 import re
+import struct
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from isal import isal_zlib
 from PIL import Image
 
 from ..constants import CONSOLIDATION, GGO, OTHER_LUNG
@@ -81,56 +83,79 @@ def render_overlay(
 ) -> np.ndarray:
     """uint8 (H, W) slice + uint8 (H, W) label map -> uint8 (H, W, 3) RGB overlay.
 
-    A pixel's colour depends only on its class and its grey value, so the blend is made
-    once per (class, grey) pair into a lookup table and the image is one table lookup
-    (~2 ms for 512 x 512 instead of ~12 ms blending the float image), with exactly the
-    values of the formula above.
+    A layer's colour at a pixel depends only on the pixel's grey value, so each visible
+    layer is a 256-entry lookup table (the blend above, made once) applied with OpenCV
+    and copied in under the layer's mask: ~1.4 ms for 512 x 512 (blending the float
+    image: ~12 ms), exactly the formula's values, and without holding the GIL, so that
+    it runs beside the networks on the slice writer's thread.
     """
     if pixels.shape != labels.shape:
         raise ValueError(f"slice {pixels.shape} and labels {labels.shape} differ in shape")
     if pixels.dtype != np.uint8 or labels.dtype != np.uint8:
         raise ValueError(f"expected uint8 slice and labels, got {pixels.dtype} and {labels.dtype}")
-    table = _blend_table({**DEFAULT_STYLES, **(styles or {})}, mask_only)
-    index = labels.astype(np.intp) << 8
-    index |= pixels
-    return table[index]
-
-
-def _blend_table(styles: dict[str, LayerStyle], mask_only: bool) -> np.ndarray:
-    """uint8 (256 * 256, 3): the colour of grey value g in class c at row c * 256 + g."""
-    grey = np.zeros(256, np.float32) if mask_only else np.arange(256, dtype=np.float32)
-    table = np.repeat(np.repeat(grey[None, :, None], 256, axis=0), 3, axis=2)
+    styles = {**DEFAULT_STYLES, **(styles or {})}
+    grey = np.zeros((256, 1), np.float32) if mask_only else np.arange(256, dtype=np.float32)[:, None]
+    rgb = cv2.cvtColor(np.ascontiguousarray(pixels), cv2.COLOR_GRAY2RGB)
+    out = np.zeros_like(rgb) if mask_only else rgb.copy()
+    labels = np.ascontiguousarray(labels)
     for name, cls in LAYERS.items():
         style = styles[name]
-        if style.visible and style.opacity > 0:
-            colour = np.asarray(style.rgb, np.float32)
-            table[cls] = (1.0 - style.opacity) * table[cls] + style.opacity * colour
-    return np.clip(np.rint(table), 0, 255).astype(np.uint8).reshape(256 * 256, 3)
+        if not style.visible or style.opacity <= 0:
+            continue
+        mask = cv2.compare(labels, cls, cv2.CMP_EQ)
+        if not cv2.countNonZero(mask):
+            continue
+        colour = np.asarray(style.rgb, np.float32)[None, :]
+        table = (1.0 - style.opacity) * grey + style.opacity * colour  # (256, 3)
+        table = np.clip(np.rint(table), 0, 255).astype(np.uint8)[:, None, :]
+        cv2.copyTo(cv2.LUT(rgb, table), mask, out)
+    return out
 
 
-#: OpenCV PNG settings (zlib level 1), chosen by timing 512 x 512 slices: grey images
-#: (slices, label maps) with the "sub" filter and run-length matching (~2 ms); RGB
-#: overlays unfiltered (~6 ms, 280 kB; the encoder's adaptive filter: ~10 ms, 314 kB);
-#: packed HU (R, G bytes) with "sub" and run-length matching (~6 ms, 305 kB; adaptive:
-#: ~12 ms, 343 kB).
-_PNG_GREY = (cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_SUB)
-_PNG_RGB = (cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE)
+#: The deflate level of every PNG written (ISA-L's levels run 0-3).
+PNG_LEVEL = 2
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def png_bytes(array: np.ndarray, *, packed: bool = False) -> bytes:
-    """uint8 (H, W) grey or (H, W, 3) RGB -> PNG file bytes, encoded for speed (see
-    _PNG_GREY); ``packed`` for an RGB image of bytes rather than colours (pack_hu)."""
-    params = [cv2.IMWRITE_PNG_COMPRESSION, 1]
-    if array.ndim == 2 or packed:
-        params += _PNG_GREY
-    else:
-        params += _PNG_RGB
-    if array.ndim == 3:
-        array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
-    ok, encoded = cv2.imencode(".png", np.ascontiguousarray(array, dtype=np.uint8), params)
-    if not ok:
+    """uint8 (H, W) grey or (H, W, 3) RGB -> PNG file bytes, encoded for speed.
+
+    The PNG is one IHDR, one IDAT and IEND (the format of the PNG specification, 8 bits
+    a channel, no interlace); its image data are deflated by Intel's ISA-L (python-isal),
+    about 3.5 x faster than zlib at level 1 and without holding the GIL. Grey rows use
+    the "sub" filter, colour rows none. Timed on 512 x 512 slices: grey 0.8 ms / 166 kB,
+    packed HU 2.0 ms / 307 kB, overlay 2.0 ms / 334 kB (OpenCV at zlib level 1 with the
+    best filter for each: 1.9 / 6 / 6 ms). ``packed`` marks an RGB image of bytes rather
+    than colours (pack_hu); it is stored the same way.
+    """
+    array = np.ascontiguousarray(array)
+    if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] != 3):
         raise ValueError(f"could not encode a {array.dtype} {array.shape} array as PNG")
-    return encoded.tobytes()
+    height, width = array.shape[:2]
+    if height == 0 or width == 0:
+        raise ValueError(f"could not encode an empty {array.shape} array as PNG")
+    rows = array.reshape(height, -1)
+    raw = np.empty((height, rows.shape[1] + 1), np.uint8)  # each row: its filter byte, then its bytes
+    if array.ndim == 2:
+        raw[:, 0] = 1  # sub: each byte minus the one to its left, modulo 256
+        raw[:, 1] = rows[:, 0]
+        np.subtract(rows[:, 1:], rows[:, :-1], out=raw[:, 2:])
+        colour_type = 0
+    else:
+        raw[:, 0] = 0
+        raw[:, 1:] = rows
+        colour_type = 2
+    header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
+    return b"".join((
+        _PNG_SIGNATURE,
+        _png_chunk(b"IHDR", header),
+        _png_chunk(b"IDAT", isal_zlib.compress(raw, PNG_LEVEL)),
+        _png_chunk(b"IEND", b""),
+    ))
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return b"".join((struct.pack(">I", len(data)), kind, data, struct.pack(">I", isal_zlib.crc32(data, isal_zlib.crc32(kind)))))
 
 
 def read_label_png(data: bytes) -> np.ndarray:
