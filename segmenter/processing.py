@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -202,7 +204,7 @@ class _Lease:
 class _Recording:
     """The pipeline's sink for an analysis held under ``lease``: each slice's PNGs (grey
     image, HU when known, labels, the default overlay and its thumbnail) are encoded and
-    stored on a writer thread while the networks run on the next slice (zlib and the
+    stored on a writer thread while the networks run on the next slice (ISA-L and the
     runtime both release the GIL); its Slice row is kept, and of the slice itself only
     its header (for provenance.json). ``finish`` stores the rows and the study result.
 
@@ -300,9 +302,6 @@ def _yield_to_networks() -> None:
     time the networks leave a core idle (their pre- and post-processing run on one
     thread) instead of slowing them down; add() waits for the slice before, so it never
     falls more than a slice behind. Linux only: elsewhere the priority stays."""
-    import os
-    import threading
-
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WRITER_NICENESS)
     except (AttributeError, OSError):  # not Linux, or not allowed: the writer just competes
