@@ -26,7 +26,9 @@ units (the real lesion-free kmader slices, calibrated, repeated past 200):
   api_worker_volume_ratio = that / engine_volume_slices_per_s (the goal: >= 0.8);
 * worker_peak_rss_mb: the peak resident memory of a fresh `db_worker` process that loads
   the ensemble on one slice and then processes one upload: a 1-slice DICOM, the
-  300-slice volume and a --large-slices (1,000) slice volume.
+  300-slice volume and a --large-slices (1,000) slice volume, and the same 300 and
+  1,000 slices as a zip of single-slice CT DICOM files ("300 zip", "1000 zip");
+  worker_peak_rss_spread_mb over all five.
 
 Two real DICOM slices exist in the data set, so the zip repeats them; each copy is
 segmented afresh.
@@ -96,6 +98,25 @@ def _volume(path: Path, n: int, data_root: Path) -> Path:
     image = nib.Nifti1Image(hu, np.diag([-0.7, -0.7, 1.0, 1.0]))
     image.header.set_xyzt_units("mm")
     nib.save(image, path)
+    return path
+
+
+def _dicom_zip(path: Path, n: int, data_root: Path) -> Path:
+    """Write the slices of ``_volume`` as a zip of n single-slice CT DICOM files (0.7 mm
+    pixels, 1 mm apart, stored in no particular order) to ``path``."""
+    import numpy as np
+
+    from segmenter.ml.io.dicomwrite import write_ct_dicom
+    from segmenter.ml.training.data import kmader_to_hu
+
+    values = np.load(data_root / "kmader-lungs" / "images.npz")["images"]
+    order = np.random.default_rng(0).permutation(n)
+    with tempfile.TemporaryDirectory() as scratch, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        for k in order:
+            hu = np.clip(kmader_to_hu(values[k % len(values)]), -1024, 3071)
+            written = write_ct_dicom(hu, Path(scratch) / "slice.dcm", (0.7, 0.7), int(k) + 1,
+                                     attributes={"ImagePositionPatient": [0.0, 0.0, -float(k)]})
+            zf.write(written, f"series/IM{k:04d}")
     return path
 
 
@@ -193,6 +214,8 @@ def main(argv: list[str] | None = None) -> None:
     # 5. the API with the database queue and a worker process: the zip, then the volume
     volume = _volume(work / "volume.nii.gz", args.volume_slices, args.data_root).read_bytes()
     large = _volume(work / "large.nii.gz", args.large_slices, args.data_root).read_bytes()
+    series = _dicom_zip(work / "series.zip", args.volume_slices, args.data_root).read_bytes()
+    large_series = _dicom_zip(work / "large-series.zip", args.large_slices, args.data_root).read_bytes()
     from segmenter.ml.io.volumes import read_nifti
 
     sample = read_nifti(volume, "volume.nii.gz")[:: max(1, args.volume_slices // 20)][:20]
@@ -229,8 +252,13 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             _stop(worker)
         rss = {}
-        for label, name, payload in (("1", "chest.dcm", data), (str(args.volume_slices), "volume.nii.gz", volume),
-                                     (str(args.large_slices), "large.nii.gz", large)):
+        for label, name, payload in (
+            ("1", "chest.dcm", data),
+            (str(args.volume_slices), "volume.nii.gz", volume),
+            (str(args.large_slices), "large.nii.gz", large),
+            (f"{args.volume_slices} zip", "series.zip", series),
+            (f"{args.large_slices} zip", "large-series.zip", large_series),
+        ):
             worker = _start_worker(work, f"worker-{label}.log")
             try:
                 through_api("warmup.dcm", data)

@@ -7,8 +7,9 @@
   script says the same before it sends anything) and ``file_too_large_message``.
 * ``upload_read`` decodes and checks an upload whole before anything is stored, so that
   bad input is refused before any work: a slice, an archive of slices, a multi-frame
-  DICOM or a NIfTI volume (whose slices are then made one at a time, as they are
-  segmented: ``ml.io.volumes.VolumeSlices``).
+  DICOM or a NIfTI volume. An archive's slices are decoded and checked once, then let go
+  and decoded again one at a time as they are segmented (``ml.io.archive.StudySlices``);
+  a volume's are made one at a time from the start (``ml.io.volumes.VolumeSlices``).
 
 Every refusal is an ``UploadError`` whose ``str()`` is the message for the person who
 sent the file, in their language, and whose ``status_code`` answers it.
@@ -29,7 +30,7 @@ from django.utils.translation import gettext as _
 
 from .engine import get_segmenter
 from .ml.io.archive import HEAD_BYTES, ArchiveLimits, archive_kind, read_any_archive, read_folder, suffix_kind
-from .ml.io.ctcheck import check_lungs, check_slices
+from .ml.io.ctcheck import check_ct, check_lungs, check_slices
 from .ml.io.headers import PixelBudget
 from .ml.io.imaging import CTSlice, UnreadableImage, read_slices
 from .ml.io.names import clean_name, known_suffix
@@ -152,8 +153,9 @@ def upload_read(*, stream: BinaryIO, name: str, size: int) -> ParsedUpload:
     tar, tar.gz, tar.xz), a multi-frame DICOM or a NIfTI volume. Every slice is decoded
     and checked (``ctcheck``) before this returns, except a volume's, which are Hounsfield
     units by construction and are made as they are reached, from ``stream`` (which must
-    then stay open while they are; ParsedUpload.close lets go of the rest). Raises
-    UploadError with a message for the user."""
+    then stay open while they are). An archive's slices are decoded again when reached,
+    from an unnamed temporary file. ParsedUpload.close lets go of what the slices are
+    read from (not of ``stream``). Raises UploadError with a message for the user."""
     name = clean_name(name)
     _size_check(size)
     if not _suffix_allowed(name):
@@ -168,7 +170,9 @@ def upload_read(*, stream: BinaryIO, name: str, size: int) -> ParsedUpload:
     stream.seek(0)
     try:
         if archive_kind(head, name) in STUDY_ARCHIVES or suffix_kind(name):  # a misnamed one is refused there
-            slices, kind = read_any_archive(stream, name, archive_limits()), Analysis.Kind.STUDY
+            # Each slice is checked as it is first decoded, then made again when reached.
+            slices = read_any_archive(stream, name, archive_limits(), check=check_ct)
+            kind = Analysis.Kind.STUDY
         elif is_nifti_name(name):
             slices = read_nifti(  # reads from the stream as each slice is reached: keep it open
                 stream,
@@ -180,29 +184,32 @@ def upload_read(*, stream: BinaryIO, name: str, size: int) -> ParsedUpload:
         else:
             slices = read_slices(stream.read(), name, PixelBudget(settings.SEGMENTER_MAX_DECODED_PIXELS))
             kind = Analysis.Kind.SLICE if len(slices) == 1 else Analysis.Kind.STUDY
-        # A volume's slices are calibrated and grey, which both checks pass without looking
-        # (and looking would make every slice of it here).
-        segmented = []
-        if kind != Analysis.Kind.VOLUME:
-            check_slices(slices, study=kind == Analysis.Kind.STUDY)
-            if len(slices) <= settings.SEGMENTER_MAX_SLICES:  # over the limit: refused below
-                segmented = check_lungs(slices, get_segmenter(), study=kind == Analysis.Kind.STUDY)
+        parsed = ParsedUpload(kind=kind, slices=slices)
+        try:
+            # A volume's slices are calibrated and grey, which both checks pass without
+            # looking (and looking would make every slice of it here).
+            if isinstance(slices, list):
+                check_slices(slices, study=kind == Analysis.Kind.STUDY)
+            if len(slices) > settings.SEGMENTER_MAX_SLICES:
+                raise UploadError(
+                    _("The upload holds %(n)d slices; the limit is %(limit)d.")
+                    % {"n": len(slices), "limit": settings.SEGMENTER_MAX_SLICES}
+                )
+            if kind != Analysis.Kind.VOLUME:
+                parsed.segmented = check_lungs(slices, get_segmenter(), study=kind == Analysis.Kind.STUDY)
+        except BaseException:
+            parsed.close()
+            raise
     except UnreadableImage as exc:
         raise _unreadable(name, exc) from exc
-    if len(slices) > settings.SEGMENTER_MAX_SLICES:
-        raise UploadError(
-            _("The upload holds %(n)d slices; the limit is %(limit)d.")
-            % {"n": len(slices), "limit": settings.SEGMENTER_MAX_SLICES}
-        )
-    return ParsedUpload(kind=kind, slices=slices, segmented=segmented)
+    return parsed
 
 
 def folder_read(folder: Path) -> ParsedUpload:
     """Every PNG, JPEG and DICOM slice below a folder (the command line's input), read,
     limited and checked like an archive's. Raises UploadError."""
     try:
-        slices = read_folder(folder, archive_limits())
-        check_slices(slices, study=True)
+        slices = read_folder(folder, archive_limits(), check=check_ct)
         segmented = check_lungs(slices, get_segmenter(), study=True)
     except UnreadableImage as exc:
         raise _unreadable(folder.name, exc) from exc

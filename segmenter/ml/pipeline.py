@@ -17,6 +17,7 @@ The front ends and their sinks:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable, Sized
 from dataclasses import dataclass
 from typing import Protocol
@@ -100,17 +101,23 @@ def run_study(
 class Remembered:
     """A segmenter that answers the slices already segmented (by the CT check's
     ``check_lungs``: the same networks, the same labels) from ``known``, each once, and
-    asks ``segmenter`` for the rest. A slice is known by its pixel array itself."""
+    asks ``segmenter`` for the rest. A slice is known by its pixels' shape and content
+    (a study read lazily decodes it again, into a new array, when it is reached)."""
 
     def __init__(self, segmenter: Segmenter, known: Iterable[tuple[np.ndarray, np.ndarray]] = ()) -> None:
         self.segmenter = segmenter
-        self.known = {id(pixels): (pixels, labels) for pixels, labels in known}
+        self.known = {_content_key(pixels): labels for pixels, labels in known}
 
     def segment(self, pixels: np.ndarray, spacing_mm: tuple[float, float] | None = None) -> np.ndarray:
-        remembered = self.known.pop(id(pixels), None)
-        if remembered is not None and remembered[0] is pixels:
-            return remembered[1]
+        if self.known:
+            remembered = self.known.pop(_content_key(pixels), None)
+            if remembered is not None:
+                return remembered
         return self.segmenter.segment(pixels, spacing_mm=spacing_mm)
+
+
+def _content_key(pixels: np.ndarray) -> tuple:
+    return pixels.shape, pixels.dtype.str, hashlib.blake2b(np.ascontiguousarray(pixels).data, digest_size=16).digest()
 
 
 class Tee:

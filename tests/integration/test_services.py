@@ -117,6 +117,32 @@ def test_a_queued_volume_is_read_slice_by_slice_from_its_stored_upload(name, set
         assert set(os.listdir("/proc/self/fd")) <= fds
 
 
+def test_a_queued_zip_is_read_slice_by_slice_and_leaves_no_file_open(samples, settings, segment_calls):
+    """The worker decodes an archive's slices once to check them and then once each as
+    they are segmented, from one temporary file it closes; the lung check's slices are
+    segmented once."""
+    from tests.conftest import zip_bytes
+    from tests.unit.conftest import png
+
+    settings.TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
+    members = {}
+    for k in range(6):
+        grey = samples.grey(k % 3).copy()
+        grey[0, :] = k  # no two slices alike
+        members[f"s{k}.png"] = png(grey)
+    data = zip_bytes(members)
+    analysis = services.analysis_create(stream=io.BytesIO(data), name="study.zip", size=len(data))
+    assert analysis.status == Analysis.Status.QUEUED
+    fds = set(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+    segment_calls.clear()
+    assert processing.analysis_process(analysis_id=str(analysis.id)) == processing.Outcome.DONE
+    analysis.refresh_from_db()
+    assert analysis.slices.count() == 6 and not analysis.upload
+    assert len(segment_calls) == 6  # three by the lung check, remembered; three more
+    if fds is not None:
+        assert set(os.listdir("/proc/self/fd")) <= fds
+
+
 def test_the_reaper_names_the_task_that_processes_an_analysis():
     assert reaper.PROCESS_TASK_PATH == tasks.process_analysis.module_path
 

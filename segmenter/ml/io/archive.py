@@ -1,4 +1,4 @@
-"""Reading a study from an archive (zip, RAR, 7z, tar), safely, without writing anything to disk.
+"""Reading a study from an archive (zip, RAR, 7z, tar) or a folder, safely, one slice at a time.
 
 Every format is read through one interface: an ``Archive`` lists its ``Member``s (name,
 declared size, compressed size where the format records one, type, encrypted or not)
@@ -15,9 +15,14 @@ checks to every format, in two passes:
    of the total, whichever is smaller), so that a header that lies, or a solid archive
    whose members share one compressed stream, cannot make memory grow past the limits;
    members that are not PNG, JPEG or DICOM files are skipped; every slice is charged to
-   the decoded-pixel budget (``headers.PixelBudget``) before it is decoded.
+   the decoded-pixel budget (``headers.PixelBudget``) before it is decoded, and checked
+   (the caller's ``check``, such as ``ctcheck.check_ct``) once decoded. Then its pixels
+   are let go: what the study keeps is each slice's header and the file's bytes, in an
+   unnamed temporary file (never a named path, gone when closed or when the process ends).
+3. The slices are ordered by DICOM position, then InstanceNumber, then naturally by name,
+   and each is decoded again from its file when it is reached (``StudySlices``): a study
+   of 1,000 slices holds the pixels of one.
 
-The slices are ordered by DICOM position, then InstanceNumber, then naturally by name.
 The zip reader is here; RAR, 7z and tar go through libarchive (``ml.libarchives``).
 """
 
@@ -30,10 +35,11 @@ import io
 import logging
 import re
 import stat
+import tempfile
 import unicodedata
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Protocol
@@ -41,7 +47,7 @@ from typing import BinaryIO, Protocol
 import numpy as np
 
 from .headers import PixelBudget
-from .imaging import MAX_DECODED_PIXELS, CTSlice, UnreadableImage, read_slices, sniff_kind
+from .imaging import MAX_DECODED_PIXELS, CTSlice, LazySlices, UnreadableImage, read_slices, sniff_kind
 
 log = logging.getLogger(__name__)
 
@@ -180,15 +186,16 @@ def in_member(member: str, exc: UnreadableImage) -> UnreadableImage:
     return UnreadableImage(f"{member}: {exc}", code="unreadable_member", params={"member": member, "reason": exc})
 
 
-def order_slices(slices: list[CTSlice]) -> list[CTSlice]:
-    """Order slices along the body axis: head to feet by DICOM position when every slice
-    has one (the position grows towards the head), else by InstanceNumber when every
-    slice has one, else naturally by name."""
+def study_order(slices: Sequence[CTSlice]) -> list[int]:
+    """The indices of ``slices`` along the body axis: head to feet by DICOM position when
+    every slice has one (the position grows towards the head), else by InstanceNumber
+    when every slice has one, else naturally by name."""
+    keys = range(len(slices))
     if slices and all(s.position_mm is not None for s in slices):
-        return sorted(slices, key=lambda s: (-s.position_mm, natural_key(s.name)))
+        return sorted(keys, key=lambda k: (-slices[k].position_mm, natural_key(slices[k].name)))
     if slices and all(s.instance_number is not None for s in slices):
-        return sorted(slices, key=lambda s: (s.instance_number, natural_key(s.name)))
-    return sorted(slices, key=lambda s: natural_key(s.name))
+        return sorted(keys, key=lambda k: (slices[k].instance_number, natural_key(slices[k].name)))
+    return sorted(keys, key=lambda k: natural_key(slices[k].name))
 
 
 def with_slice_spacing(slices: list[CTSlice]) -> list[CTSlice]:
@@ -205,9 +212,122 @@ def with_slice_spacing(slices: list[CTSlice]) -> list[CTSlice]:
     return [dataclasses.replace(s, slice_thickness_mm=spacing) for s in slices]
 
 
-def read_folder(folder: Path, limits: ArchiveLimits = ArchiveLimits()) -> list[CTSlice]:
+# --- Studies read one slice at a time -----------------------------------------------------
+
+
+class _Spool:
+    """Files' bytes kept in an unnamed temporary file (gone when closed, or when the
+    process ends), read back by (offset, length)."""
+
+    def __init__(self) -> None:
+        self._file = tempfile.TemporaryFile()
+        self._end = 0
+
+    def add(self, data: bytes) -> tuple[int, int]:
+        self._file.seek(self._end)
+        self._file.write(data)
+        where = (self._end, len(data))
+        self._end += len(data)
+        return where
+
+    def read(self, where: tuple[int, int]) -> bytes:
+        offset, length = where
+        self._file.seek(offset)
+        return self._file.read(length)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class _Files:
+    """A folder's files, read back by path."""
+
+    def read(self, where: Path) -> bytes:
+        return Path(where).read_bytes()
+
+    def close(self) -> None:
+        pass
+
+
+class StudySlices(LazySlices):
+    """The slices of an archive or folder in study order, each decoded again from its
+    file when it is reached (an archive's files wait in a ``_Spool``), so that a study
+    holds one slice's pixels at a time, not all of them. Every file was decoded and
+    checked once when the study was read; ``headers`` keep what that found."""
+
+    def __init__(self, headers: list[CTSlice], files: list, frames: list[int], source: _Spool | _Files) -> None:
+        self.headers = headers
+        self._files, self._frames, self._source = files, frames, source
+        self._last: tuple[object, list[CTSlice]] | None = None  # the frames of a multi-frame file
+
+    def close(self) -> None:
+        self._last = None
+        self._source.close()
+
+    def _slice(self, position: int) -> CTSlice:
+        where, header = self._files[position], self.headers[position]
+        if self._last is not None and self._last[0] == where:
+            decoded = self._last[1]
+        else:
+            # Checked against the budget when the study was read; one file's worth here.
+            decoded = read_slices(self._source.read(where), header.name, PixelBudget(MAX_DECODED_PIXELS))
+            self._last = (where, decoded) if len(decoded) > 1 else None
+        frame = decoded[self._frames[position]]
+        return dataclasses.replace(header, pixels=frame.pixels, hu=frame.hu)
+
+
+class _Collector:
+    """The first reading of a study's files: each is decoded, charged to the pixel
+    budget, checked (``check``, e.g. ctcheck.check_ct) and then let go, keeping where it
+    lies and its slices' headers; ``study()`` orders them into StudySlices."""
+
+    def __init__(
+        self,
+        limits: ArchiveLimits,
+        check: Callable[[CTSlice], None] | None,
+        source: _Spool | _Files,
+        too_many: Callable[[], UnreadableImage],
+    ) -> None:
+        self._limits, self._check, self._source, self._too_many = limits, check, source, too_many
+        self._budget = PixelBudget(limits.max_pixels)
+        self._headers: list[CTSlice] = []
+        self._files: list = []
+        self._frames: list[int] = []
+
+    def add(self, data: bytes, name: str, where=None) -> None:
+        decoded = _read_member(data, name, self._budget)
+        for ct in decoded:
+            if self._check is not None:
+                try:
+                    self._check(ct)
+                except UnreadableImage as exc:
+                    raise in_member(ct.name, exc) from exc
+        where = self._source.add(data) if where is None else where
+        for frame, ct in enumerate(decoded):
+            self._headers.append(ct.without_pixels())
+            self._files.append(where)
+            self._frames.append(frame)
+        if len(self._headers) > self._limits.max_slices:
+            raise self._too_many()
+
+    @property
+    def empty(self) -> bool:
+        return not self._headers
+
+    def study(self) -> StudySlices:
+        order = study_order(self._headers)
+        headers = with_slice_spacing([self._headers[k] for k in order])
+        return StudySlices(
+            headers, [self._files[k] for k in order], [self._frames[k] for k in order], self._source
+        )
+
+
+def read_folder(
+    folder: Path, limits: ArchiveLimits = ArchiveLimits(), check: Callable[[CTSlice], None] | None = None
+) -> StudySlices:
     """Every PNG, JPEG and DICOM slice below ``folder`` (hidden files and DICOMDIR skipped),
-    ordered like a zip study. Raises UnreadableImage."""
+    ordered like a zip study and read again from its file when reached; each is decoded
+    and passed to ``check`` once here. Raises UnreadableImage."""
     folder = Path(folder)
     files = [
         p for p in sorted(folder.rglob("*"))
@@ -219,8 +339,16 @@ def read_folder(folder: Path, limits: ArchiveLimits = ArchiveLimits()) -> list[C
             code="folder_too_many_files",
             params={"count": len(files), "limit": limits.max_members},
         )
-    slices: list[CTSlice] = []
-    budget = PixelBudget(limits.max_pixels)
+    collector = _Collector(
+        limits,
+        check,
+        _Files(),
+        lambda: UnreadableImage(
+            f"the folder holds more than {limits.max_slices} slices",
+            code="folder_too_many_slices",
+            params={"limit": limits.max_slices},
+        ),
+    )
     for path in files:
         if path.stat().st_size > limits.max_member_bytes:
             raise UnreadableImage(
@@ -233,18 +361,12 @@ def read_folder(folder: Path, limits: ArchiveLimits = ArchiveLimits()) -> list[C
         name = path.relative_to(folder).as_posix()
         if sniff_kind(head, name) is None:
             continue
-        slices.extend(_read_member(path.read_bytes(), name, budget))
-        if len(slices) > limits.max_slices:
-            raise UnreadableImage(
-                f"the folder holds more than {limits.max_slices} slices",
-                code="folder_too_many_slices",
-                params={"limit": limits.max_slices},
-            )
-    if not slices:
+        collector.add(path.read_bytes(), name, where=path)
+    if collector.empty:
         raise UnreadableImage(
             f"{folder} holds no PNG, JPEG or DICOM slices", code="folder_without_slices", params={"folder": str(folder)}
         )
-    return with_slice_spacing(order_slices(slices))
+    return collector.study()
 
 
 def _read_member(data: bytes, name: str, budget: PixelBudget) -> list[CTSlice]:
@@ -341,58 +463,69 @@ def _nested(path: PurePosixPath, kind: str) -> UnreadableImage:
     )
 
 
-def read_archive(archive: Archive, limits: ArchiveLimits = ArchiveLimits()) -> list[CTSlice]:
+def read_archive(
+    archive: Archive, limits: ArchiveLimits = ArchiveLimits(), check: Callable[[CTSlice], None] | None = None
+) -> StudySlices:
     """The slices of any archive (zip, RAR, 7z, tar), checked and ordered alike; see the
-    module's docstring. Raises UnreadableImage."""
+    module's docstring. Each file is decoded and passed to ``check`` once here, then kept
+    in an unnamed temporary file and decoded again when its slice is reached. Raises
+    UnreadableImage."""
     kind = archive.kind
     listed = {item.index: item.path for item in _listing(archive, limits)}
-    slices: list[CTSlice] = []
-    budget = PixelBudget(limits.max_pixels)
+    spool = _Spool()
+    collector = _Collector(
+        limits,
+        check,
+        spool,
+        lambda: UnreadableImage(
+            f"the {kind} holds more than {limits.max_slices} slices",
+            code="archive_too_many_slices",
+            params={"kind": kind, "limit": limits.max_slices},
+        ),
+    )
     total = 0
-    with contextlib.closing(archive.members()) as members:
-        for index, member in enumerate(members):
-            path = listed.get(index)
-            if path is None:
-                continue
-            if _check_path(member.name, kind) != path:
-                raise UnreadableImage(
-                    f"the {kind} is damaged (its listing changed between two readings)",
-                    code="damaged_archive",
-                    params={"kind": kind, "detail": "listing changed"},
-                )
-            cap = min(limits.max_member_bytes, limits.max_total_bytes - total)
-            data = member.read(cap)
-            if len(data) > limits.max_member_bytes:
-                raise UnreadableImage(
-                    f"{path} unpacks to more than {limits.max_member_bytes:,} bytes",
-                    code="archive_member_over_limit",
-                    params={"member": str(path), "limit_bytes": limits.max_member_bytes},
-                )
-            total += len(data)
-            if total > limits.max_total_bytes:
-                raise UnreadableImage(
-                    f"the {kind} unpacks to more than its limit of {limits.max_total_bytes:,} bytes",
-                    code="archive_too_large",
-                    params={"kind": kind, "limit_bytes": limits.max_total_bytes},
-                )
-            if sniff_kind(data[:132], path.name) is None:
-                if archive_kind(data[:HEAD_BYTES]) is not None and not path.name.lower().endswith(".nii.gz"):
-                    raise _nested(path, kind)
-                log.info("skipping %s: not a PNG, JPEG or DICOM file", path)
-                continue
-            slices.extend(_read_member(data, str(path), budget))
-            del data
-            if len(slices) > limits.max_slices:
-                raise UnreadableImage(
-                    f"the {kind} holds more than {limits.max_slices} slices",
-                    code="archive_too_many_slices",
-                    params={"kind": kind, "limit": limits.max_slices},
-                )
-    if not slices:
-        raise UnreadableImage(
-            f"the {kind} holds no PNG, JPEG or DICOM slices", code="archive_without_slices", params={"kind": kind}
-        )
-    return with_slice_spacing(order_slices(slices))
+    try:
+        with contextlib.closing(archive.members()) as members:
+            for index, member in enumerate(members):
+                path = listed.get(index)
+                if path is None:
+                    continue
+                if _check_path(member.name, kind) != path:
+                    raise UnreadableImage(
+                        f"the {kind} is damaged (its listing changed between two readings)",
+                        code="damaged_archive",
+                        params={"kind": kind, "detail": "listing changed"},
+                    )
+                cap = min(limits.max_member_bytes, limits.max_total_bytes - total)
+                data = member.read(cap)
+                if len(data) > limits.max_member_bytes:
+                    raise UnreadableImage(
+                        f"{path} unpacks to more than {limits.max_member_bytes:,} bytes",
+                        code="archive_member_over_limit",
+                        params={"member": str(path), "limit_bytes": limits.max_member_bytes},
+                    )
+                total += len(data)
+                if total > limits.max_total_bytes:
+                    raise UnreadableImage(
+                        f"the {kind} unpacks to more than its limit of {limits.max_total_bytes:,} bytes",
+                        code="archive_too_large",
+                        params={"kind": kind, "limit_bytes": limits.max_total_bytes},
+                    )
+                if sniff_kind(data[:132], path.name) is None:
+                    if archive_kind(data[:HEAD_BYTES]) is not None and not path.name.lower().endswith(".nii.gz"):
+                        raise _nested(path, kind)
+                    log.info("skipping %s: not a PNG, JPEG or DICOM file", path)
+                    continue
+                collector.add(data, str(path))
+                del data
+        if collector.empty:
+            raise UnreadableImage(
+                f"the {kind} holds no PNG, JPEG or DICOM slices", code="archive_without_slices", params={"kind": kind}
+            )
+    except BaseException:
+        spool.close()
+        raise
+    return collector.study()
 
 
 # --- Zip --------------------------------------------------------------------------------
@@ -443,8 +576,10 @@ class ZipArchive:
             ) from exc
 
 
-def read_zip(source: bytes | BinaryIO, limits: ArchiveLimits = ArchiveLimits()) -> list[CTSlice]:
-    """A zip archive of slices -> ordered CTSlices (raises UnreadableImage)."""
+def read_zip(
+    source: bytes | BinaryIO, limits: ArchiveLimits = ArchiveLimits(), check: Callable[[CTSlice], None] | None = None
+) -> StudySlices:
+    """A zip archive of slices -> its slices in study order (raises UnreadableImage)."""
     stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
     try:
         size = stream.seek(0, io.SEEK_END)
@@ -453,22 +588,28 @@ def read_zip(source: bytes | BinaryIO, limits: ArchiveLimits = ArchiveLimits()) 
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError) as exc:
         raise UnreadableImage("not a valid zip archive", code="not_an_archive", params={"kind": "zip"}) from exc
     with archive:
-        return read_archive(ZipArchive(archive, size), limits)
+        return read_archive(ZipArchive(archive, size), limits, check)
 
 
-def read_any_archive(source: bytes | BinaryIO, name: str, limits: ArchiveLimits = ArchiveLimits()) -> list[CTSlice]:
+def read_any_archive(
+    source: bytes | BinaryIO,
+    name: str,
+    limits: ArchiveLimits = ArchiveLimits(),
+    check: Callable[[CTSlice], None] | None = None,
+) -> StudySlices:
     """A zip, RAR, 7z or tar (.tar, .tar.gz / .tgz, .tar.xz / .txz) of slices, told apart
-    by its first bytes -> ordered CTSlices (raises UnreadableImage)."""
+    by its first bytes -> its slices in study order, each passed to ``check`` (raises
+    UnreadableImage)."""
     stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
     head = stream.read(HEAD_BYTES)
     stream.seek(0)
     kind = archive_kind(head, name)
     if kind == "zip":
-        return read_zip(stream, limits)
+        return read_zip(stream, limits, check)
     if kind in ("RAR", "7z", "tar"):
         from .libarchives import open_libarchive  # libarchive loads only when an archive needs it
 
         with open_libarchive(stream, kind) as archive:
-            return read_archive(archive, limits)
+            return read_archive(archive, limits, check)
     named = suffix_kind(name) or kind or "zip"
     raise UnreadableImage(f"not a valid {named} archive", code="not_an_archive", params={"kind": named})

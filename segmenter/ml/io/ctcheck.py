@@ -53,6 +53,7 @@ camera man; the model card says so.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -201,7 +202,7 @@ def why_not_lungs(evidence: LungEvidence) -> str | None:
 STUDY_SAMPLE_AT = (0.3, 0.5, 0.7)
 
 
-def check_lungs(slices: list[CTSlice], segmenter, study: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+def check_lungs(slices: Sequence[CTSlice], segmenter, study: bool) -> list[tuple[np.ndarray, np.ndarray]]:
     """Raise UnreadableImage (code "not_ct") when what ``segmenter`` (an object with
     ``segment_checked``, like the Ensemble) finds in the uncalibrated slices is not a chest
     CT's lungs (``why_not_lungs``). A single slice must pass; a study is refused when most
@@ -211,21 +212,24 @@ def check_lungs(slices: list[CTSlice], segmenter, study: bool) -> list[tuple[np.
     (``pipeline.Remembered``) instead of running the networks on it again."""
     from .archive import in_member
 
-    uncalibrated = [ct for ct in slices if not ct.calibrated]
+    headers = getattr(slices, "headers", slices)  # a LazySlices: decode only the sample
+    uncalibrated = [k for k, ct in enumerate(headers) if not ct.calibrated]
     if not uncalibrated:
         return []
     if len(uncalibrated) == 1:
-        sample = uncalibrated
+        picks = uncalibrated
     else:
-        picks = sorted({min(len(uncalibrated) - 1, int(f * len(uncalibrated))) for f in STUDY_SAMPLE_AT})
-        sample = [uncalibrated[k] for k in picks]
+        picks = [uncalibrated[k] for k in sorted(
+            {min(len(uncalibrated) - 1, int(f * len(uncalibrated))) for f in STUDY_SAMPLE_AT}
+        )]
     failed, segmented = [], []
-    for ct in sample:
+    for k in picks:
+        ct = slices[k]
         labels, evidence = segmenter.segment_checked(ct.pixels, spacing_mm=ct.pixel_spacing_mm)
         segmented.append((ct.pixels, labels))
         if reason := why_not_lungs(evidence):
             failed.append((ct, reason))
-    if len(failed) * 2 > len(sample):
+    if len(failed) * 2 > len(picks):
         ct, reason = failed[0]
         exc = UnreadableImage(
             f"this does not look like a CT slice: {reason}", code="not_ct", params={"why": reason}

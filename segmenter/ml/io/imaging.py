@@ -25,6 +25,7 @@ from __future__ import annotations
 import io
 import logging
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -99,6 +100,40 @@ class CTSlice:
         pixels (shape (0, 0)) and no HU. What a study keeps of each slice once it has
         been processed (for its provenance and exports), so that memory stays flat."""
         return replace(self, pixels=np.zeros((0, 0), np.uint8), hu=None)
+
+
+class LazySlices(Sequence[CTSlice]):
+    """A study's slices in order, each made when it is asked for (``_slice(position)``),
+    so that only the slices someone holds are in memory. Indexing and iteration give
+    fresh CTSlices; ``close()`` (or leaving it as a context manager) lets go of what they
+    are read from. ``headers`` are the slices without their pixels
+    (``CTSlice.without_pixels``), for what needs only names, positions and ``calibrated``."""
+
+    headers: Sequence[CTSlice]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Let go of what the slices are read from."""
+
+    def __len__(self) -> int:
+        return len(self.headers)
+
+    def __getitem__(self, position):
+        if isinstance(position, slice):
+            return [self[k] for k in range(*position.indices(len(self)))]
+        if position < 0:
+            position += len(self)
+        if not 0 <= position < len(self):
+            raise IndexError(f"slice {position} of a {len(self)}-slice study")
+        return self._slice(position)
+
+    def _slice(self, position: int) -> CTSlice:
+        raise NotImplementedError
 
 
 # --- Intensity mapping ---------------------------------------------------------------

@@ -22,7 +22,7 @@ from __future__ import annotations
 import io
 import tempfile
 import threading
-from collections.abc import Sequence
+from dataclasses import replace
 from typing import BinaryIO
 
 import numpy as np
@@ -35,6 +35,7 @@ from .imaging import (
     MAX_SPACING_MM,
     MIN_SLICE_SIDE,
     CTSlice,
+    LazySlices,
     UnreadableImage,
     hu_int16,
     window,
@@ -300,12 +301,11 @@ class Voxels:
             self.file.close()
 
 
-class VolumeSlices(Sequence[CTSlice]):
+class VolumeSlices(LazySlices):
     """The axial slices of a read NIfTI volume, head to feet, each made when it is asked
     for: a slice's voxels are read, and its pixels and HU exist, only while someone holds
-    that slice. Indexing and iteration give fresh CTSlices. Closing it (or leaving it as
-    a context manager) removes an inflated volume's temporary file; otherwise that goes
-    when the object is collected.
+    that slice. Closing it (or leaving it as a context manager) removes an inflated
+    volume's temporary file; otherwise that goes when the object is collected.
 
     Every slice is calibrated (Hounsfield units from the header's scaling) and grey, so
     ``ctcheck.check_ct`` accepts each without looking at its pixels.
@@ -318,28 +318,22 @@ class VolumeSlices(Sequence[CTSlice]):
         self.geometry = geometry
         self.name = name
         self._slope, self._inter = slope, inter
-        self._spacing, self._thickness = spacing, thickness
-
-    def __enter__(self) -> VolumeSlices:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
+        self.headers = [
+            CTSlice(
+                pixels=np.zeros((0, 0), np.uint8),
+                name=f"{name}[{position + 1}]",
+                calibrated=True,
+                pixel_spacing_mm=spacing,
+                slice_thickness_mm=thickness,
+                instance_number=position + 1,
+                volume=geometry,
+                volume_index=k,
+            )
+            for position, k in enumerate(self._indices)
+        ]
 
     def close(self) -> None:
         self._voxels.close()
-
-    def __len__(self) -> int:
-        return len(self._indices)
-
-    def __getitem__(self, position):
-        if isinstance(position, slice):
-            return [self[k] for k in range(*position.indices(len(self)))]
-        if position < 0:
-            position += len(self)
-        if not 0 <= position < len(self):
-            raise IndexError(f"slice {position} of a {len(self)}-slice volume")
-        return self._slice(position)
 
     def _slice(self, position: int) -> CTSlice:
         k = self._indices[position]
@@ -348,15 +342,4 @@ class VolumeSlices(Sequence[CTSlice]):
             # runs to posterior), the patient's right on the left.
             plane = self._voxels.plane(self.geometry.si[0], k).astype(np.float32) * self._slope + self._inter
             plane = np.nan_to_num(self.geometry.to_display(plane), nan=-1000.0, posinf=3000.0, neginf=-1000.0)
-            pixels, hu = window(plane), hu_int16(plane)
-        return CTSlice(
-            pixels=pixels,
-            name=f"{self.name}[{position + 1}]",
-            calibrated=True,
-            pixel_spacing_mm=self._spacing,
-            slice_thickness_mm=self._thickness,
-            instance_number=position + 1,
-            hu=hu,
-            volume=self.geometry,
-            volume_index=k,
-        )
+        return replace(self.headers[position], pixels=window(plane), hu=hu_int16(plane))
