@@ -1,11 +1,14 @@
 """The study pipeline every front end runs: decoded slices in, finished slices out, one at a time.
 
 ``run_study`` takes a study's slices as an iterable (a list, or a lazy sequence that
-decodes each slice only when it is reached, as ``volumes.read_nifti`` returns), and for
-each slice in order: segments it, grades it (``grade_slice``), hands the result to a
-*sink* and reports progress. Then it grades the study from the summed areas. It keeps
-nothing of a slice once its sink has it, so its memory does not grow with the study's
-length; what is kept of each slice (files, rows, report lines) is the sink's business.
+decodes each slice only when it is reached, as ``volumes.read_nifti`` and
+``archive.read_any_archive`` return), and for each slice in order: segments it, grades
+it (``grade_slice``), hands the result to a *sink* and reports progress. Then it grades
+the study from the summed areas. With the Ensemble it works one slice ahead
+(``Ensemble.segment_stream``: the next slice's networks run while this one is finished,
+graded and handed over). It keeps nothing of a slice once its sink has it, so its memory
+does not grow with the study's length; what is kept of each slice (files, rows, report
+lines) is the sink's business.
 
 The front ends and their sinks:
 
@@ -18,7 +21,8 @@ The front ends and their sinks:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Sized
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -73,29 +77,44 @@ def grade_slice(ct: CTSlice, labels: np.ndarray) -> SliceAnalysis:
     return SliceAnalysis(ct, labels, areas, assess(areas))
 
 
-def analyse_slice(ct: CTSlice, segmenter: Segmenter) -> SliceAnalysis:
-    """Segment one slice and grade it."""
-    return grade_slice(ct, segmenter.segment(ct.pixels, spacing_mm=ct.pixel_spacing_mm))
-
-
 def run_study(
     slices: Iterable[CTSlice], segmenter: Segmenter, sink: SliceSink, progress: Progress | None = None
 ) -> StudySummary:
     """Segment and grade each slice in order, hand each to ``sink.add(index, result)``
     (index from 1) and then call ``progress(done, total)``; grade the study from the
-    summed areas. Exceptions of the segmenter, the sink or progress stop the run and
-    propagate (the sink's owner cleans up)."""
+    summed areas. A segmenter with ``segment_stream`` (the Ensemble) works one slice
+    ahead. Exceptions of the segmenter, the sink or progress stop the run and propagate
+    (the sink's owner cleans up)."""
     total = len(slices) if isinstance(slices, Sized) else None
     summed: Areas | None = None
     done = 0
-    for done, ct in enumerate(slices, start=1):
-        result = analyse_slice(ct, segmenter)
+    for done, (ct, labels) in enumerate(segmented(slices, segmenter), start=1):
+        result = grade_slice(ct, labels)
         summed = result.areas if summed is None else summed + result.areas
         sink.add(done, result)
         if progress is not None:
             progress(done, total)
     areas = summed if summed is not None else Areas()
     return StudySummary(slices=done, areas=areas, severity=assess(areas))
+
+
+def segmented(slices: Iterable[CTSlice], segmenter: Segmenter) -> Iterator[tuple[CTSlice, np.ndarray]]:
+    """(slice, labels) of each slice in order: through ``segmenter.segment_stream`` where it
+    has one (holding the slice it works ahead on), else one ``segment`` call each."""
+    stream = getattr(segmenter, "segment_stream", None)
+    if stream is None:
+        for ct in slices:
+            yield ct, segmenter.segment(ct.pixels, spacing_mm=ct.pixel_spacing_mm)
+        return
+    held: deque[CTSlice] = deque()
+
+    def inputs():
+        for ct in slices:
+            held.append(ct)
+            yield ct.pixels, ct.pixel_spacing_mm
+
+    for labels in stream(inputs()):
+        yield held.popleft(), labels
 
 
 class Remembered:
@@ -108,12 +127,37 @@ class Remembered:
         self.segmenter = segmenter
         self.known = {_content_key(pixels): labels for pixels, labels in known}
 
+    def _recall(self, pixels: np.ndarray) -> np.ndarray | None:
+        return self.known.pop(_content_key(pixels), None) if self.known else None
+
     def segment(self, pixels: np.ndarray, spacing_mm: tuple[float, float] | None = None) -> np.ndarray:
-        if self.known:
-            remembered = self.known.pop(_content_key(pixels), None)
-            if remembered is not None:
-                return remembered
-        return self.segmenter.segment(pixels, spacing_mm=spacing_mm)
+        remembered = self._recall(pixels)
+        return remembered if remembered is not None else self.segmenter.segment(pixels, spacing_mm=spacing_mm)
+
+    def segment_stream(
+        self, slices: Iterable[tuple[np.ndarray, tuple[float, float] | None]]
+    ) -> Iterator[np.ndarray]:
+        """``segment`` of each (pixels, spacing_mm), in order; the slices not remembered go
+        through the segmenter's own ``segment_stream`` where it has one."""
+        inner = getattr(self.segmenter, "segment_stream", None)
+        if inner is None:
+            for pixels, spacing_mm in slices:
+                yield self.segment(pixels, spacing_mm)
+            return
+        answers: deque[np.ndarray | None] = deque()  # per slice: remembered labels, or None
+
+        def unknown():
+            for pixels, spacing_mm in slices:
+                answers.append(self._recall(pixels))
+                if answers[-1] is None:
+                    yield pixels, spacing_mm
+
+        for labels in inner(unknown()):
+            while answers[0] is not None:  # remembered slices before this one
+                yield answers.popleft()
+            answers.popleft()
+            yield labels
+        yield from answers  # remembered slices after the last one segmented
 
 
 def _content_key(pixels: np.ndarray) -> tuple:

@@ -81,6 +81,55 @@ def test_networks_side_by_side_give_exactly_what_they_give_in_turn():
     np.testing.assert_array_equal(side_by_side.probabilities(pixels), in_turn.probabilities(pixels))
 
 
+class GreyRunner:
+    """A stand-in network that calls mid-dark pixels lung (other lung) and the rest
+    background, slow enough that a slice started ahead is still running when the one
+    before it is finished, with a record of the threads it ran on."""
+
+    def __init__(self) -> None:
+        self.threads: set[str] = set()
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        import threading
+        import time
+
+        self.threads.add(threading.current_thread().name)
+        time.sleep(0.01)
+        lungish = ((images > -0.9) & (images < 0.3))[:, 0].astype(np.float32)
+        out = np.zeros((images.shape[0], NUM_CLASSES, *images.shape[2:]), np.float32)
+        out[:, OTHER_LUNG], out[:, BACKGROUND] = 0.1 + 0.8 * lungish, 0.9 - 0.8 * lungish
+        return out
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+def test_a_stream_of_slices_gives_each_the_labels_segment_gives_it_in_order(parallel):
+    runners = {"a": GreyRunner(), "b": GreyRunner()}
+    ensemble = Ensemble(runners, scales={"a": 0.5, "b": 1.0}, parallel=parallel)
+    slices = []
+    for k in range(6):
+        pixels = _slice()
+        pixels[100:150, 100:200] = 40 * k  # each slice its own
+        slices.append(pixels)
+    one_by_one = [ensemble.segment(p) for p in slices]
+    assert len({label.tobytes() for label in one_by_one}) > 1
+    streamed = list(ensemble.segment_stream((p, None) for p in slices))
+    assert len(streamed) == 6
+    for a, b in zip(streamed, one_by_one, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert list(ensemble.segment_stream(iter(()))) == []
+    if parallel:  # each network only ever on its own thread
+        assert runners["a"].threads == {"ensemble-a_0"} and runners["b"].threads == {"ensemble-b_0"}
+
+
+def test_a_stream_starts_the_next_slice_before_it_hands_over_this_one():
+    runner = ConstantRunner([0.0, 0.0, 1.0, 0.0])
+    ensemble = Ensemble({"a": runner, "b": ConstantRunner([0.0, 0.0, 1.0, 0.0])}, parallel=True)
+    stream = ensemble.segment_stream((_slice(), None) for _ in range(3))
+    next(stream)
+    assert len(runner.inputs) == 2  # slice 2 started when slice 1 was handed over
+    assert len(list(stream)) == 2 and len(runner.inputs) == 3
+
+
 def test_the_options_name_a_backend_and_carry_only_what_applies_to_it():
     assert isinstance(SERVED.backend, OnnxOptions) and SERVED.crop_to_body
     assert isinstance(REFERENCE.backend, TorchOptions) and not REFERENCE.crop_to_body

@@ -87,3 +87,14 @@ def test_evaluate_measures_lung_dice_with_lung_masks(data_root, weights_dir, tmp
     out = tmp_path / "lung.json"
     evaluate_main(["--images", str(images), "--masks", str(masks), "--lungs", "--json", str(out), "--weights", str(weights_dir)])
     assert json.loads(out.read_text())["lung"]["dice"] > 0.9
+
+
+def test_a_stream_of_real_slices_gives_exactly_what_segment_gives(served, data_root):
+    paths = [data_root / "dicom-samples" / "0.dcm", data_root / "dicom-samples" / "1.dcm",
+             data_root / "medseg-covid" / "images" / "1.jpg", data_root / "medseg-covid" / "images" / "2.jpg"]
+    slices = [read_slice(p) for p in paths]
+    one_by_one = [served.segment(ct.pixels, spacing_mm=ct.pixel_spacing_mm) for ct in slices]
+    streamed = list(served.segment_stream((ct.pixels, ct.pixel_spacing_mm) for ct in slices))
+    assert len(streamed) == len(slices)
+    for a, b in zip(streamed, one_by_one, strict=True):
+        np.testing.assert_array_equal(a, b)

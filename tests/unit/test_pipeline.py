@@ -154,3 +154,48 @@ def test_slices_the_ct_check_segmented_are_answered_from_memory_once_and_the_res
     assert remembered.segment(changed) is not known and engine.calls == 2
     assert remembered.segment(slices[2].pixels.copy()) is known and engine.calls == 2
     assert remembered.segment(slices[2].pixels) is not known and engine.calls == 3
+
+
+class StreamingSegmenter(CountingSegmenter):
+    """The stand-in with a ``segment_stream`` like the Ensemble's (one slice ahead), and
+    a record of the order in which it was asked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.streamed: list[int] = []
+
+    def segment_stream(self, slices):
+        ahead = None
+        for pixels, spacing_mm in slices:
+            self.streamed.append(int((pixels == 90).sum()))
+            if ahead is not None:
+                yield self.segment(*ahead)
+            ahead = (pixels, spacing_mm)
+        if ahead is not None:
+            yield self.segment(*ahead)
+
+
+@pytest.mark.parametrize("remembered_at", [(), (0,), (2,), (4,), (0, 1), (0, 2, 4), (0, 1, 2, 3, 4)])
+def test_a_stream_answers_remembered_slices_in_their_place_and_segments_the_rest_once(remembered_at):
+    slices = [_slice(k) for k in range(5)]
+    engine = StreamingSegmenter()
+    known = {k: np.full((SIDE, SIDE), 100 + k, np.uint8) for k in remembered_at}
+    remembered = Remembered(engine, [(slices[k].pixels, labels) for k, labels in known.items()])
+    out = list(remembered.segment_stream((ct.pixels, None) for ct in slices))
+    assert len(out) == 5
+    for k, labels in enumerate(out):
+        expected = known[k] if k in known else stand_in_labels(slices[k].pixels)
+        assert np.array_equal(labels, expected), k
+    assert engine.calls == 5 - len(remembered_at)
+    assert engine.streamed == [int((slices[k].pixels == 90).sum()) for k in range(5) if k not in known]
+
+
+def test_run_study_through_a_stream_gives_what_it_gives_slice_by_slice():
+    slices = [_slice(k) for k in range(4)]
+    by_stream, by_slice = ListSink(), ListSink()
+    a = run_study(slices, StreamingSegmenter(), by_stream)
+    b = run_study(slices, CountingSegmenter(), by_slice)
+    assert a == b
+    assert [i for i, _ in by_stream.got] == [1, 2, 3, 4]
+    for (_, x), (_, y) in zip(by_stream.got, by_slice.got, strict=True):
+        assert x.source is y.source and np.array_equal(x.labels, y.labels) and x.areas == y.areas

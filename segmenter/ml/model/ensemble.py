@@ -7,9 +7,12 @@ runners, one per network (``onnx_runtime.OnnxRunner`` or ``networks.TorchRunner`
 same call: a float batch in, probabilities out), so that tools can put together other
 ensembles (a subset, other weights or scales) without loading anything again.
 
-Calls are serialised by a lock, so one instance can be shared between threads; the
-networks use the runtime's intra-op threads for each call, and under ONNX Runtime with
-at least one thread per network they run side by side (``OnnxOptions``).
+One instance can be shared between threads. Under ONNX Runtime with at least one thread
+per network the networks run side by side (``OnnxOptions``), each on a thread of its own
+that takes its calls in order; otherwise calls are serialised by a lock and the networks
+use the runtime's intra-op threads for each call. ``segment_stream`` segments a sequence
+of slices with the next slice's networks started before this one's labels are finished
+(the same labels as ``segment``, a study's slices faster).
 
 Each network runs at its own pixel scale (the manifest's "scale"; see networks.NETWORKS),
 and its probabilities are resized (bilinear) to the slice's size. Combination rule:
@@ -23,8 +26,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,7 +137,11 @@ class Ensemble:
         self.manifest = manifest or {}
         self.crop_to_body = crop_to_body
         self.parallel = parallel and len(self.runners) > 1
-        self._pool = ThreadPoolExecutor(len(self.runners), "ensemble") if self.parallel else None
+        # One thread per network, which alone calls its runner: calls from any thread are
+        # taken in order, and a slice's networks can start while another's are finishing.
+        self._pools = (
+            [ThreadPoolExecutor(1, f"ensemble-{name}") for name in self.names] if self.parallel else None
+        )
         self._lock = threading.Lock()
 
     @classmethod
@@ -181,6 +188,8 @@ class Ensemble:
 
     def forward(self, k: int, image: np.ndarray) -> np.ndarray:
         """Network k on float32 (H, W) in [-1, 1], H and W multiples of 32 -> softmax (C, H, W)."""
+        if self._pools is not None:
+            return self._pools[k].submit(lambda: self.runners[k](image[None, None])[0]).result()
         with self._lock:
             return self.runners[k](image[None, None])[0]
 
@@ -220,7 +229,7 @@ class Ensemble:
 
     def _network_probabilities(self, k: int, pixels: np.ndarray, factor: float | None) -> np.ndarray:
         """uint8 (H, W) slice -> network k's float32 (C, h, w) probabilities at its scale
-        (the caller holds the lock)."""
+        (on network k's own thread, or with the lock held)."""
         image, box, shape = self.network_input(k, pixels, factor)
         return self.place(self.runners[k](image[None, None])[0], box, shape)
 
@@ -249,11 +258,20 @@ class Ensemble:
 
     def _parts(self, pixels: np.ndarray, factor: float | None) -> list[np.ndarray]:
         """Each network's (C, h_k, w_k) probabilities, side by side where the runners allow."""
-        ks = range(len(self.runners))
+        return [f.result() for f in self._start(pixels, factor)]
+
+    def _start(self, pixels: np.ndarray, factor: float | None) -> list[Future]:
+        """Each network's probabilities for a slice: started on the networks' own threads
+        (returned at once), or computed here under the lock (returned done)."""
+        if self._pools is not None:
+            return [pool.submit(self._network_probabilities, k, pixels, factor) for k, pool in enumerate(self._pools)]
+        done = []
         with self._lock:
-            if self._pool is not None:
-                return list(self._pool.map(lambda k: self._network_probabilities(k, pixels, factor), ks))
-            return [self._network_probabilities(k, pixels, factor) for k in ks]
+            for k in range(len(self.runners)):
+                future: Future = Future()
+                future.set_result(self._network_probabilities(k, pixels, factor))
+                done.append(future)
+        return done
 
     def segment(self, pixels: np.ndarray, spacing_mm: tuple[float, float] | None = None) -> np.ndarray:
         """uint8 (H, W) slice -> uint8 (H, W) label map (see constants for the values)."""
@@ -273,9 +291,32 @@ class Ensemble:
         return labels, LungEvidence.measure(np.isin(labels, LUNG_CLASSES), lungs, top)
 
     def _segment(self, pixels: np.ndarray, spacing_mm) -> tuple[np.ndarray, list[np.ndarray]]:
+        return self._finish(*self._begin(pixels, spacing_mm))
+
+    def _begin(self, pixels: np.ndarray, spacing_mm) -> tuple:
+        """What a slice's labels need before its networks run, and the networks started."""
         if pixels.ndim != 2 or pixels.dtype != np.uint8:
             raise ValueError(f"expected a uint8 (H, W) slice, got {pixels.dtype} {pixels.shape}")
         body = body_mask(pixels)  # once: for the scale rule and for the anatomy rules
         factor = reference_factor(pixels, spacing_mm, body)
-        parts = self._parts(pixels, factor)
+        return pixels, factor, body, self._start(pixels, factor)
+
+    def _finish(self, pixels, factor, body, started: list[Future]) -> tuple[np.ndarray, list[np.ndarray]]:
+        parts = [f.result() for f in started]
         return postprocess(self.combine(parts, *pixels.shape), pixels, factor, body), parts
+
+    def segment_stream(
+        self, slices: Iterable[tuple[np.ndarray, tuple[float, float] | None]]
+    ) -> Iterator[np.ndarray]:
+        """``segment`` of each (pixels, spacing_mm), in order, one slice ahead: the next
+        slice's networks are started (on their threads) before this one's probabilities
+        are combined and post-processed here, so that the networks do not wait for that.
+        At most two slices are in hand."""
+        ahead = None
+        for pixels, spacing_mm in slices:
+            started = self._begin(pixels, spacing_mm)
+            if ahead is not None:
+                yield self._finish(*ahead)[0]
+            ahead = started
+        if ahead is not None:
+            yield self._finish(*ahead)[0]
