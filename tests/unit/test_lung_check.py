@@ -36,6 +36,9 @@ PHOTOGRAPHS = {
     "camera man, cropped": lambda: skimage_data.camera()[100:400, 50:450],
     "street scene (motorcycle, grey)": lambda: grey(skimage_data.stereo_motorcycle()[0]),
     "star field (Hubble, grey)": lambda: grey(skimage_data.hubble_deep_field()),
+    # refused because their lungs change when the picture is mirrored (FLIP_AGREE_MIN)
+    "micrograph (immunohistochemistry, grey)": lambda: grey(skimage_data.immunohistochemistry()),
+    "scanned page, inverted": lambda: 255 - skimage_data.page(),
 }
 
 
@@ -95,6 +98,8 @@ def test_a_study_is_refused_only_when_most_of_its_checked_slices_fail(served, da
         (LungEvidence(lung_share=0.3, two_regions=0.6, agreement=0.9, confidence=0.9), True),
         (LungEvidence(lung_share=0.3, two_regions=1.0, agreement=0.5, confidence=0.9), True),
         (LungEvidence(lung_share=0.3, two_regions=1.0, agreement=0.9, confidence=0.78), True),
+        (LungEvidence(lung_share=0.3, two_regions=1.0, agreement=0.9, confidence=0.9, flip_agreement=0.925), False),
+        (LungEvidence(lung_share=0.3, two_regions=1.0, agreement=0.9, confidence=0.9, flip_agreement=0.86), True),
     ],
 )
 def test_the_lung_rules(evidence, refused):

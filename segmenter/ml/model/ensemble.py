@@ -28,7 +28,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -280,7 +280,8 @@ class Ensemble:
     def segment_checked(
         self, pixels: np.ndarray, spacing_mm: tuple[float, float] | None = None
     ) -> tuple[np.ndarray, LungEvidence]:
-        """segment, and what the networks found, for ctcheck.why_not_lungs (one run)."""
+        """segment, and what the networks found, for ctcheck.why_not_lungs: the slice, and
+        the slice mirrored left-right and top-bottom (three runs)."""
         labels, parts = self._segment(pixels, spacing_mm)
         h, w = pixels.shape
         lungs, top = [], []
@@ -288,7 +289,12 @@ class Ensemble:
             full = np.stack([cv2.resize(c, (w, h), interpolation=cv2.INTER_LINEAR) for c in p])
             lungs.append(full.argmax(0) != BACKGROUND)
             top.append(full.max(0))
-        return labels, LungEvidence.measure(np.isin(labels, LUNG_CLASSES), lungs, top)
+        lung = np.isin(labels, LUNG_CLASSES)
+        flip_agreement = min(
+            _dice(lung, np.isin(self._segment(np.ascontiguousarray(pixels[:, ::-1]), spacing_mm)[0], LUNG_CLASSES)[:, ::-1]),
+            _dice(lung, np.isin(self._segment(np.ascontiguousarray(pixels[::-1]), spacing_mm)[0], LUNG_CLASSES)[::-1]),
+        )
+        return labels, replace(LungEvidence.measure(lung, lungs, top), flip_agreement=flip_agreement)
 
     def _segment(self, pixels: np.ndarray, spacing_mm) -> tuple[np.ndarray, list[np.ndarray]]:
         return self._finish(*self._begin(pixels, spacing_mm))
@@ -320,3 +326,9 @@ class Ensemble:
             ahead = started
         if ahead is not None:
             yield self._finish(*ahead)[0]
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice of two bool masks (1.0 when both are empty)."""
+    total = int(a.sum()) + int(b.sum())
+    return 2.0 * int(np.logical_and(a, b).sum()) / total if total else 1.0
