@@ -191,3 +191,21 @@ def test_side_by_side_needs_a_thread_per_network(monkeypatch):
     monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
     _, parallel = ensemble_module.build_runners(dict(nets), OnnxOptions(parallel_networks=False))
     assert not parallel and calls == [4, 4]
+
+
+def test_the_lung_check_mirrors_a_large_slice_at_the_size_its_threshold_was_measured_at(monkeypatch):
+    ensemble = Ensemble({"a": GreyRunner(), "b": GreyRunner()}, scales={"a": 0.5, "b": 1.0})
+    seen = []
+    real = Ensemble._segment
+    monkeypatch.setattr(Ensemble, "_segment", lambda self, p, s: seen.append(p.shape) or real(self, p, s))
+    pixels = np.full((1300, 1000), 30, np.uint8)
+    pixels[150:1150, 100:900] = 200
+    pixels[300:1000, 200:450] = pixels[300:1000, 550:800] = 60  # two "lungs", mirror images
+    labels, evidence = ensemble.segment_checked(pixels)
+    assert labels.shape == (1300, 1000)
+    assert seen == [(1300, 1000), (640, 492), (640, 492)]
+    assert evidence.lung_share > 0.1 and evidence.flip_agreement > 0.95  # symmetric: the same lungs mirrored
+    seen.clear()
+    small = np.ascontiguousarray(pixels[::3, ::3])
+    ensemble.segment_checked(small)
+    assert seen == [small.shape] * 3  # at most CHECK_SIDE_PX: mirrored as it is
