@@ -141,3 +141,49 @@ def test_the_lung_check_of_a_study_decodes_only_the_slices_it_samples(samples, m
         segmented = check_lungs(slices, StandInSegmenter(), study=True)
     assert sorted(made) == sorted({int(f * 20) for f in STUDY_SAMPLE_AT})
     assert len(segmented) == len(STUDY_SAMPLE_AT)
+
+
+def _header_fields(ct) -> tuple:
+    return (ct.name, ct.calibrated, ct.pixel_spacing_mm, ct.position_mm, ct.instance_number,
+            ct.colour_share, ct.dicom)
+
+
+def test_a_dicom_series_of_uncompressed_hu_is_read_from_its_headers_and_decoded_when_reached(samples, monkeypatch):
+    from segmenter.ml.io import imaging
+
+    decoded = []
+    real = imaging._dicom_pixels
+    monkeypatch.setattr(imaging, "_dicom_pixels", lambda *a: decoded.append(1) or real(*a))
+    members = _dicom_series(samples, [10.0, 30.0, 20.0])
+    with read_zip(zip_bytes(members), check=check_ct) as slices:
+        assert decoded == []  # checked from the headers: HU from a CT header are trusted
+        made = list(slices)
+        assert len(decoded) == 3  # once each, when reached
+        for header, ct in zip(slices.headers, made, strict=True):
+            full = read_slices(members[ct.name], ct.name)[0]
+            assert ct.slice_thickness_mm == 10.0  # from the positions
+            assert _header_fields(header) == _header_fields(ct) == _header_fields(full)
+            assert np.array_equal(ct.pixels, full.pixels) and np.array_equal(ct.hu, full.hu)
+
+
+def test_a_compressed_or_short_dicom_in_a_study_is_decoded_when_it_is_read(samples, monkeypatch):
+    from pydicom.uid import RLELossless
+
+    from segmenter.ml.io import imaging
+
+    ds = pydicom.dcmread(io.BytesIO(samples.dicom(0)))
+    ds.compress(RLELossless)
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    decoded = []
+    real = imaging._dicom_pixels
+    monkeypatch.setattr(imaging, "_dicom_pixels", lambda *a: decoded.append(1) or real(*a))
+    with read_zip(zip_bytes({"rle.dcm": buf.getvalue()})) as slices:
+        assert decoded == [1] and len(slices) == 1
+    short = pydicom.dcmread(io.BytesIO(samples.dicom(0)))
+    short.PixelData = short.PixelData[: len(short.PixelData) // 2]
+    buf = io.BytesIO()
+    short.save_as(buf)
+    with pytest.raises(UnreadableImage) as caught:
+        read_zip(zip_bytes({"good.dcm": samples.dicom(1), "short.dcm": buf.getvalue()}))
+    assert caught.value.params["member"] == "short.dcm"

@@ -16,7 +16,9 @@ checks to every format, in two passes:
    whose members share one compressed stream, cannot make memory grow past the limits;
    members that are not PNG, JPEG or DICOM files are skipped; every slice is charged to
    the decoded-pixel budget (``headers.PixelBudget``) before it is decoded, and checked
-   (the caller's ``check``, such as ``ctcheck.check_ct``) once decoded. Then its pixels
+   (the caller's ``check``, such as ``ctcheck.check_ct``) once decoded; a DICOM of
+   uncompressed Hounsfield units is read from its header only (``read_slices`` with
+   decode=False), which is all the check needs of it. Then its pixels
    are let go: what the study keeps is each slice's header and the file's bytes, in an
    unnamed temporary file (never a named path, gone when closed or when the process ends).
 3. The slices are ordered by DICOM position, then InstanceNumber, then naturally by name,
@@ -370,9 +372,11 @@ def read_folder(
 
 
 def _read_member(data: bytes, name: str, budget: PixelBudget) -> list[CTSlice]:
-    """Decode one file of an archive or folder; its errors name the file."""
+    """Read one file of an archive or folder as the first reading does: decoded, except
+    a DICOM of uncompressed HU, whose headers are all the check needs (``read_slices``
+    with decode=False); its errors name the file."""
     try:
-        return read_slices(data, name, budget)
+        return read_slices(data, name, budget, decode=False)
     except UnreadableImage as exc:
         raise in_member(name, exc) from exc
 

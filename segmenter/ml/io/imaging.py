@@ -359,7 +359,7 @@ def _dicom_position(ds) -> float | None:
     return _float_or_none(getattr(ds, "SliceLocation", None))
 
 
-def _read_dicom(data: bytes, name: str, force: bool, budget: PixelBudget) -> list[CTSlice]:
+def _read_dicom(data: bytes, name: str, force: bool, budget: PixelBudget, decode: bool = True) -> list[CTSlice]:
     """DICOM bytes -> one CTSlice per frame, in Hounsfield units through the model's window.
 
     pydicom parses element values lazily, so a damaged value (NumberOfFrames "ab",
@@ -367,7 +367,7 @@ def _read_dicom(data: bytes, name: str, force: bool, budget: PixelBudget) -> lis
     while the slices are built is reported as a damaged file.
     """
     try:
-        return _dicom_slices(data, name, force, budget)
+        return _dicom_slices(data, name, force, budget, decode)
     except UnreadableImage:
         raise
     except MemoryError:
@@ -437,7 +437,49 @@ def _check_codestreams(ds, rows: int, cols: int) -> None:
         ) from exc
 
 
-def _dicom_slices(data: bytes, name: str, force: bool, budget: PixelBudget) -> list[CTSlice]:
+def _dicom_pixels(ds, syntax, frames: int) -> np.ndarray:
+    """The data set's decoded pixel frames, (frames, rows, cols[, samples])."""
+    try:
+        raw = ds.pixel_array
+    except (NotImplementedError, RuntimeError) as exc:
+        raise UnreadableImage(
+            f"this DICOM is compressed with {syntax.name}, which cannot be decoded here",
+            code="dicom_compression_unsupported",
+            params={"syntax": syntax.name},
+        ) from exc
+    except Exception as exc:
+        detail = exc.__class__.__name__
+        raise UnreadableImage(
+            f"the DICOM pixel data could not be decoded ({detail})",
+            code="dicom_undecodable",
+            params={"detail": detail},
+        ) from exc
+    raw = np.asarray(raw)
+    return raw[None] if frames == 1 else raw
+
+
+def _native_hu(ds, syntax, rows: int, cols: int, frames: int, samples: int) -> bool:
+    """Whether this data set's pixels are grey Hounsfield units stored uncompressed, in
+    a layout pydicom decodes by reshaping the bytes (so decoding cannot fail), and with
+    a plain rescale (read here, so a damaged one is reported now): its slices can be
+    checked from the header alone (``ctcheck`` trusts HU from a CT header)."""
+    if syntax.is_encapsulated or "PixelData" not in ds or samples != 1 or "ModalityLUTSequence" in ds:
+        return False
+    has_rescale = "RescaleSlope" in ds or "RescaleIntercept" in ds
+    if not (has_rescale or str(getattr(ds, "Modality", "CT") or "CT") == "CT"):
+        return False
+    float(getattr(ds, "RescaleSlope", 1) or 1), float(getattr(ds, "RescaleIntercept", 0) or 0)
+    bits = int(getattr(ds, "BitsAllocated", 0) or 0)
+    stored = int(getattr(ds, "BitsStored", 0) or 0)
+    if bits not in (8, 16, 32) or not 0 < stored <= bits or int(getattr(ds, "PixelRepresentation", 0) or 0) not in (0, 1):
+        return False
+    if str(getattr(ds, "PhotometricInterpretation", "")) not in ("MONOCHROME1", "MONOCHROME2"):
+        return False
+    expected = rows * cols * frames * bits // 8
+    return len(ds.PixelData) in (expected, expected + 1)  # + 1: padded to an even length
+
+
+def _dicom_slices(data: bytes, name: str, force: bool, budget: PixelBudget, decode: bool = True) -> list[CTSlice]:
     import pydicom
     from pydicom.errors import InvalidDicomError
     from pydicom.pixels import apply_modality_lut
@@ -473,26 +515,11 @@ def _dicom_slices(data: bytes, name: str, force: bool, budget: PixelBudget) -> l
     syntax = ds.file_meta.TransferSyntaxUID
     if syntax.is_encapsulated and "PixelData" in ds:
         _check_codestreams(ds, rows, cols)
-    try:
-        raw = ds.pixel_array
-    except (NotImplementedError, RuntimeError) as exc:
-        raise UnreadableImage(
-            f"this DICOM is compressed with {syntax.name}, which cannot be decoded here",
-            code="dicom_compression_unsupported",
-            params={"syntax": syntax.name},
-        ) from exc
-    except Exception as exc:
-        detail = exc.__class__.__name__
-        raise UnreadableImage(
-            f"the DICOM pixel data could not be decoded ({detail})",
-            code="dicom_undecodable",
-            params={"detail": detail},
-        ) from exc
-
     samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
-    raw = np.asarray(raw)
-    if frames == 1:
-        raw = raw[None]
+    if not decode and _native_hu(ds, syntax, rows, cols, frames, samples):
+        raw = [None] * frames  # headers only: each slice is decoded when it is reached
+    else:
+        raw = _dicom_pixels(ds, syntax, frames)
     spacing = getattr(ds, "PixelSpacing", None)
     spacing_mm = None
     if spacing is not None and len(spacing) == 2:
@@ -508,7 +535,9 @@ def _dicom_slices(data: bytes, name: str, force: bool, budget: PixelBudget) -> l
 
     slices = []
     for k, frame in enumerate(raw):
-        if samples > 1:
+        if frame is None:  # the header alone (see _native_hu)
+            pixels, calibrated, colour, hu16 = np.zeros((0, 0), np.uint8), True, 0.0, None
+        elif samples > 1:
             rgb = frame
             if str(getattr(ds, "PhotometricInterpretation", "RGB")).startswith("YBR"):
                 from pydicom.pixels import convert_color_space
@@ -568,14 +597,17 @@ def sniff_kind(head: bytes, name: str) -> str | None:
 
 
 def read_slices(
-    source: bytes | str | Path, name: str | None = None, budget: PixelBudget | None = None
+    source: bytes | str | Path, name: str | None = None, budget: PixelBudget | None = None, *, decode: bool = True
 ) -> list[CTSlice]:
     """Read a PNG, JPEG or DICOM file (bytes or a path) into one or more CTSlices.
 
     A multi-frame DICOM gives one slice per frame; everything else gives one slice.
     Every image is charged to ``budget`` (a fresh one of MAX_DECODED_PIXELS if None)
-    before it is decoded. Raises UnreadableImage with a user-facing message for anything
-    it cannot read.
+    before it is decoded. With ``decode=False``, a DICOM of uncompressed grey Hounsfield
+    units whose pixel data has the declared size gives its slices' headers only
+    (``CTSlice.without_pixels``: what the CT check needs of it), everything else is
+    decoded. Raises UnreadableImage with a user-facing message for anything it cannot
+    read.
     """
     budget = budget if budget is not None else PixelBudget(MAX_DECODED_PIXELS)
     if isinstance(source, (str, Path)):
@@ -591,7 +623,7 @@ def read_slices(
     if kind in ("png", "jpeg"):
         return [_read_raster(data, name, budget)]
     if kind == "dicom":
-        return _read_dicom(data, name, force=data[128:132] != b"DICM", budget=budget)
+        return _read_dicom(data, name, force=data[128:132] != b"DICM", budget=budget, decode=decode)
     raise UnreadableImage("unsupported file type: expected a PNG, JPEG or DICOM slice", code="unsupported_type")
 
 
