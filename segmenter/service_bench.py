@@ -51,8 +51,8 @@ from segmenter.ml.paths import DEFAULT_DATA_ROOT
 
 ROOT = Path(__file__).resolve().parents[1]
 #: How often the benchmark asks the API whether an upload is done: four times as often as
-#: the progress page (views.PROGRESS_POLL_MS). Asking every 0.05 s took ~5 % of the
-#: worker's throughput on 2 cores (the poller shares them); this costs at most 0.25 s.
+#: the progress page (views.PROGRESS_POLL_MS). The poller shares the cores with the
+#: worker, so asking much more often slows what it measures; this costs at most 0.25 s.
 POLL_SECONDS = 0.25
 
 

@@ -63,7 +63,8 @@ class UploadTooLarge(UploadError):
 @dataclass
 class ParsedUpload:
     """A read and checked upload: its Analysis.Kind value and its slices in study order
-    (a list, or a VolumeSlices that makes each slice when it is reached)."""
+    (a list, or a LazySlices — an archive's StudySlices, a volume's VolumeSlices — that
+    makes each slice when it is reached)."""
 
     kind: str
     slices: Sequence[CTSlice]
@@ -186,8 +187,9 @@ def upload_read(*, stream: BinaryIO, name: str, size: int) -> ParsedUpload:
             kind = Analysis.Kind.SLICE if len(slices) == 1 else Analysis.Kind.STUDY
         parsed = ParsedUpload(kind=kind, slices=slices)
         try:
-            # A volume's slices are calibrated and grey, which both checks pass without
-            # looking (and looking would make every slice of it here).
+            # An archive's slices were checked as they were read; a volume's are calibrated
+            # and grey, which both checks pass without looking (and looking would make
+            # every slice of it here). Only the slices of one file are checked here.
             if isinstance(slices, list):
                 check_slices(slices, study=kind == Analysis.Kind.STUDY)
             if len(slices) > settings.SEGMENTER_MAX_SLICES:

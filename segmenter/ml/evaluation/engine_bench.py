@@ -31,8 +31,10 @@ import logging
 import platform
 import resource
 import statistics
+import sys
 import time
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import torch
@@ -185,10 +187,12 @@ def run(weights: Path, slice_path: Path, threads: int, runs: int, variants: bool
     }
 
 
-def report(result: dict, path: Path | None) -> None:
-    """Print the results as JSON, and write them to ``path`` when given."""
+def report(result: dict, path: Path | None, out: TextIO | None = None) -> None:
+    """Write the results as JSON to ``out`` (standard output when None: the benchmark
+    commands' own output, for machines; their tables for people go through logging),
+    and to ``path`` when given."""
     text = json.dumps(result, indent=2, default=str)
-    print(text)
+    (out or sys.stdout).write(text + "\n")
     if path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text + "\n")

@@ -18,9 +18,9 @@ checks to every format, in two passes:
    the decoded-pixel budget (``headers.PixelBudget``) before it is decoded, and checked
    (the caller's ``check``, such as ``ctcheck.check_ct``) once decoded; a DICOM of
    uncompressed Hounsfield units is read from its header only (``read_slices`` with
-   decode=False), which is all the check needs of it. Then its pixels
-   are let go: what the study keeps is each slice's header and the file's bytes, in an
-   unnamed temporary file (never a named path, gone when closed or when the process ends).
+   decode=False), which is all the check needs of it. Then its pixels are let go: what
+   the study keeps is each slice's header and the file's bytes, in an unnamed temporary
+   file (never a named path, gone when closed or when the process ends).
 3. The slices are ordered by DICOM position, then InstanceNumber, then naturally by name,
    and each is decoded again from its file when it is reached (``StudySlices``): a study
    of 1,000 slices holds the pixels of one.
@@ -254,8 +254,9 @@ class _Files:
 class StudySlices(LazySlices):
     """The slices of an archive or folder in study order, each decoded again from its
     file when it is reached (an archive's files wait in a ``_Spool``), so that a study
-    holds one slice's pixels at a time, not all of them. Every file was decoded and
-    checked once when the study was read; ``headers`` keep what that found."""
+    holds one slice's pixels at a time, not all of them. Every file was read (decoded,
+    or a DICOM of uncompressed HU from its header) and checked once when the study was
+    read; ``headers`` keep what that found."""
 
     def __init__(self, headers: list[CTSlice], files: list, frames: list[int], source: _Spool | _Files) -> None:
         self.headers = headers
@@ -279,8 +280,8 @@ class StudySlices(LazySlices):
 
 
 class _Collector:
-    """The first reading of a study's files: each is decoded, charged to the pixel
-    budget, checked (``check``, e.g. ctcheck.check_ct) and then let go, keeping where it
+    """The first reading of a study's files: each is read (``_read_member``), charged to
+    the pixel budget, checked (``check``, e.g. ctcheck.check_ct) and then let go, keeping where it
     lies and its slices' headers; ``study()`` orders them into StudySlices."""
 
     def __init__(

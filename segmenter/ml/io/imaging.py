@@ -468,7 +468,8 @@ def _native_hu(ds, syntax, rows: int, cols: int, frames: int, samples: int) -> b
     has_rescale = "RescaleSlope" in ds or "RescaleIntercept" in ds
     if not (has_rescale or str(getattr(ds, "Modality", "CT") or "CT") == "CT"):
         return False
-    float(getattr(ds, "RescaleSlope", 1) or 1), float(getattr(ds, "RescaleIntercept", 0) or 0)
+    for keyword, default in (("RescaleSlope", 1), ("RescaleIntercept", 0)):
+        float(getattr(ds, keyword, default) or default)  # raises here on a damaged value
     bits = int(getattr(ds, "BitsAllocated", 0) or 0)
     stored = int(getattr(ds, "BitsStored", 0) or 0)
     if bits not in (8, 16, 32) or not 0 < stored <= bits or int(getattr(ds, "PixelRepresentation", 0) or 0) not in (0, 1):
