@@ -210,3 +210,47 @@ def test_the_lung_check_mirrors_a_large_slice_at_the_size_its_threshold_was_meas
     small = np.ascontiguousarray(pixels[::3, ::3])
     ensemble.segment_checked(small)
     assert seen == [small.shape] * 3  # at most CHECK_SIDE_PX: mirrored as it is
+
+
+class RampRunner:
+    """A stand-in network whose output leans left to right: P(GGO) grows with the column
+    (and depends on the input only through its shape), so mirroring shows."""
+
+    def __init__(self):
+        self.inputs: list[tuple[int, ...]] = []
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        self.inputs.append(images.shape)
+        n, _, h, w = images.shape
+        out = np.zeros((n, NUM_CLASSES, h, w), np.float32)
+        out[:, 0] = np.linspace(0.0, 1.0, w, dtype=np.float32)[None, None]
+        out[:, OTHER_LUNG] = 1.0 - out[:, 0]
+        return out
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_a_mirrored_network_averages_its_input_and_its_mirror_image_in_one_batch(parallel):
+    plain, mirrored = RampRunner(), RampRunner()
+    pixels = _slice()
+    a = Ensemble({"a": plain}, scales={"a": 1.0}, crop_to_body=False).probabilities(pixels, factor=1.0)
+    both = Ensemble(
+        {"a": mirrored, "b": RampRunner()}, scales={"a": 1.0, "b": 1.0}, crop_to_body=False, parallel=parallel,
+        mirrored=["a"], weights={"a": 1.0, "b": 0.0},
+    )
+    b = both.probabilities(pixels, factor=1.0)
+    assert plain.inputs == [(1, 1, 256, 384)] and mirrored.inputs == [(2, 1, 256, 384)]
+    assert a[0, 10, 0] == pytest.approx(0.0) and a[0, 10, -1] == pytest.approx(1.0)
+    # the ramp and its mirror image, mirrored back, average to 1/2 everywhere
+    np.testing.assert_allclose(b[0], 0.5, atol=1e-6)
+    assert both.mirrored_names == ["a"] and both.subset(["a", "b"]).mirrored_names == ["a"]
+    assert both.subset(["b"], {"b": 1.0}).mirrored_names == [] and both.subset(["a"], mirrored=[]).mirrored_names == []
+    with pytest.raises(ValueError, match="not in the ensemble"):
+        Ensemble({"a": plain}, mirrored=["c"])
+
+
+def test_load_mirrors_the_networks_the_manifest_marks(monkeypatch, tmp_path):
+    nets = {name: build_network(name).eval() for name in ("unet_b0", "pspnet_b2")}
+    manifest = {"networks": {"unet_b0": {"scale": 0.5, "mirror": True}, "pspnet_b2": {"scale": 1.0}}}
+    monkeypatch.setattr(ensemble_module, "load_networks", lambda directory: (nets, {"unet_b0": 0.7, "pspnet_b2": 0.3}, manifest))
+    ensemble = Ensemble.load(tmp_path, InferenceOptions(backend=TorchOptions()))
+    assert ensemble.mirrored_names == ["unet_b0"]

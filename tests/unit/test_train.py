@@ -89,9 +89,19 @@ def test_a_cross_validation_smoke_run_validates_every_fold_on_slices_it_did_not_
     summary = json.loads((tmp_path / "crossval.json").read_text())
     assert summary["folds"] == 2
     assert len(summary["members"]["ensemble 0.7/0.3"]["healthy_lung_dice"]["folds"]) == 2
+    assert len(summary["members"]["ensemble 0.7/0.3, both mirrored"]["ggo_dice"]["folds"]) == 2
     for fold in (0, 1):
         config = json.loads((tmp_path / f"fold-{fold}" / "config.json").read_text())
         assert (config["folds"], config["fold"]) == (2, fold)
+
+    # validated again from the checkpoints, a fold gives the same numbers (nothing retrains)
+    done = tmp_path / "fold-1" / "validation.json"
+    before = json.loads(done.read_text())
+    done.write_text(json.dumps({"ensemble": before["ensemble"]}))  # as if from an older release
+    crossval.main(["--folds", "2", "--out", str(tmp_path), "--smoke", "--data-root", str(data_root), "--revalidate"])
+    assert json.loads(done.read_text()) == before
+    steps = [json.loads(line)["step"] for line in (tmp_path / "fold-1" / "log.jsonl").read_text().splitlines()]
+    assert steps.count(max(steps)) == 2  # the training log did not grow (one step line, one validation line)
 
 
 def test_config_flags_come_from_the_dataclass():

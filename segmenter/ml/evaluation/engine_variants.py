@@ -71,7 +71,11 @@ def batched(ensemble: Ensemble, batch: int = BATCH) -> Callable[[list[np.ndarray
         stack = np.full((len(inputs), 1, height, width), -1.0, np.float32)
         for i, (x, _, _) in enumerate(inputs):
             stack[i, 0, : x.shape[0], : x.shape[1]] = x
-        probs = ensemble.runners[k](stack)
+        if ensemble.mirrored[k]:  # as Ensemble._run: each input and its mirror image, averaged
+            both = ensemble.runners[k](np.concatenate([stack, stack[..., ::-1]]))
+            probs = (both[: len(inputs)] + both[len(inputs) :, ..., ::-1]) * 0.5
+        else:
+            probs = ensemble.runners[k](stack)
         return [ensemble.place(probs[i], box, shape) for i, (_, box, shape) in enumerate(inputs)]
 
     def segment(slices: list[np.ndarray]) -> list[np.ndarray]:
@@ -165,7 +169,9 @@ def build_variants(
     dynamic = quantised(models, "dynamic", calibration)
 
     def ensemble(chosen: dict, other_scales: dict | None = None, parallel: bool = True) -> Ensemble:
-        return Ensemble(chosen, weights, {**scales, **(other_scales or {})}, parallel=parallel)
+        return Ensemble(
+            chosen, weights, {**scales, **(other_scales or {})}, parallel=parallel, mirrored=served.mirrored_names
+        )
 
     unet, psp = served.names
     return [

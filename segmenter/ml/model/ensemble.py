@@ -14,8 +14,10 @@ use the runtime's intra-op threads for each call. ``segment_stream`` segments a 
 of slices with the next slice's networks started before this one's labels are finished
 (the same labels as ``segment``, a study's slices faster).
 
-Each network runs at its own pixel scale (the manifest's "scale"; see networks.NETWORKS),
-and its probabilities are resized (bilinear) to the slice's size. Combination rule:
+Each network runs at its own pixel scale (the manifest's "scale"; see networks.NETWORKS);
+a network marked ``"mirror": true`` also sees its input mirrored left-right and its two
+outputs are averaged (no shipped network is: see ``train.validate``). Its probabilities
+are resized (bilinear) to the slice's size. Combination rule:
 p(class) = sum_k w_k softmax(logits_k)(class) / sum_k w_k, with the weights w_k from the
 manifest; the label is the most probable class, lung regions that break the anatomy
 rules become background and lesion regions below ``constants.MIN_LESION_AREA_PX``
@@ -113,6 +115,9 @@ class Ensemble:
     crop_to_body: see ``InferenceOptions``.
     parallel: run the networks side by side, one thread each (for runners whose sessions
     were built for it; ``build_runners`` says when).
+    mirrored: the networks that also see their input mirrored left-right (one batch of
+    two), whose two outputs, the second mirrored back, are averaged: the manifest's
+    ``"mirror": true``, a choice of the recipe measured by cross-validation.
     """
 
     def __init__(
@@ -124,6 +129,7 @@ class Ensemble:
         manifest: dict | None = None,
         crop_to_body: bool = True,
         parallel: bool = False,
+        mirrored: Iterable[str] = (),
     ):
         if not runners:
             raise ValueError("an ensemble needs at least one network")
@@ -141,6 +147,10 @@ class Ensemble:
         self.manifest = manifest or {}
         self.crop_to_body = crop_to_body
         self.parallel = parallel and len(self.runners) > 1
+        mirrored = set(mirrored)
+        if mirrored - set(self.names):
+            raise ValueError(f"mirrored networks {sorted(mirrored - set(self.names))} are not in the ensemble")
+        self.mirrored = [n in mirrored for n in self.names]
         # One thread per network, which alone calls its runner: calls from any thread are
         # taken in order, and a slice's networks can start while another's are finishing.
         self._pools = (
@@ -155,8 +165,9 @@ class Ensemble:
         """Verify and load the shipped weights and build the runners (raises weights.WeightsError)."""
         networks, weights, manifest = load_networks(Path(directory))
         scales = {name: entry.get("scale", MODEL_SCALE) for name, entry in manifest["networks"].items()}
-        log.info("loaded ensemble %s (scales %s) from %s", list(networks), scales, directory)
-        return cls.from_networks(networks, weights, scales, options, manifest=manifest)
+        mirrored = [name for name, entry in manifest["networks"].items() if entry.get("mirror")]
+        log.info("loaded ensemble %s (scales %s, mirrored %s) from %s", list(networks), scales, mirrored, directory)
+        return cls.from_networks(networks, weights, scales, options, manifest=manifest, mirrored=mirrored)
 
     @classmethod
     def from_networks(
@@ -167,16 +178,20 @@ class Ensemble:
         options: InferenceOptions = SERVED,
         *,
         manifest: dict | None = None,
+        mirrored: Iterable[str] = (),
     ) -> Ensemble:
         """An ensemble of torch modules in eval mode (training's validation uses it with
         ``TorchOptions``, which keeps the very modules; under ONNX they are exported)."""
         runners, parallel = build_runners(dict(networks), options.backend)
         return cls(
-            runners, weights, scales, manifest=manifest, crop_to_body=options.crop_to_body, parallel=parallel
+            runners, weights, scales, manifest=manifest, crop_to_body=options.crop_to_body, parallel=parallel,
+            mirrored=mirrored,
         )
 
-    def subset(self, names: list[str], weights: dict[str, float] | None = None) -> Ensemble:
-        """The same runners (or some of them) with other averaging weights."""
+    def subset(
+        self, names: list[str], weights: dict[str, float] | None = None, mirrored: Iterable[str] | None = None
+    ) -> Ensemble:
+        """The same runners (or some of them) with other averaging weights (or mirroring)."""
         by_name = dict(zip(self.names, self.runners))
         chosen = weights or dict(zip(self.names, self.weights))
         return Ensemble(
@@ -186,16 +201,31 @@ class Ensemble:
             manifest=self.manifest,
             crop_to_body=self.crop_to_body,
             parallel=self.parallel,
+            mirrored=[n for n in names if n in self.mirrored_names] if mirrored is None else mirrored,
         )
+
+    @property
+    def mirrored_names(self) -> list[str]:
+        return [n for n, m in zip(self.names, self.mirrored) if m]
 
     # -- inference -----------------------------------------------------------------
 
     def forward(self, k: int, image: np.ndarray) -> np.ndarray:
         """Network k on float32 (H, W) in [-1, 1], H and W multiples of 32 -> softmax (C, H, W)."""
         if self._pools is not None:
-            return self._pools[k].submit(lambda: self.runners[k](image[None, None])[0]).result()
+            return self._pools[k].submit(self._run, k, image).result()
         with self._lock:
+            return self._run(k, image)
+
+    def _run(self, k: int, image: np.ndarray) -> np.ndarray:
+        """Network k's softmax (C, H, W) for one input; for a mirrored network, the mean of
+        its outputs for the input and for the input mirrored left-right (mirrored back)."""
+        if not self.mirrored[k]:
             return self.runners[k](image[None, None])[0]
+        plain, mirrored = self.runners[k](np.stack([image, image[:, ::-1]])[:, None])
+        plain += mirrored[:, :, ::-1]
+        plain *= 0.5
+        return plain
 
     def network_input(
         self, k: int, pixels: np.ndarray, factor: float | None = None
@@ -235,7 +265,7 @@ class Ensemble:
         """uint8 (H, W) slice -> network k's float32 (C, h, w) probabilities at its scale
         (on network k's own thread, or with the lock held)."""
         image, box, shape = self.network_input(k, pixels, factor)
-        return self.place(self.runners[k](image[None, None])[0], box, shape)
+        return self.place(self._run(k, image), box, shape)
 
     def combine(self, probabilities: list[np.ndarray], height: int, width: int) -> np.ndarray:
         """Each network's (C, h_k, w_k) probabilities -> their weighted average at (height, width)."""

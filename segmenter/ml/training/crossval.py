@@ -5,8 +5,10 @@ Each fold is one ``segmenter.ml.training.train`` run in ``RUN/fold-K`` that trai
 folds and validates on fold K: MedSeg and kmader are cut into folds by look-alike groups
 (``data.grouped_folds``), so no slice is scored by a network that saw its neighbours.
 Finished folds (a ``validation.json``) are skipped and an interrupted one resumes from its
-checkpoint, so the same command can be run again. ``RUN/crossval.json`` then holds, for
-the ensemble at each averaging weight and for each network alone, every headline number
+checkpoint, so the same command can be run again; ``--revalidate`` validates finished
+folds again from their checkpoints (when validation has gained members, such as the
+mirrored ensembles). ``RUN/crossval.json`` then holds, for the ensemble at each averaging
+weight, with and without mirroring, and for each network alone, every headline number
 per fold and as mean ± standard deviation over the folds: the numbers the model card
 quotes and the ones the ensemble weights are chosen on.
 """
@@ -19,7 +21,7 @@ import logging
 import statistics
 from pathlib import Path
 
-from .train import parse_args, train
+from .train import parse_args, revalidate, train
 
 log = logging.getLogger("segmenter.crossval")
 
@@ -65,17 +67,22 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m segmenter.ml.training.crossval", description=__doc__.split("\n\n")[0])
     parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--out", type=Path, required=True, help="folder of the fold runs (outside the repository)")
+    parser.add_argument("--revalidate", action="store_true",
+                        help="validate finished folds again from their checkpoints (after validation gained members)")
     args, rest = parser.parse_known_args(argv)
     per_fold = []
     for fold in range(args.folds):
         run = args.out / f"fold-{fold}"
         done = run / "validation.json"
+        cfg = parse_args([*rest, "--folds", str(args.folds), "--fold", str(fold), "--out", str(run)])
+        if cfg.export:
+            raise SystemExit("cross-validation runs export nothing; train the shipped weights with train --export")
         if not done.is_file():
-            cfg = parse_args([*rest, "--folds", str(args.folds), "--fold", str(fold), "--out", str(run)])
-            if cfg.export:
-                raise SystemExit("cross-validation runs export nothing; train the shipped weights with train --export")
             log.info("fold %d of %d -> %s", fold + 1, args.folds, run)
             train(cfg)
+        elif args.revalidate:
+            log.info("fold %d of %d: validating %s again", fold + 1, args.folds, run)
+            revalidate(cfg)
         per_fold.append(json.loads(done.read_text()))
     summary = {"folds": args.folds, "train_options": rest, "members": summarise(per_fold)}
     (args.out / "crossval.json").write_text(json.dumps(summary, indent=2))

@@ -278,25 +278,32 @@ def _render(sample: Sample, scale: float, rng: np.random.Generator, cfg: TrainCo
 
 #: Shares of the first network in the ensemble that validation scores (besides equal).
 ENSEMBLE_SHARES = (0.6, 0.7, 0.8)
+#: The shipped averaging share, scored also with test-time mirroring (Ensemble's ``mirrored``).
+MIRRORED_SHARE = 0.7
 
 
 def validate(nets: dict[str, torch.nn.Module], data: Datasets, scales: dict[str, float]) -> dict:
     """Lesion scores on held-out MedSeg slices and lung scores on held-out kmader slices,
-    for the ensemble and for each network alone, at each mask's full resolution."""
+    for the ensemble and for each network alone, at each mask's full resolution; and for
+    the ensemble at MIRRORED_SHARE with the first network, or both, mirrored."""
     if any(p.device.type != "cpu" for n in nets.values() for p in n.parameters()):
         nets = {k: copy.deepcopy(v).cpu() for k, v in nets.items()}
     results: dict = {}
     for n in nets.values():
         n.eval()
-    members: dict[str, tuple[dict, dict | None]] = {"ensemble": (nets, None)}
+    members: dict[str, tuple[dict, dict | None, list[str]]] = {"ensemble": (nets, None, [])}
     if len(nets) == 2:  # the averaging weights to choose from, first network's share
         first, second = nets
         for share in ENSEMBLE_SHARES:
-            members[f"ensemble {share:.1f}/{1 - share:.1f}"] = (nets, {first: share, second: 1 - share})
-    members.update({name: ({name: net}, None) for name, net in nets.items()})
+            members[f"ensemble {share:.1f}/{1 - share:.1f}"] = (nets, {first: share, second: 1 - share}, [])
+        shipped = {first: MIRRORED_SHARE, second: 1 - MIRRORED_SHARE}
+        label = f"ensemble {MIRRORED_SHARE:.1f}/{1 - MIRRORED_SHARE:.1f}"
+        members[f"{label}, {first} mirrored"] = (nets, shipped, [first])
+        members[f"{label}, both mirrored"] = (nets, shipped, [first, second])
+    members.update({name: ({name: net}, None, []) for name, net in nets.items()})
     options = InferenceOptions(backend=TorchOptions(channels_last=True, bf16=False), crop_to_body=True)
-    for label, (subset, weights) in members.items():
-        ens = Ensemble.from_networks(subset, weights, scales, options)
+    for label, (subset, weights, mirrored) in members.items():
+        ens = Ensemble.from_networks(subset, weights, scales, options, mirrored=mirrored)
         lesion, healthy = LesionScores(), HealthyScores()
         for s in data.val_medseg:
             lesion.add(ens.segment(s.full), s.mask)
@@ -367,6 +374,24 @@ def lr_lambda(cfg: TrainConfig):
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
     return f
+
+
+def revalidate(cfg: TrainConfig) -> dict:
+    """``validate`` the finished run in ``cfg.out`` again from its checkpoint (after
+    validation gained members) and rewrite its ``validation.json``; returns the results."""
+    torch.set_num_threads(cfg.threads)
+    ckpt_path = Path(cfg.out) / "checkpoint.pt"
+    if not ckpt_path.is_file():
+        raise SystemExit(f"{ckpt_path} not found")
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    if int(ckpt["step"]) != cfg.steps:
+        raise SystemExit(f"{ckpt_path} is at step {ckpt['step']} of {cfg.steps}: finish the run first")
+    nets = build_training_networks(cfg)
+    for k in nets:
+        nets[k].load_state_dict(ckpt["nets"][k])
+    results = validate(nets, load_datasets(cfg), {name: p[0] for name, p in cfg.plan().items()})
+    (Path(cfg.out) / "validation.json").write_text(json.dumps(results, indent=2))
+    return results
 
 
 def build_training_networks(cfg: TrainConfig) -> dict[str, torch.nn.Module]:
