@@ -118,7 +118,10 @@ def test_a_smoke_run_trains_resumes_and_exports_loadable_weights(data_root, tmp_
     lines = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     losses = [r["unet_b0"]["loss"] for r in lines if "unet_b0" in r]
     assert len(losses) == cfg.steps and all(math.isfinite(v) for v in losses)
-    assert set(validation) == {"ensemble", "ensemble 0.6/0.4", "ensemble 0.7/0.3", "ensemble 0.8/0.2", "unet_b0", "pspnet_b2"}
+    assert set(validation) == {
+        "ensemble", "ensemble 0.6/0.4", "ensemble 0.7/0.3", "ensemble 0.8/0.2", "unet_b0", "pspnet_b2",
+        "ensemble 0.7/0.3, unet_b0 mirrored", "ensemble 0.7/0.3, both mirrored",
+    }
     manifest = json.loads((export / "manifest.json").read_text())
     assert manifest["training"]["config"]["steps"] == cfg.steps
     assert "not for diagnosis" in manifest["intended_use"]
