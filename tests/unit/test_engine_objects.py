@@ -242,6 +242,10 @@ def test_a_mirrored_network_averages_its_input_and_its_mirror_image_in_one_batch
     assert a[0, 10, 0] == pytest.approx(0.0) and a[0, 10, -1] == pytest.approx(1.0)
     # the ramp and its mirror image, mirrored back, average to 1/2 everywhere
     np.testing.assert_allclose(b[0], 0.5, atol=1e-6)
+    # a batch of inputs (the batched variant's call) is mirrored input by input, in one call
+    batch = both.run_batch(0, np.zeros((3, 1, 64, 96), np.float32))
+    assert mirrored.inputs[-1] == (6, 1, 64, 96) and batch.shape == (3, NUM_CLASSES, 64, 96)
+    np.testing.assert_allclose(batch[:, 0], 0.5, atol=1e-6)
     assert both.mirrored_names == ["a"] and both.subset(["a", "b"]).mirrored_names == ["a"]
     assert both.subset(["b"], {"b": 1.0}).mirrored_names == [] and both.subset(["a"], mirrored=[]).mirrored_names == []
     with pytest.raises(ValueError, match="not in the ensemble"):

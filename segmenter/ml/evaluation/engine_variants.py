@@ -71,11 +71,7 @@ def batched(ensemble: Ensemble, batch: int = BATCH) -> Callable[[list[np.ndarray
         stack = np.full((len(inputs), 1, height, width), -1.0, np.float32)
         for i, (x, _, _) in enumerate(inputs):
             stack[i, 0, : x.shape[0], : x.shape[1]] = x
-        if ensemble.mirrored[k]:  # as Ensemble._run: each input and its mirror image, averaged
-            both = ensemble.runners[k](np.concatenate([stack, stack[..., ::-1]]))
-            probs = (both[: len(inputs)] + both[len(inputs) :, ..., ::-1]) * 0.5
-        else:
-            probs = ensemble.runners[k](stack)
+        probs = ensemble.run_batch(k, stack)
         return [ensemble.place(probs[i], box, shape) for i, (_, box, shape) in enumerate(inputs)]
 
     def segment(slices: list[np.ndarray]) -> list[np.ndarray]:

@@ -218,12 +218,19 @@ class Ensemble:
             return self._run(k, image)
 
     def _run(self, k: int, image: np.ndarray) -> np.ndarray:
-        """Network k's softmax (C, H, W) for one input; for a mirrored network, the mean of
-        its outputs for the input and for the input mirrored left-right (mirrored back)."""
+        return self.run_batch(k, image[None, None])[0]
+
+    def run_batch(self, k: int, images: np.ndarray) -> np.ndarray:
+        """Network k's runner on float32 (N, 1, H, W) -> softmax (N, C, H, W); for a mirrored
+        network, the mean of its outputs for the inputs and for the inputs mirrored
+        left-right (mirrored back), in one call. Call it on network k's thread or with
+        the lock held (``forward`` does)."""
         if not self.mirrored[k]:
-            return self.runners[k](image[None, None])[0]
-        plain, mirrored = self.runners[k](np.stack([image, image[:, ::-1]])[:, None])
-        plain += mirrored[:, :, ::-1]
+            return self.runners[k](images)
+        n = len(images)
+        both = self.runners[k](np.concatenate([images, images[..., ::-1]]))
+        plain = both[:n]
+        plain += both[n:, :, :, ::-1]
         plain *= 0.5
         return plain
 
