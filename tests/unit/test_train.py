@@ -8,6 +8,7 @@ import torch
 from segmenter.ml.constants import BACKGROUND, CONSOLIDATION, GGO, OTHER_LUNG
 from segmenter.ml.model.ensemble import Ensemble
 from segmenter.ml.training import crossval
+from segmenter.ml.training.augment import AugmentConfig
 from segmenter.ml.training.data import (
     T_IGNORE,
     T_LESION,
@@ -107,6 +108,14 @@ def test_a_cross_validation_smoke_run_validates_every_fold_on_slices_it_did_not_
 def test_config_flags_come_from_the_dataclass():
     cfg = parse_args(["--steps", "7", "--no-bf16", "--networks", "unet_b0"])
     assert (cfg.steps, cfg.bf16, cfg.networks) == (7, False, ("unet_b0",))
+
+
+def test_augmentation_flags_set_the_augmentation_and_leave_the_rest_at_its_defaults():
+    cfg = parse_args(["--augment-gamma-range", "0.9", "1.1", "--augment-brightness", "8"])
+    default = AugmentConfig()
+    assert (cfg.augment.gamma_range, cfg.augment.brightness) == ((0.9, 1.1), 8.0)
+    assert cfg.augment.contrast_range == default.contrast_range and cfg.augment.curve_prob == default.curve_prob
+    assert parse_args([]).augment == default
 
 
 @pytest.mark.slow

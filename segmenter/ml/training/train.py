@@ -563,11 +563,23 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
             parser.add_argument(flag, nargs="+", type=kind, default=list(default))
         else:
             parser.add_argument(flag, type=type(default), default=default)
+    # the augmentation's fields as --augment-NAME (a range takes two numbers)
+    for f in dataclasses.fields(AugmentConfig):
+        default = getattr(cfg.augment, f.name)
+        flag = "--augment-" + f.name.replace("_", "-")
+        if isinstance(default, tuple):
+            parser.add_argument(flag, nargs=2, type=type(default[0]), default=list(default), dest="augment_" + f.name)
+        else:
+            parser.add_argument(flag, type=type(default), default=default, dest="augment_" + f.name)
     args = parser.parse_args(argv)
     for f in dataclasses.fields(TrainConfig):
         if f.name != "augment":
             value = getattr(args, f.name)
             setattr(cfg, f.name, tuple(value) if isinstance(value, list) else value)
+    cfg.augment = dataclasses.replace(cfg.augment, **{
+        f.name: tuple(v) if isinstance(v := getattr(args, "augment_" + f.name), list) else v
+        for f in dataclasses.fields(AugmentConfig)
+    })
     if cfg.smoke:
         cfg.apply_smoke()
     return cfg
