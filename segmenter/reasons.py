@@ -119,6 +119,9 @@ NOT_CT_REASONS = {
     "it has none of the fine texture of a CT scan, like a drawing or document": gettext_lazy(
         "it has none of the fine texture of a CT scan, like a drawing or document"
     ),
+    "its dark and bright areas break into many small pieces, like printed text": gettext_lazy(
+        "its dark and bright areas break into many small pieces, like printed text"
+    ),
     "what would be lung fills the picture": gettext_lazy("what would be lung fills the picture"),
     "what would be lung falls apart into many pieces": gettext_lazy(
         "what would be lung falls apart into many pieces"

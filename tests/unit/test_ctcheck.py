@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from segmenter.ml.io.ctcheck import check_ct, why_not_ct
+from segmenter.ml.io.ctcheck import REGIONS_MIN_SHARE, check_ct, region_share, why_not_ct
 from segmenter.ml.io.dicomwrite import write_ct_dicom
 from segmenter.ml.io.imaging import UnreadableImage, read_slice, window
 from segmenter.ml.training.data import kmader_to_hu
@@ -80,6 +80,9 @@ PICTURES = {
     "grey photograph (coffee)": lambda: grey(skimage_data.coffee()),
     "grey photograph (bricks)": lambda: skimage_data.brick(),
     "a scan of text": lambda: skimage_data.text(),
+    "a scanned page": lambda: skimage_data.page(),
+    "a scanned page, inverted": lambda: 255 - skimage_data.page(),
+    "a star field": lambda: grey(skimage_data.hubble_deep_field()),
     "a rendered document": document,
     "a logo": lambda: skimage_data.logo()[..., :3],
     "a screenshot-like interface": interface,
@@ -102,3 +105,13 @@ def test_hounsfield_units_from_a_ct_header_are_trusted(tmp_path):
     hu = np.full((64, 64), 40.0)
     hu[16:48, 16:48] = -850.0
     assert why_not_ct(read_slice(write_ct_dicom(hu, tmp_path / "p.dcm"))) is None
+
+
+def test_a_scanned_page_is_refused_because_its_letters_are_small_pieces(data_root):
+    # The page passes every other pixel rule; its dark class is the strokes of its letters.
+    page = read_slice(encode(skimage_data.page()), "page.png")
+    assert region_share(page.pixels) < REGIONS_MIN_SHARE
+    assert why_not_ct(page) == "its dark and bright areas break into many small pieces, like printed text"
+    # while on real CT both classes lie in large regions (air and lungs, the body)
+    medseg = sorted((data_root / "medseg-covid" / "images").glob("*.jpg"))
+    assert min(region_share(read_slice(p).pixels) for p in medseg) > REGIONS_MIN_SHARE

@@ -9,7 +9,7 @@ import pytest
 from django.utils import translation
 
 from segmenter.ml.io.imaging import UnreadableImage
-from segmenter.reasons import UNREADABLE_REASONS, megabytes, unreadable_reason
+from segmenter.reasons import NOT_CT_REASONS, UNREADABLE_REASONS, megabytes, unreadable_reason
 
 ML = Path(__file__).resolve().parents[2] / "segmenter" / "ml"
 MB = 1024 * 1024
@@ -94,3 +94,24 @@ def test_megabytes_show_a_tenth_only_when_needed(n_bytes, english, russian):
         assert megabytes(n_bytes) == english
     with translation.override("ru"):
         assert megabytes(n_bytes) == russian
+
+
+def _ct_check_reasons() -> set[str]:
+    """Every phrase ctcheck's why_not_ct and why_not_lungs return."""
+    tree = ast.parse((ML / "io" / "ctcheck.py").read_text(encoding="utf-8"))
+    reasons = set()
+    for fn in tree.body:
+        if isinstance(fn, ast.FunctionDef) and fn.name in ("why_not_ct", "why_not_lungs"):
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Return) and isinstance(node.value, ast.Constant) and node.value.value:
+                    reasons.add(node.value.value)
+    return reasons
+
+
+def test_every_reason_the_ct_check_gives_reads_in_russian():
+    reasons = _ct_check_reasons()
+    assert len(reasons) >= 8
+    assert sorted(reasons - set(NOT_CT_REASONS)) == []
+    with translation.override("ru"):
+        untranslated = [r for r in reasons if str(NOT_CT_REASONS[r]) == r]
+    assert untranslated == []

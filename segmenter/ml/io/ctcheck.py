@@ -23,6 +23,11 @@ drawings that scikit-image ships (``tests/unit/test_ctcheck.py`` checks both dir
   explain most of the grey-level variance (eta = between-class / total variance: at
   least 0.728 on real CT, 0.65-0.72 on photographs of coffee, grass, gravel and a
   scanned page). Limit BIMODAL_MIN, a little under the lowest CT value.
+* large regions: air and lung, and the body, are large regions, so each of Otsu's two
+  classes lies mostly in 8-connected regions of at least REGION_MIN_AREA of the picture:
+  at least 0.846 of each class on real CT (one MedSeg slice; the next 0.910, Zenodo
+  0.933, kmader 0.915), 0.788 on a scanned page, whose dark class is the strokes of its
+  letters (0.51-0.63 on scikit-image's scan of text). Limit REGIONS_MIN_SHARE.
 * dark share: a chest slice has air or lung below DARK_LEVEL: at least 0.02 of the pixels
   on real CT (a tightly cropped MedSeg slice); limit DARK_MIN_SHARE. A white page with a
   little text, or a bright drawing, has almost none.
@@ -33,7 +38,8 @@ uncalibrated slice (``check_lungs``: a single slice, or a study's slices at
 STUDY_SAMPLE_AT). ``python -m segmenter.ml.evaluation.ctcheck_measure`` measures it with
 the shipped weights on 259 real CT slices (every MedSeg slice, every 16th Zenodo slice,
 every 4th kmader slice as W1500/L-600 PNG and as HU DICOM, the sample DICOMs) and on the
-31 grey pictures, inversions and crops from scikit-image's data that pass the pixel rules:
+24 grey pictures, inversions and crops from scikit-image's data that pass the pixel rules
+(31 before the large-regions rule, which refuses the scanned page and the star field):
 
 * the lung would fill the picture: lung on more than LUNG_MAX_SHARE of the pixels. Real
   CT: at most 0.70 (a tightly cropped MedSeg slice); a star field 0.91-1.0.
@@ -50,11 +56,11 @@ every 4th kmader slice as W1500/L-600 PNG and as HU DICOM, the sample DICOMs) an
   the same lungs in a mirrored chest), and the lower Dice of either lung mask, mirrored
   back, with the picture's own is below FLIP_AGREE_MIN. Real CT: at least 0.925 (a
   Zenodo slice mirrored top-bottom; MedSeg at least 0.930); three immunohistochemistry
-  micrographs, a crop of the camera man and an inverted page 0.73-0.88, refused.
+  micrographs and crops of the camera man and of coins 0.64-0.86, refused.
 
-All 259 CT slices pass; 28 of the 31 pictures are refused (before the mirror rule 23).
-Still graded (measured): one inverted and one cropped immunohistochemistry micrograph and
-the scanned page of text (mirror agreement 0.89-0.91); the model card says so.
+All 259 CT slices pass; 22 of the 24 pictures are refused (measured 2026-12-03). Still
+graded: one inverted and one cropped immunohistochemistry micrograph (mirror agreement
+0.89-0.91); the model card says so.
 """
 
 from __future__ import annotations
@@ -77,6 +83,8 @@ DARK_LEVEL = 90
 DARK_MIN_SHARE = 0.01
 TEXTURE_MIN = 1.5
 BIMODAL_MIN = 0.70
+REGION_MIN_AREA = 0.002
+REGIONS_MIN_SHARE = 0.82
 LUNG_MAX_SHARE = 0.85
 LUNG_TWO_REGIONS_MIN = 0.85
 NETWORKS_AGREE_MIN = 0.65
@@ -103,6 +111,21 @@ def bimodality(pixels: np.ndarray) -> float:
         return 0.0
     between = (total_mean * w0 - m0) ** 2 / np.maximum(w0 * (1 - w0), 1e-12)
     return float(between.max() / variance)
+
+
+def region_share(pixels: np.ndarray, min_area: float = REGION_MIN_AREA) -> float:
+    """The lower, over Otsu's two classes of a uint8 (H, W) slice, of the class's share that
+    lies in 8-connected regions of at least ``min_area`` of the picture."""
+    import cv2
+
+    _, dark = cv2.threshold(pixels, 0, 1, cv2.THRESH_BINARY_INV + cv2.THRESH_OTSU)
+    shares = []
+    for mask in (dark, 1 - dark):
+        n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        areas = stats[1:, cv2.CC_STAT_AREA]
+        total = int(areas.sum())
+        shares.append(float(areas[areas >= min_area * mask.size].sum() / total) if total else 1.0)
+    return min(shares)
 
 
 def flat_share(pixels: np.ndarray, block: int = FLAT_BLOCK) -> float:
@@ -135,6 +158,8 @@ def why_not_ct(ct: CTSlice) -> str | None:
         return "it has none of the fine texture of a CT scan, like a drawing or document"
     if bimodality(g) < BIMODAL_MIN:
         return "its grey levels are those of a photograph, not of air, lung and tissue"
+    if region_share(g) < REGIONS_MIN_SHARE:
+        return "its dark and bright areas break into many small pieces, like printed text"
     return None
 
 
