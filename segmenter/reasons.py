@@ -129,6 +129,9 @@ NOT_CT_REASONS = {
     "the networks find no consistent lungs in it": gettext_lazy(
         "the networks find no consistent lungs in it"
     ),
+    "what would be lung is smoother than what surrounds it": gettext_lazy(
+        "what would be lung is smoother than what surrounds it"
+    ),
 }
 
 

@@ -38,6 +38,8 @@ PHOTOGRAPHS = {
     "coins, inverted": lambda: 255 - skimage_data.coins(),
     # refused because their lungs change when the picture is mirrored (FLIP_AGREE_MIN)
     "micrograph (immunohistochemistry, grey)": lambda: grey(skimage_data.immunohistochemistry()),
+    # refused because what would be lung is smoother than the rest (LUNG_TEXTURE_MIN)
+    "micrograph, inverted": lambda: 255 - grey(skimage_data.immunohistochemistry()),
 }
 # (the star field and the scanned page, also inverted, are refused before the networks run:
 # test_ctcheck)
@@ -101,7 +103,23 @@ def test_a_study_is_refused_only_when_most_of_its_checked_slices_fail(served, da
         (LungEvidence(lung_share=0.3, two_regions=1.0, agreement=0.9, confidence=0.78), True),
         (LungEvidence(lung_share=0.3, two_regions=1.0, agreement=0.9, confidence=0.9, flip_agreement=0.925), False),
         (LungEvidence(lung_share=0.3, two_regions=1.0, agreement=0.9, confidence=0.9, flip_agreement=0.86), True),
+        (LungEvidence(lung_share=0.3, two_regions=1.0, agreement=0.9, confidence=0.9, texture_ratio=0.86), False),
+        (LungEvidence(lung_share=0.3, two_regions=1.0, agreement=0.9, confidence=0.9, texture_ratio=0.80), True),
     ],
 )
 def test_the_lung_rules(evidence, refused):
     assert (why_not_lungs(evidence) is not None) == refused
+
+
+def test_the_texture_ratio_compares_the_lung_with_its_surroundings():
+    rng = np.random.default_rng(0)
+    pixels = np.full((64, 64), 200, np.uint8)
+    lung = np.zeros((64, 64), bool)
+    lung[16:48, 8:28] = True
+    pixels[lung] = rng.integers(20, 80, int(lung.sum()))  # textured dark lung, smooth tissue
+    masks, top = [lung, lung], [np.ones((64, 64), np.float32)] * 2
+    textured_lung = LungEvidence.measure(lung, masks, top, pixels)
+    pixels[lung], pixels[~lung] = 50, rng.integers(150, 250, int((~lung).sum()))  # the other way round
+    smooth_lung = LungEvidence.measure(lung, masks, top, pixels)
+    assert textured_lung.texture_ratio > 1.5 and smooth_lung.texture_ratio < 0.5
+    assert LungEvidence.measure(lung, masks, top).texture_ratio == 1.0  # not measured without pixels

@@ -30,7 +30,7 @@ from ..training.data import kmader_to_hu
 PICTURES = ("astronaut", "camera", "coins", "hubble_deep_field", "immunohistochemistry", "moon", "page",
             "text", "brick", "grass", "gravel", "clock", "horse", "retina", "cell", "chelsea", "coffee",
             "rocket", "stereo_motorcycle")
-FEATURES = ("lung_share", "two_regions", "agreement", "confidence", "flip_agreement")
+FEATURES = ("lung_share", "two_regions", "agreement", "confidence", "flip_agreement", "texture_ratio")
 
 log = logging.getLogger(__name__)
 

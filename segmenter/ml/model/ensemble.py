@@ -331,7 +331,7 @@ class Ensemble:
             lungs.append(full.argmax(0) != BACKGROUND)
             top.append(full.max(0))
         lung = np.isin(labels, LUNG_CLASSES)
-        evidence = LungEvidence.measure(lung, lungs, top)
+        evidence = LungEvidence.measure(lung, lungs, top, pixels)
         del lungs, top
         return labels, replace(evidence, flip_agreement=self._flip_agreement(pixels, lung, spacing_mm))
 
