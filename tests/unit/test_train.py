@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from segmenter.ml.constants import BACKGROUND, CONSOLIDATION, GGO, OTHER_LUNG
 from segmenter.ml.model.ensemble import Ensemble
@@ -18,7 +19,7 @@ from segmenter.ml.training.data import (
     grouped_split,
     similarity_groups,
 )
-from segmenter.ml.training.train import marginal_cross_entropy, parse_args, train
+from segmenter.ml.training.train import marginal_cross_entropy, parse_args, revalidate, train
 
 
 def test_marginal_cross_entropy_is_minus_log_of_the_allowed_mass():
@@ -149,3 +150,21 @@ def test_each_network_trains_at_its_own_scale_and_crop():
     assert plan == {"unet_b0": (0.5, 192, 1.0), "pspnet_b2": (1.0, 256, 0.5)}
     plan = parse_args(["--scales", "0.5", "0.5", "--crops", "160", "160"]).plan()
     assert plan["pspnet_b2"] == (0.5, 160, 0.5)
+
+
+@pytest.mark.slow
+def test_a_run_with_a_moving_average_validates_it_resumes_it_and_exports_it(data_root, tmp_path):
+    out, export = tmp_path / "run", tmp_path / "weights"
+    args = ["--smoke", "--holdout", "--data-root", str(data_root), "--out", str(out), "--ema-decay", "0.5"]
+    validation = train(parse_args([*args, "--export", str(export)]))
+    members = {"ensemble", "ema ensemble", "ema unet_b0", "ema ensemble 0.7/0.3, both mirrored"}
+    assert members <= set(validation)
+    ckpt = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
+    averaged, last = ckpt["emas"]["unet_b0"], ckpt["nets"]["unet_b0"]
+    name = "segmentation_head.0.weight"
+    assert int(averaged["n_averaged"]) == 3  # one update per step
+    assert not torch.equal(averaged[f"module.{name}"], last[name])  # an average, not the last step
+    shipped = load_file(export / "unet_b0.safetensors")
+    assert torch.allclose(shipped[name].float(), averaged[f"module.{name}"].float(), atol=1e-3)
+    # validated again from the checkpoint: the same numbers, the averages included
+    assert revalidate(parse_args(args)) == json.loads(json.dumps(validation))

@@ -98,6 +98,10 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_steps: int = 100
     min_lr_ratio: float = 0.01  # cosine decay down to lr * min_lr_ratio
+    # exponential moving average of each network's weights and batch-norm statistics,
+    # updated after every step (0: off). Validation scores the averaged networks too
+    # ("ema ..." members) and --export writes them instead of the last step's.
+    ema_decay: float = 0.0
     # loss
     dice_weight: float = 1.0
     zenodo_weight: float = 0.5
@@ -315,6 +319,16 @@ def validate(nets: dict[str, torch.nn.Module], data: Datasets, scales: dict[str,
     return results
 
 
+def validate_with_averages(nets: dict, emas: dict, data: Datasets, scales: dict[str, float]) -> dict:
+    """``validate`` the networks and, when training keeps them, their moving averages
+    (members prefixed "ema ")."""
+    results = validate(nets, data, scales)
+    if emas:
+        averaged = validate({k: v.module for k, v in emas.items()}, data, scales)
+        results.update({f"ema {label}": result for label, result in averaged.items()})
+    return results
+
+
 def validation_summary(results: dict) -> dict:
     """network -> rounded headline numbers of ``validate``'s results."""
     def r(x):
@@ -340,7 +354,9 @@ def _rng_state(rng: np.random.Generator) -> dict:
     return json.loads(json.dumps(rng.bit_generator.state))
 
 
-def save_checkpoint(path: Path, step: int, nets, opts, scheds, rng: np.random.Generator, cfg: TrainConfig) -> None:
+def save_checkpoint(
+    path: Path, step: int, nets, opts, scheds, rng: np.random.Generator, cfg: TrainConfig, emas=None
+) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(
         {
@@ -349,6 +365,7 @@ def save_checkpoint(path: Path, step: int, nets, opts, scheds, rng: np.random.Ge
             "nets": {k: v.state_dict() for k, v in nets.items()},
             "opts": {k: v.state_dict() for k, v in opts.items()},
             "scheds": {k: v.state_dict() for k, v in scheds.items()},
+            "emas": {k: v.state_dict() for k, v in (emas or {}).items()},
             "numpy_rng": json.dumps(_rng_state(rng)),
             "torch_rng": torch.get_rng_state(),
         },
@@ -387,9 +404,13 @@ def revalidate(cfg: TrainConfig) -> dict:
     if int(ckpt["step"]) != cfg.steps:
         raise SystemExit(f"{ckpt_path} is at step {ckpt['step']} of {cfg.steps}: finish the run first")
     nets = build_training_networks(cfg)
+    emas = moving_averages(nets, cfg.ema_decay)
     for k in nets:
         nets[k].load_state_dict(ckpt["nets"][k])
-    results = validate(nets, load_datasets(cfg), {name: p[0] for name, p in cfg.plan().items()})
+        if k in emas:
+            emas[k].load_state_dict(ckpt["emas"][k])
+    scales = {name: p[0] for name, p in cfg.plan().items()}
+    results = validate_with_averages(nets, emas, load_datasets(cfg), scales)
     (Path(cfg.out) / "validation.json").write_text(json.dumps(results, indent=2))
     return results
 
@@ -405,6 +426,19 @@ def build_training_networks(cfg: TrainConfig) -> dict[str, torch.nn.Module]:
             raise SystemExit(f"unknown --init {cfg.init!r}; expected 'lite' or 'random'")
         nets[name] = net.to(cfg.device, memory_format=torch.channels_last).train()
     return nets
+
+
+def moving_averages(nets: dict[str, torch.nn.Module], decay: float) -> dict[str, torch.nn.Module]:
+    """name -> an exponential moving average of that network's parameters and buffers
+    (batch-norm statistics included), whose first update copies the network; {} when
+    decay is 0 (off)."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    if not decay:
+        return {}
+    if not 0.0 < decay < 1.0:
+        raise SystemExit(f"--ema-decay must be in (0, 1), got {decay}")
+    return {k: AveragedModel(v, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True) for k, v in nets.items()}
 
 
 def make_optimiser(net: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -429,6 +463,7 @@ def train(cfg: TrainConfig) -> dict:
     data = load_datasets(cfg)
 
     nets = build_training_networks(cfg)
+    emas = moving_averages(nets, cfg.ema_decay)
     opts = {k: make_optimiser(v, cfg) for k, v in nets.items()}
     scheds = {k: torch.optim.lr_scheduler.LambdaLR(o, lr_lambda(cfg)) for k, o in opts.items()}
     rng = np.random.default_rng(cfg.seed)
@@ -444,6 +479,8 @@ def train(cfg: TrainConfig) -> dict:
             nets[k].load_state_dict(ckpt["nets"][k])
             opts[k].load_state_dict(ckpt["opts"][k])
             scheds[k].load_state_dict(ckpt["scheds"][k])
+            if k in emas:
+                emas[k].load_state_dict(ckpt["emas"][k])
         rng.bit_generator.state = json.loads(ckpt["numpy_rng"])
         torch.set_rng_state(ckpt["torch_rng"])
         step = int(ckpt["step"])
@@ -468,6 +505,8 @@ def train(cfg: TrainConfig) -> dict:
             torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
             opts[name].step()
             scheds[name].step()
+            if name in emas:
+                emas[name].update_parameters(net)
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(f"{name}: loss is {loss.item()} at step {step + 1}")
             record[name] = {"loss": loss.item(), **parts}
@@ -482,9 +521,9 @@ def train(cfg: TrainConfig) -> dict:
             log_file.write(json.dumps(record) + "\n")
             log_file.flush()
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            save_checkpoint(ckpt_path, step, nets, opts, scheds, rng, cfg)
+            save_checkpoint(ckpt_path, step, nets, opts, scheds, rng, cfg, emas)
         if (data.val_medseg or data.val_kmader) and (step % cfg.eval_every == 0 or step == cfg.steps):
-            last_val = validate(nets, data, scales)
+            last_val = validate_with_averages(nets, emas, data, scales)
             log.info("validation at step %d (GGO, consolidation Dice; healthy CT-0 share, lesion share, lung Dice): %s",
                      step, validation_summary(last_val))
             log_file.write(json.dumps({"step": step, "validation": last_val}) + "\n")
@@ -501,7 +540,7 @@ def train(cfg: TrainConfig) -> dict:
                 "method": f"{whose} held-out groups of look-alike slices, never trained on ({cfg.validation_from})",
                 "results": json.loads(Path(cfg.validation_from).read_text()),
             }
-        export(nets, cfg, Path(cfg.export), validation)
+        export({k: v.module for k, v in emas.items()} if emas else nets, cfg, Path(cfg.export), validation)
     return last_val
 
 
