@@ -64,9 +64,10 @@ every 4th kmader slice as W1500/L-600 PNG and as HU DICOM, the sample DICOMs) an
   immunohistochemistry micrograph scores 0.72, crops of the camera man, of coins and of
   coffee 0.50-0.90 (dark smooth areas against a textured rest).
 
-All 259 CT slices pass; 22 of the 24 pictures are refused (measured 2026-12-03). Still
-graded: one inverted and one cropped immunohistochemistry micrograph (mirror agreement
-0.89-0.91); the model card says so.
+All 259 CT slices pass; 23 of the 24 pictures are refused (measured 2026-12-06). Still
+graded: one cropped immunohistochemistry micrograph (lung share 0.69, mirror agreement
+0.89, texture ratio 1.34, each inside real CT's range or the margin kept below it); the
+model card says so.
 """
 
 from __future__ import annotations
