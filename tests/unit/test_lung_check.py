@@ -113,13 +113,16 @@ def test_the_lung_rules(evidence, refused):
 
 def test_the_texture_ratio_compares_the_lung_with_its_surroundings():
     rng = np.random.default_rng(0)
-    pixels = np.full((64, 64), 200, np.uint8)
-    lung = np.zeros((64, 64), bool)
-    lung[16:48, 8:28] = True
+    pixels = np.full((128, 128), 200, np.uint8)
+    lung = np.zeros((128, 128), bool)
+    lung[32:96, 16:56] = True
     pixels[lung] = rng.integers(20, 80, int(lung.sum()))  # textured dark lung, smooth tissue
-    masks, top = [lung, lung], [np.ones((64, 64), np.float32)] * 2
+    masks, top = [lung, lung], [np.ones((128, 128), np.float32)] * 2
     textured_lung = LungEvidence.measure(lung, masks, top, pixels)
     pixels[lung], pixels[~lung] = 50, rng.integers(150, 250, int((~lung).sum()))  # the other way round
     smooth_lung = LungEvidence.measure(lung, masks, top, pixels)
     assert textured_lung.texture_ratio > 1.5 and smooth_lung.texture_ratio < 0.5
     assert LungEvidence.measure(lung, masks, top).texture_ratio == 1.0  # not measured without pixels
+    small = (slice(None, None, 2),) * 2  # 64 px: a chest's vessels would be under a pixel
+    shrunk = LungEvidence.measure(lung[small], [m[small] for m in masks], [t[small] for t in top], pixels[small])
+    assert shrunk.texture_ratio == 1.0
