@@ -62,6 +62,8 @@ SIZE_MULTIPLE = 32
 
 # --- Post-processing and grading ------------------------------------------------------
 # Connected lesion regions smaller than this many pixels, counted at the reference scale
-# of a 512 x 512 slice (about 0.7 mm per pixel, so 20 px is about 10 mm^2), are not
-# lesions: they are relabelled as other lung, so that noise on a healthy slice reads CT-0.
-MIN_LESION_AREA_PX = 20
+# of a 512 x 512 slice (about 0.7 mm per pixel, so 60 px is about 29 mm^2, a disc of 6 mm),
+# are not lesions: they are relabelled as other lung, so that noise on a healthy slice
+# reads CT-0. Chosen on held-out folds (model card, "Smallest lesion"): from 20 px, 60 px
+# raised the lesion-free slices read CT-0 and left the lesion Dice within 0.002.
+MIN_LESION_AREA_PX = 60

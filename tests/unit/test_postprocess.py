@@ -35,3 +35,10 @@ def test_labels_are_the_most_probable_class():
     probs = np.zeros((4, 1, 3), np.float32)
     probs[GGO, 0, 0] = probs[BACKGROUND, 0, 1] = probs[CONSOLIDATION, 0, 2] = 1
     assert labels_from_probabilities(probs).tolist() == [[GGO, BACKGROUND, CONSOLIDATION]]
+
+
+def test_a_lesion_of_the_minimum_area_stays_and_one_pixel_smaller_goes():
+    for area, kept in ((MIN_LESION_AREA_PX, True), (MIN_LESION_AREA_PX - 1, False)):
+        labels = np.full((64, 64), OTHER_LUNG, np.uint8)
+        labels.reshape(-1)[64 * 10 : 64 * 10 + area] = GGO  # one connected run of `area` pixels
+        assert ((remove_small_lesions(labels) == GGO).sum() == area) == kept
