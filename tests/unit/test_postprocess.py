@@ -42,3 +42,19 @@ def test_a_lesion_of_the_minimum_area_stays_and_one_pixel_smaller_goes():
         labels = np.full((64, 64), OTHER_LUNG, np.uint8)
         labels.reshape(-1)[64 * 10 : 64 * 10 + area] = GGO  # one connected run of `area` pixels
         assert ((remove_small_lesions(labels) == GGO).sum() == area) == kept
+
+
+def test_postprocess_drops_lesions_under_the_area_it_is_given_at_the_reference_grid():
+    from segmenter.ml.model.postprocess import postprocess
+
+    probs = np.zeros((4, 128, 128), np.float32)
+    probs[OTHER_LUNG, 20:110, 20:110] = 1.0  # one lung, cropped to the thorax (no body rule)
+    probs[BACKGROUND] = 1.0 - probs[OTHER_LUNG]
+    probs[GGO, 60:66, 60:66], probs[OTHER_LUNG, 60:66, 60:66] = 2.0, 0.0  # a 36 px lesion
+    pixels = np.full((128, 128), 200, np.uint8)
+    ggo = {px: int((postprocess(probs, pixels, 1.0, None, px) == GGO).sum()) for px in (20, 36, 37)}
+    assert ggo == {20: 36, 36: 36, 37: 0}
+    # at a reference factor of 0.5 (the slice is halved to reach the reference grid) the
+    # same lesion counts 9 reference px
+    assert (postprocess(probs, pixels, 0.5, None, 9) == GGO).sum() == 36
+    assert (postprocess(probs, pixels, 0.5, None, 10) == GGO).sum() == 0

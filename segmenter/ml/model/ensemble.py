@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..constants import BACKGROUND, LUNG_CLASSES, MODEL_SCALE, NUM_CLASSES, SIZE_MULTIPLE
+from ..constants import BACKGROUND, LUNG_CLASSES, MIN_LESION_AREA_PX, MODEL_SCALE, NUM_CLASSES, SIZE_MULTIPLE
 from ..io.ctcheck import LungEvidence
 from .networks import NETWORKS, TorchOptions, TorchRunner
 from .onnx_runtime import OnnxOptions, OnnxRunner
@@ -118,6 +118,8 @@ class Ensemble:
     mirrored: the networks that also see their input mirrored left-right (one batch of
     two), whose two outputs, the second mirrored back, are averaged: the manifest's
     ``"mirror": true``, a choice of the recipe measured by cross-validation.
+    min_lesion_px: the smallest lesion region kept, in pixels at the reference grid
+    (``postprocess.postprocess``); validation scores other values beside the shipped one.
     """
 
     def __init__(
@@ -130,6 +132,7 @@ class Ensemble:
         crop_to_body: bool = True,
         parallel: bool = False,
         mirrored: Iterable[str] = (),
+        min_lesion_px: int = MIN_LESION_AREA_PX,
     ):
         if not runners:
             raise ValueError("an ensemble needs at least one network")
@@ -151,6 +154,7 @@ class Ensemble:
         if mirrored - set(self.names):
             raise ValueError(f"mirrored networks {sorted(mirrored - set(self.names))} are not in the ensemble")
         self.mirrored = [n in mirrored for n in self.names]
+        self.min_lesion_px = min_lesion_px
         # One thread per network, which alone calls its runner: calls from any thread are
         # taken in order, and a slice's networks can start while another's are finishing.
         self._pools = (
@@ -179,13 +183,14 @@ class Ensemble:
         *,
         manifest: dict | None = None,
         mirrored: Iterable[str] = (),
+        min_lesion_px: int = MIN_LESION_AREA_PX,
     ) -> Ensemble:
         """An ensemble of torch modules in eval mode (training's validation uses it with
         ``TorchOptions``, which keeps the very modules; under ONNX they are exported)."""
         runners, parallel = build_runners(dict(networks), options.backend)
         return cls(
             runners, weights, scales, manifest=manifest, crop_to_body=options.crop_to_body, parallel=parallel,
-            mirrored=mirrored,
+            mirrored=mirrored, min_lesion_px=min_lesion_px,
         )
 
     def subset(
@@ -202,6 +207,7 @@ class Ensemble:
             crop_to_body=self.crop_to_body,
             parallel=self.parallel,
             mirrored=[n for n in names if n in self.mirrored_names] if mirrored is None else mirrored,
+            min_lesion_px=self.min_lesion_px,
         )
 
     @property
@@ -365,7 +371,8 @@ class Ensemble:
 
     def _finish(self, pixels, factor, body, started: list[Future]) -> tuple[np.ndarray, list[np.ndarray]]:
         parts = [f.result() for f in started]
-        return postprocess(self.combine(parts, *pixels.shape), pixels, factor, body), parts
+        probs = self.combine(parts, *pixels.shape)
+        return postprocess(probs, pixels, factor, body, self.min_lesion_px), parts
 
     def segment_stream(
         self, slices: Iterable[tuple[np.ndarray, tuple[float, float] | None]]

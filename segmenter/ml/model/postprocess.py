@@ -25,14 +25,14 @@ def labels_from_probabilities(probs: np.ndarray) -> np.ndarray:
     return np.argmax(probs, axis=0).astype(np.uint8)
 
 
-def min_lesion_area(shape: tuple[int, int]) -> int:
-    """MIN_LESION_AREA_PX, scaled from a 512 x 512 slice to a slice of this shape.
+def min_lesion_area(shape: tuple[int, int], reference_px: int = MIN_LESION_AREA_PX) -> int:
+    """``reference_px`` (MIN_LESION_AREA_PX), scaled from a 512 x 512 slice to a slice of this shape.
 
     Slices up to 512 px on the long side share the pixel scale of a 512 x 512 CT (the
     MedSeg crops do); larger ones are taken as the same field of view at finer pixels.
     """
     factor = max(1.0, max(shape) / REFERENCE_SIDE_PX)
-    return int(round(MIN_LESION_AREA_PX * factor * factor))
+    return int(round(reference_px * factor * factor))
 
 
 def remove_small_lesions(labels: np.ndarray, min_area: int | None = None) -> np.ndarray:
@@ -103,14 +103,25 @@ def keep_anatomical_lung(labels: np.ndarray, pixels: np.ndarray, body=_UNSET) ->
     return out
 
 
-def postprocess(probs: np.ndarray, pixels: np.ndarray, factor: float | None = None, body=_UNSET) -> np.ndarray:
+def postprocess(
+    probs: np.ndarray,
+    pixels: np.ndarray,
+    factor: float | None = None,
+    body=_UNSET,
+    min_lesion_px: int = MIN_LESION_AREA_PX,
+) -> np.ndarray:
     """float32 (C, H, W) probabilities of a uint8 (H, W) slice -> the label map users see:
     the most probable class, the anatomy rules, then small lesions removed.
 
     factor: the slice's reference factor (``preprocess.reference_factor``), which turns
     MIN_LESION_AREA_PX at the reference grid into this slice's pixels; None: by shape.
     body: the slice's ``preprocess.body_mask``, when the caller has it already.
+    min_lesion_px: the smallest lesion region kept, in pixels at the reference grid
+    (validation scores other values beside the shipped MIN_LESION_AREA_PX).
     """
     labels = keep_anatomical_lung(labels_from_probabilities(probs), pixels, body)
-    min_area = None if factor is None else max(1, int(round(MIN_LESION_AREA_PX / (factor * factor))))
+    if factor is None:
+        min_area = min_lesion_area(labels.shape, min_lesion_px)
+    else:
+        min_area = max(1, int(round(min_lesion_px / (factor * factor))))
     return remove_small_lesions(labels, min_area)

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..constants import CONSOLIDATION, GGO, LUNG_CLASSES, NUM_CLASSES
+from ..constants import CONSOLIDATION, GGO, LUNG_CLASSES, MIN_LESION_AREA_PX, NUM_CLASSES
 from ..evaluation.metrics import HealthyScores, LesionScores
 from ..io.imaging import window
 from ..model.ensemble import Ensemble, InferenceOptions
@@ -282,32 +282,42 @@ def _render(sample: Sample, scale: float, rng: np.random.Generator, cfg: TrainCo
 
 #: Shares of the first network in the ensemble that validation scores (besides equal).
 ENSEMBLE_SHARES = (0.6, 0.7, 0.8)
-#: The shipped averaging share, scored also with test-time mirroring (Ensemble's ``mirrored``).
+#: The shipped averaging share, scored also with test-time mirroring (Ensemble's ``mirrored``)
+#: and with the other smallest-lesion areas below.
 MIRRORED_SHARE = 0.7
+#: Smallest lesion regions (px at the reference grid) scored beside MIN_LESION_AREA_PX.
+OTHER_MIN_LESION_PX = (20, 40, 80)
 
 
 def validate(nets: dict[str, torch.nn.Module], data: Datasets, scales: dict[str, float]) -> dict:
     """Lesion scores on held-out MedSeg slices and lung scores on held-out kmader slices,
     for the ensemble and for each network alone, at each mask's full resolution; and for
-    the ensemble at MIRRORED_SHARE with the first network, or both, mirrored."""
+    the ensemble at MIRRORED_SHARE with the first network, or both, mirrored, and with
+    lesion regions under each of OTHER_MIN_LESION_PX dropped instead of MIN_LESION_AREA_PX."""
     if any(p.device.type != "cpu" for n in nets.values() for p in n.parameters()):
         nets = {k: copy.deepcopy(v).cpu() for k, v in nets.items()}
     results: dict = {}
     for n in nets.values():
         n.eval()
-    members: dict[str, tuple[dict, dict | None, list[str]]] = {"ensemble": (nets, None, [])}
+    # label -> (networks, averaging weights, mirrored networks, smallest lesion in px)
+    shipped_px = MIN_LESION_AREA_PX
+    members: dict[str, tuple[dict, dict | None, list[str], int]] = {"ensemble": (nets, None, [], shipped_px)}
     if len(nets) == 2:  # the averaging weights to choose from, first network's share
         first, second = nets
         for share in ENSEMBLE_SHARES:
-            members[f"ensemble {share:.1f}/{1 - share:.1f}"] = (nets, {first: share, second: 1 - share}, [])
+            weights = {first: share, second: 1 - share}
+            members[f"ensemble {share:.1f}/{1 - share:.1f}"] = (nets, weights, [], shipped_px)
         shipped = {first: MIRRORED_SHARE, second: 1 - MIRRORED_SHARE}
         label = f"ensemble {MIRRORED_SHARE:.1f}/{1 - MIRRORED_SHARE:.1f}"
-        members[f"{label}, {first} mirrored"] = (nets, shipped, [first])
-        members[f"{label}, both mirrored"] = (nets, shipped, [first, second])
-    members.update({name: ({name: net}, None, []) for name, net in nets.items()})
+        members[f"{label}, {first} mirrored"] = (nets, shipped, [first], shipped_px)
+        members[f"{label}, both mirrored"] = (nets, shipped, [first, second], shipped_px)
+        for px in OTHER_MIN_LESION_PX:
+            members[f"{label}, lesions from {px} px"] = (nets, shipped, [], px)
+    members.update({name: ({name: net}, None, [], shipped_px) for name, net in nets.items()})
     options = InferenceOptions(backend=TorchOptions(channels_last=True, bf16=False), crop_to_body=True)
-    for label, (subset, weights, mirrored) in members.items():
-        ens = Ensemble.from_networks(subset, weights, scales, options, mirrored=mirrored)
+    for label, (subset, weights, mirrored, min_px) in members.items():
+        ens = Ensemble.from_networks(subset, weights, scales, options, mirrored=mirrored,
+                                     min_lesion_px=min_px)
         lesion, healthy = LesionScores(), HealthyScores()
         for s in data.val_medseg:
             lesion.add(ens.segment(s.full), s.mask)
