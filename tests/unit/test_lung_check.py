@@ -124,5 +124,7 @@ def test_the_texture_ratio_compares_the_lung_with_its_surroundings():
     assert textured_lung.texture_ratio > 1.5 and smooth_lung.texture_ratio < 0.5
     assert LungEvidence.measure(lung, masks, top).texture_ratio == 1.0  # not measured without pixels
     small = (slice(None, None, 2),) * 2  # 64 px: a chest's vessels would be under a pixel
-    shrunk = LungEvidence.measure(lung[small], [m[small] for m in masks], [t[small] for t in top], pixels[small])
+    shrunk = LungEvidence.measure(
+        lung[small], [m[small] for m in masks], [t[small] for t in top], pixels[small]
+    )
     assert shrunk.texture_ratio == 1.0

@@ -448,7 +448,8 @@ def moving_averages(nets: dict[str, torch.nn.Module], decay: float) -> dict[str,
         return {}
     if not 0.0 < decay < 1.0:
         raise SystemExit(f"--ema-decay must be in (0, 1), got {decay}")
-    return {k: AveragedModel(v, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True) for k, v in nets.items()}
+    average = get_ema_multi_avg_fn(decay)
+    return {k: AveragedModel(v, multi_avg_fn=average, use_buffers=True) for k, v in nets.items()}
 
 
 def make_optimiser(net: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
