@@ -497,50 +497,54 @@ def train(cfg: TrainConfig) -> dict:
         step = int(ckpt["step"])
         log.info("resumed from %s at step %d", ckpt_path, step)
 
-    log_file = open(out / "log.jsonl", "a")
     autocast = torch.autocast(torch.device(cfg.device).type, dtype=torch.bfloat16, enabled=cfg.bf16)
     last_val: dict = {}
     t0, done_since = time.perf_counter(), 0
     plan = cfg.plan()
     scales = {name: p[0] for name, p in plan.items()}
-    while step < cfg.steps:
-        record: dict = {"step": step + 1}
-        for name, net in nets.items():
-            x, y, sources = make_batch(data, cfg, rng, *plan[name])
-            x, y = x.to(cfg.device, non_blocking=True), y.to(cfg.device, non_blocking=True)
-            with autocast:
-                logits = net(x)
-            loss, parts = batch_loss(logits, y, sources, cfg)
-            opts[name].zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
-            opts[name].step()
-            scheds[name].step()
-            if name in emas:
-                emas[name].update_parameters(net)
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"{name}: loss is {loss.item()} at step {step + 1}")
-            record[name] = {"loss": loss.item(), **parts}
-        step += 1
-        done_since += 1
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            rate = done_since / (time.perf_counter() - t0)
-            record["steps_per_s"] = rate
-            record["lr"] = scheds[cfg.networks[0]].get_last_lr()[-1]
-            losses = " ".join(f"{n}={record[n]['loss']:.3f}" for n in nets)
-            log.info("step %d/%d %s  %.2f steps/s, %.0f min left", step, cfg.steps, losses, rate, (cfg.steps - step) / rate / 60)
-            log_file.write(json.dumps(record) + "\n")
-            log_file.flush()
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            save_checkpoint(ckpt_path, step, nets, opts, scheds, rng, cfg, emas)
-        if (data.val_medseg or data.val_kmader) and (step % cfg.eval_every == 0 or step == cfg.steps):
-            last_val = validate_with_averages(nets, emas, data, scales)
-            log.info("validation at step %d (GGO, consolidation Dice; healthy CT-0 share, lesion share, lung Dice): %s",
-                     step, validation_summary(last_val))
-            log_file.write(json.dumps({"step": step, "validation": last_val}) + "\n")
-            log_file.flush()
-            t0, done_since = time.perf_counter(), 0
-    log_file.close()
+    with (out / "log.jsonl").open("a") as log_file:
+        while step < cfg.steps:
+            record: dict = {"step": step + 1}
+            for name, net in nets.items():
+                x, y, sources = make_batch(data, cfg, rng, *plan[name])
+                x, y = x.to(cfg.device, non_blocking=True), y.to(cfg.device, non_blocking=True)
+                with autocast:
+                    logits = net(x)
+                loss, parts = batch_loss(logits, y, sources, cfg)
+                opts[name].zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+                opts[name].step()
+                scheds[name].step()
+                if name in emas:
+                    emas[name].update_parameters(net)
+                if not math.isfinite(loss.item()):
+                    raise FloatingPointError(f"{name}: loss is {loss.item()} at step {step + 1}")
+                record[name] = {"loss": loss.item(), **parts}
+            step += 1
+            done_since += 1
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                rate = done_since / (time.perf_counter() - t0)
+                record["steps_per_s"] = rate
+                record["lr"] = scheds[cfg.networks[0]].get_last_lr()[-1]
+                losses = " ".join(f"{n}={record[n]['loss']:.3f}" for n in nets)
+                minutes_left = (cfg.steps - step) / rate / 60
+                log.info("step %d/%d %s  %.2f steps/s, %.0f min left",
+                         step, cfg.steps, losses, rate, minutes_left)
+                log_file.write(json.dumps(record) + "\n")
+                log_file.flush()
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                save_checkpoint(ckpt_path, step, nets, opts, scheds, rng, cfg, emas)
+            if (data.val_medseg or data.val_kmader) and (step % cfg.eval_every == 0 or step == cfg.steps):
+                last_val = validate_with_averages(nets, emas, data, scales)
+                log.info(
+                    "validation at step %d (GGO, consolidation Dice; "
+                    "healthy CT-0 share, lesion share, lung Dice): %s",
+                    step, validation_summary(last_val),
+                )
+                log_file.write(json.dumps({"step": step, "validation": last_val}) + "\n")
+                log_file.flush()
+                t0, done_since = time.perf_counter(), 0
     if last_val:
         (out / "validation.json").write_text(json.dumps(last_val, indent=2))
     if cfg.export:
