@@ -57,6 +57,14 @@ MODEL_SCALE = 0.5
 # REFERENCE_BODY_PX (see preprocess.reference_factor).
 REFERENCE_PIXEL_MM = 0.7
 REFERENCE_BODY_PX = 500
+# A slice cropped to the thorax, with no body outline to take its scale from, is enlarged
+# until its long side is at least this (px). The training crops are 221-487 px (MedSeg,
+# 10 % under 299) and 259-497 px (Zenodo, 10 % under 319) and were taken as they are, so
+# a crop shrunk for a report or a slide (96 px, 160 px) reached the networks at a third
+# of their size and was refused. Chosen on held-out cross-validation folds (model card,
+# "Scale of small crops"): 320 px refused no shrunk MedSeg crop and left the full-size
+# crops' lesion Dice within 0.006; 224 px still refused some.
+CROP_MIN_SIDE_PX = 320
 # Network inputs are padded to a multiple of this (the encoders' output stride).
 SIZE_MULTIPLE = 32
 

@@ -4,10 +4,12 @@ sent the ways users send it, still passes."""
 
 import io
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
+from segmenter.ml.constants import LUNG_CLASSES
 from segmenter.ml.io.ctcheck import LungEvidence, check_lungs, why_not_ct, why_not_lungs
 from segmenter.ml.io.dicomwrite import write_ct_dicom
 from segmenter.ml.io.imaging import UnreadableImage, read_slice, window
@@ -81,6 +83,27 @@ def test_lesion_free_slices_pass_as_png_and_as_dicom(served, data_root, tmp_path
             if r := lung_reason(served, ct):
                 refused.append((k, r))
     assert refused == []
+
+
+@pytest.mark.parametrize("side", [96, 160])
+def test_medseg_crops_shrunk_for_a_slide_pass_and_find_the_same_lung(served, data_root, side):
+    # A thorax crop has no body outline to take the scale from: under the training crops'
+    # size it is enlarged to it (preprocess.CROP_MIN_SIDE_PX), else its lungs reach the
+    # networks a third of their size and are refused ("fills the picture", "no consistent lungs").
+    refused, dice = [], []
+    for path in sorted((data_root / "medseg-covid" / "images").glob("*.jpg"))[::6]:
+        full = read_slice(path).pixels
+        h, w = full.shape
+        size = (max(1, round(w * side / max(h, w))), max(1, round(h * side / max(h, w))))
+        ct = read_slice(png(cv2.resize(full, size, interpolation=cv2.INTER_AREA)), f"{path.stem}.png")
+        labels, evidence = served.segment_checked(ct.pixels)
+        if reason := why_not_lungs(evidence):
+            refused.append((path.name, reason))
+        lung = np.isin(labels, LUNG_CLASSES)
+        truth = np.isin(cv2.resize(served.segment(full), size, interpolation=cv2.INTER_NEAREST), LUNG_CLASSES)
+        dice.append(2 * (lung & truth).sum() / (lung.sum() + truth.sum()))
+    assert refused == [] and len(dice) == 10
+    assert np.mean(dice) >= 0.93
 
 
 def test_a_study_is_refused_only_when_most_of_its_checked_slices_fail(served, data_root):

@@ -1,11 +1,12 @@
 """The scale rule (preprocess.reference_factor): slices reach the reference grid from their
-pixel spacing, else from the body's size, else (cropped slices) by the training rule."""
+pixel spacing, else from the body's size, else (cropped slices) by the training rule, with
+small crops enlarged to the training crops' size."""
 
 import cv2
 import numpy as np
 import pytest
 
-from segmenter.ml.constants import REFERENCE_BODY_PX, REFERENCE_PIXEL_MM
+from segmenter.ml.constants import CROP_MIN_SIDE_PX, REFERENCE_BODY_PX, REFERENCE_PIXEL_MM
 from segmenter.ml.model.preprocess import reference_factor, resize_to_model
 
 
@@ -40,6 +41,16 @@ def test_a_slice_cropped_to_the_thorax_keeps_the_training_rule():
     cropped = body_slice(512)[150:360, 40:470]
     assert reference_factor(cropped) == 1.0
     assert reference_factor(np.ascontiguousarray(cv2.resize(body_slice(1024), (900, 900))[200:700, 60:840])) == pytest.approx(512 / 780)
+
+
+@pytest.mark.parametrize("side", [96, 160])
+def test_a_thorax_crop_shrunk_below_the_training_sizes_is_enlarged_to_them(side):
+    crop = body_slice(512)[150:360, 40:470]
+    size = (side, round(side * crop.shape[0] / crop.shape[1]))
+    shrunk = cv2.resize(crop, size, interpolation=cv2.INTER_AREA)
+    factor = reference_factor(shrunk)
+    assert factor == pytest.approx(CROP_MIN_SIDE_PX / side)
+    assert max(resize_to_model(shrunk, 1.0, factor).shape) == CROP_MIN_SIDE_PX
 
 
 def test_nonsense_spacing_falls_back_and_the_factor_is_bounded():

@@ -11,7 +11,14 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ..constants import MODEL_SCALE, REFERENCE_BODY_PX, REFERENCE_PIXEL_MM, REFERENCE_SIDE_PX, SIZE_MULTIPLE
+from ..constants import (
+    CROP_MIN_SIDE_PX,
+    MODEL_SCALE,
+    REFERENCE_BODY_PX,
+    REFERENCE_PIXEL_MM,
+    REFERENCE_SIDE_PX,
+    SIZE_MULTIPLE,
+)
 
 #: Grey level (0..255) above which a pixel counts as "not air" when finding the body.
 #: In the lung window, air is about 60 and aerated lung 70-100; skin, fat, muscle, bone
@@ -87,7 +94,8 @@ def reference_factor(pixels: np.ndarray, spacing_mm: tuple[float, float] | None 
       spans at least BODY_MIN_EXTENT of its long side: the body's long extent is brought
       to REFERENCE_BODY_PX.
     * Otherwise (a slice cropped to the thorax, like MedSeg's): ``model_scale``'s rule,
-      the rule the networks were trained with.
+      the rule the networks were trained with, except that a crop under CROP_MIN_SIDE_PX
+      on its long side is enlarged to it.
 
     The factor is kept within FACTOR_RANGE. ``body``: the slice's ``body_mask``, when the
     caller has it already.
@@ -105,7 +113,7 @@ def reference_factor(pixels: np.ndarray, spacing_mm: tuple[float, float] | None 
         if extent >= BODY_MIN_EXTENT * max(h, w):
             factor = REFERENCE_BODY_PX / extent
         else:
-            factor = model_scale(h, w, 1.0)
+            factor = max(model_scale(h, w, 1.0), CROP_MIN_SIDE_PX / max(h, w))
     return float(np.clip(factor, *FACTOR_RANGE))
 
 

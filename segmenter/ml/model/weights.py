@@ -22,6 +22,7 @@ import torch
 
 from ..constants import (
     CLASS_NAMES,
+    CROP_MIN_SIDE_PX,
     MODEL_WINDOW_LEVEL_HU,
     MODEL_WINDOW_WIDTH_HU,
     REFERENCE_BODY_PX,
@@ -62,8 +63,9 @@ def input_spec() -> dict[str, Any]:
         ),
         "scale": (
             f"first to the reference grid: pixel spacing / {REFERENCE_PIXEL_MM} mm when known; else, where the "
-            f"whole body is in the image, its long extent to {REFERENCE_BODY_PX} px; else slices up to "
-            f"{REFERENCE_SIDE_PX} px are kept and larger ones shrunk to {REFERENCE_SIDE_PX} px on the long side. "
+            f"whole body is in the image, its long extent to {REFERENCE_BODY_PX} px; else (a crop of the thorax) "
+            f"slices of {CROP_MIN_SIDE_PX}-{REFERENCE_SIDE_PX} px are kept, smaller ones enlarged to "
+            f"{CROP_MIN_SIDE_PX} px and larger ones shrunk to {REFERENCE_SIDE_PX} px on the long side. "
             "Then each network's 'scale' s (preprocess.reference_factor)"
         ),
         "axis_order": "(N, C, H, W); row 0 is the top of the displayed image",
