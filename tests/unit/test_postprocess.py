@@ -1,7 +1,12 @@
 import numpy as np
 
-from segmenter.ml.constants import BACKGROUND, CONSOLIDATION, GGO, MIN_LESION_AREA_PX, OTHER_LUNG
-from segmenter.ml.model.postprocess import labels_from_probabilities, min_lesion_area, remove_small_lesions
+from segmenter.ml.constants import BACKGROUND, CONSOLIDATION, GGO, LESION_MIN_PEAK, MIN_LESION_AREA_PX, OTHER_LUNG
+from segmenter.ml.model.postprocess import (
+    labels_from_probabilities,
+    min_lesion_area,
+    remove_faint_lesions,
+    remove_small_lesions,
+)
 
 
 def test_small_lesion_specks_become_other_lung_and_large_regions_stay():
@@ -58,3 +63,38 @@ def test_postprocess_drops_lesions_under_the_area_it_is_given_at_the_reference_g
     # same lesion counts 9 reference px
     assert (postprocess(probs, pixels, 0.5, None, 9) == GGO).sum() == 36
     assert (postprocess(probs, pixels, 0.5, None, 10) == GGO).sum() == 0
+
+
+def lesion_probabilities(*peaks: tuple[tuple[slice, slice], float]) -> np.ndarray:
+    """(C, 64, 64) probabilities: other lung everywhere, and in each region a lesion whose
+    p(GGO) + p(consolidation) is 0.6, except at its centre pixel, where it is the peak given."""
+    probs = np.zeros((4, 64, 64), np.float32)
+    probs[OTHER_LUNG] = 1.0
+    for (rows, cols), peak in peaks:
+        probs[GGO, rows, cols], probs[CONSOLIDATION, rows, cols], probs[OTHER_LUNG, rows, cols] = 0.4, 0.2, 0.4
+        r, c = (rows.start + rows.stop) // 2, (cols.start + cols.stop) // 2
+        probs[GGO, r, c], probs[CONSOLIDATION, r, c], probs[OTHER_LUNG, r, c] = peak - 0.05, 0.05, 1.0 - peak
+    return probs
+
+
+def test_a_lesion_region_stays_whole_only_where_it_is_sure_somewhere():
+    sure, faint = (slice(5, 25), slice(5, 25)), (slice(35, 55), slice(35, 55))
+    probs = lesion_probabilities((sure, 0.95), (faint, 0.85))
+    labels = labels_from_probabilities(probs)
+    out = remove_faint_lesions(labels, probs)
+    assert (out[sure] == GGO).all()  # the whole region, not only its sure pixel
+    assert (out[faint] == OTHER_LUNG).all()
+    assert (remove_faint_lesions(labels, probs, 0.8)[faint] == GGO).all()
+    assert (remove_faint_lesions(labels, probs, 0.0) == labels).all()
+    assert (labels[faint] == GGO).all()  # input untouched
+
+
+def test_postprocess_drops_faint_lesions_at_the_shipped_peak():
+    from segmenter.ml.model.postprocess import postprocess
+
+    region = (slice(20, 40), slice(20, 40))
+    pixels = np.full((64, 64), 200, np.uint8)
+    for peak, kept in ((LESION_MIN_PEAK + 0.02, True), (LESION_MIN_PEAK - 0.02, False)):
+        labels = postprocess(lesion_probabilities((region, peak)), pixels, 1.0, None)
+        assert (labels[region] == GGO).all() == kept
+        assert (labels[region] == OTHER_LUNG).all() != kept

@@ -132,7 +132,8 @@ def test_a_smoke_run_trains_resumes_and_exports_loadable_weights(data_root, tmp_
         "ensemble", "ensemble 0.6/0.4", "ensemble 0.7/0.3", "ensemble 0.8/0.2", "unet_b0", "pspnet_b2",
         "ensemble 0.7/0.3, unet_b0 mirrored", "ensemble 0.7/0.3, both mirrored",
         "ensemble 0.7/0.3, lesions from 20 px", "ensemble 0.7/0.3, lesions from 40 px",
-        "ensemble 0.7/0.3, lesions from 80 px",
+        "ensemble 0.7/0.3, lesions from 80 px", "ensemble 0.7/0.3, lesion peak 0.00",
+        "ensemble 0.7/0.3, lesion peak 0.80", "ensemble 0.7/0.3, lesion peak 0.95",
     }
     manifest = json.loads((export / "manifest.json").read_text())
     assert manifest["training"]["config"]["steps"] == cfg.steps

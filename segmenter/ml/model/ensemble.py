@@ -20,8 +20,9 @@ outputs are averaged (no shipped network is: see ``train.validate``). Its probab
 are resized (bilinear) to the slice's size. Combination rule:
 p(class) = sum_k w_k softmax(logits_k)(class) / sum_k w_k, with the weights w_k from the
 manifest; the label is the most probable class, lung regions that break the anatomy
-rules become background and lesion regions below ``constants.MIN_LESION_AREA_PX``
-become other lung (``postprocess.postprocess``).
+rules become background, and lesion regions below ``constants.MIN_LESION_AREA_PX`` or
+nowhere as sure as ``constants.LESION_MIN_PEAK`` become other lung
+(``postprocess.postprocess``).
 """
 
 from __future__ import annotations
@@ -37,7 +38,15 @@ import cv2
 import numpy as np
 import torch
 
-from ..constants import BACKGROUND, LUNG_CLASSES, MIN_LESION_AREA_PX, MODEL_SCALE, NUM_CLASSES, SIZE_MULTIPLE
+from ..constants import (
+    BACKGROUND,
+    LESION_MIN_PEAK,
+    LUNG_CLASSES,
+    MIN_LESION_AREA_PX,
+    MODEL_SCALE,
+    NUM_CLASSES,
+    SIZE_MULTIPLE,
+)
 from ..io.ctcheck import LungEvidence
 from .networks import NETWORKS, TorchOptions, TorchRunner
 from .onnx_runtime import OnnxOptions, OnnxRunner
@@ -120,6 +129,8 @@ class Ensemble:
     ``"mirror": true``, a choice of the recipe measured by cross-validation.
     min_lesion_px: the smallest lesion region kept, in pixels at the reference grid
     (``postprocess.postprocess``); validation scores other values beside the shipped one.
+    min_lesion_peak: the probability a lesion region must reach somewhere to be kept
+    (``postprocess.remove_faint_lesions``); likewise.
     """
 
     def __init__(
@@ -133,6 +144,7 @@ class Ensemble:
         parallel: bool = False,
         mirrored: Iterable[str] = (),
         min_lesion_px: int = MIN_LESION_AREA_PX,
+        min_lesion_peak: float = LESION_MIN_PEAK,
     ):
         if not runners:
             raise ValueError("an ensemble needs at least one network")
@@ -155,6 +167,7 @@ class Ensemble:
             raise ValueError(f"mirrored networks {sorted(mirrored - set(self.names))} are not in the ensemble")
         self.mirrored = [n in mirrored for n in self.names]
         self.min_lesion_px = min_lesion_px
+        self.min_lesion_peak = min_lesion_peak
         # One thread per network, which alone calls its runner: calls from any thread are
         # taken in order, and a slice's networks can start while another's are finishing.
         self._pools = (
@@ -184,13 +197,14 @@ class Ensemble:
         manifest: dict | None = None,
         mirrored: Iterable[str] = (),
         min_lesion_px: int = MIN_LESION_AREA_PX,
+        min_lesion_peak: float = LESION_MIN_PEAK,
     ) -> Ensemble:
         """An ensemble of torch modules in eval mode (training's validation uses it with
         ``TorchOptions``, which keeps the very modules; under ONNX they are exported)."""
         runners, parallel = build_runners(dict(networks), options.backend)
         return cls(
             runners, weights, scales, manifest=manifest, crop_to_body=options.crop_to_body, parallel=parallel,
-            mirrored=mirrored, min_lesion_px=min_lesion_px,
+            mirrored=mirrored, min_lesion_px=min_lesion_px, min_lesion_peak=min_lesion_peak,
         )
 
     def subset(
@@ -208,6 +222,7 @@ class Ensemble:
             parallel=self.parallel,
             mirrored=[n for n in names if n in self.mirrored_names] if mirrored is None else mirrored,
             min_lesion_px=self.min_lesion_px,
+            min_lesion_peak=self.min_lesion_peak,
         )
 
     @property
@@ -372,7 +387,7 @@ class Ensemble:
     def _finish(self, pixels, factor, body, started: list[Future]) -> tuple[np.ndarray, list[np.ndarray]]:
         parts = [f.result() for f in started]
         probs = self.combine(parts, *pixels.shape)
-        return postprocess(probs, pixels, factor, body, self.min_lesion_px), parts
+        return postprocess(probs, pixels, factor, body, self.min_lesion_px, self.min_lesion_peak), parts
 
     def segment_stream(
         self, slices: Iterable[tuple[np.ndarray, tuple[float, float] | None]]

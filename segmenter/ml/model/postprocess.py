@@ -13,6 +13,7 @@ from ..constants import (
     BACKGROUND,
     CONSOLIDATION,
     GGO,
+    LESION_MIN_PEAK,
     MIN_LESION_AREA_PX,
     OTHER_LUNG,
     REFERENCE_SIDE_PX,
@@ -49,6 +50,24 @@ def remove_small_lesions(labels: np.ndarray, min_area: int | None = None) -> np.
     small = small[small > 0]
     if small.size:
         out[np.isin(components, small)] = OTHER_LUNG
+    return out
+
+
+def remove_faint_lesions(labels: np.ndarray, probs: np.ndarray, min_peak: float = LESION_MIN_PEAK) -> np.ndarray:
+    """Relabel as other lung each connected lesion region (GGO and consolidation together,
+    8-connected) in which no pixel has p(GGO) + p(consolidation) >= ``min_peak``; probs:
+    float32 (C, H, W) at the labels' size. Returns a new array."""
+    lesion = ((labels == GGO) | (labels == CONSOLIDATION)).astype(np.uint8)
+    out = labels.copy()
+    if min_peak <= 0 or not lesion.any():
+        return out
+    n, components = cv2.connectedComponents(lesion, connectivity=8)
+    sure = lesion.astype(bool) & (probs[GGO] + probs[CONSOLIDATION] >= min_peak)
+    keep = np.zeros(n, bool)
+    keep[components[sure]] = True
+    faint = np.flatnonzero(~keep[1:]) + 1
+    if faint.size:
+        out[np.isin(components, faint)] = OTHER_LUNG
     return out
 
 
@@ -109,19 +128,22 @@ def postprocess(
     factor: float | None = None,
     body=_UNSET,
     min_lesion_px: int = MIN_LESION_AREA_PX,
+    min_lesion_peak: float = LESION_MIN_PEAK,
 ) -> np.ndarray:
     """float32 (C, H, W) probabilities of a uint8 (H, W) slice -> the label map users see:
-    the most probable class, the anatomy rules, then small lesions removed.
+    the most probable class, the anatomy rules, then small and faint lesions removed.
 
     factor: the slice's reference factor (``preprocess.reference_factor``), which turns
     MIN_LESION_AREA_PX at the reference grid into this slice's pixels; None: by shape.
     body: the slice's ``preprocess.body_mask``, when the caller has it already.
     min_lesion_px: the smallest lesion region kept, in pixels at the reference grid
     (validation scores other values beside the shipped MIN_LESION_AREA_PX).
+    min_lesion_peak: a lesion region's least highest lesion probability (LESION_MIN_PEAK;
+    ``remove_faint_lesions``; 0: all kept).
     """
     labels = keep_anatomical_lung(labels_from_probabilities(probs), pixels, body)
     if factor is None:
         min_area = min_lesion_area(labels.shape, min_lesion_px)
     else:
         min_area = max(1, int(round(min_lesion_px / (factor * factor))))
-    return remove_small_lesions(labels, min_area)
+    return remove_faint_lesions(remove_small_lesions(labels, min_area), probs, min_lesion_peak)

@@ -108,7 +108,8 @@ def save_weights(
         "combination": (
             "each network runs at its scale; its softmax is resized (bilinear) to the slice's size; "
             "probabilities = sum_k w_k * softmax_k / sum_k w_k; label = argmax over classes; "
-            "lesion regions under the minimum area become other lung"
+            "lesion regions under the minimum area, or whose most confident pixel has "
+            "p(GGO) + p(consolidation) under the minimum peak, become other lung"
         ),
         "networks": entries,
         **extra,

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..constants import CONSOLIDATION, GGO, LUNG_CLASSES, MIN_LESION_AREA_PX, NUM_CLASSES
+from ..constants import CONSOLIDATION, GGO, LUNG_CLASSES, NUM_CLASSES
 from ..evaluation.metrics import HealthyScores, LesionScores
 from ..io.imaging import window
 from ..model.ensemble import Ensemble, InferenceOptions
@@ -287,37 +287,40 @@ ENSEMBLE_SHARES = (0.6, 0.7, 0.8)
 MIRRORED_SHARE = 0.7
 #: Smallest lesion regions (px at the reference grid) scored beside MIN_LESION_AREA_PX.
 OTHER_MIN_LESION_PX = (20, 40, 80)
+#: Lesion peaks (``postprocess.remove_faint_lesions``) scored beside LESION_MIN_PEAK.
+OTHER_LESION_PEAKS = (0.0, 0.8, 0.95)
 
 
 def validate(nets: dict[str, torch.nn.Module], data: Datasets, scales: dict[str, float]) -> dict:
     """Lesion scores on held-out MedSeg slices and lung scores on held-out kmader slices,
     for the ensemble and for each network alone, at each mask's full resolution; and for
-    the ensemble at MIRRORED_SHARE with the first network, or both, mirrored, and with
-    lesion regions under each of OTHER_MIN_LESION_PX dropped instead of MIN_LESION_AREA_PX."""
+    the ensemble at MIRRORED_SHARE with the first network, or both, mirrored, with lesion
+    regions under each of OTHER_MIN_LESION_PX dropped instead of MIN_LESION_AREA_PX, and
+    with each of OTHER_LESION_PEAKS instead of LESION_MIN_PEAK."""
     if any(p.device.type != "cpu" for n in nets.values() for p in n.parameters()):
         nets = {k: copy.deepcopy(v).cpu() for k, v in nets.items()}
     results: dict = {}
     for n in nets.values():
         n.eval()
-    # label -> (networks, averaging weights, mirrored networks, smallest lesion in px)
-    shipped_px = MIN_LESION_AREA_PX
-    members: dict[str, tuple[dict, dict | None, list[str], int]] = {"ensemble": (nets, None, [], shipped_px)}
+    # label -> (networks, averaging weights, what else the Ensemble is given)
+    members: dict[str, tuple[dict, dict | None, dict]] = {"ensemble": (nets, None, {})}
     if len(nets) == 2:  # the averaging weights to choose from, first network's share
         first, second = nets
         for share in ENSEMBLE_SHARES:
             weights = {first: share, second: 1 - share}
-            members[f"ensemble {share:.1f}/{1 - share:.1f}"] = (nets, weights, [], shipped_px)
+            members[f"ensemble {share:.1f}/{1 - share:.1f}"] = (nets, weights, {})
         shipped = {first: MIRRORED_SHARE, second: 1 - MIRRORED_SHARE}
         label = f"ensemble {MIRRORED_SHARE:.1f}/{1 - MIRRORED_SHARE:.1f}"
-        members[f"{label}, {first} mirrored"] = (nets, shipped, [first], shipped_px)
-        members[f"{label}, both mirrored"] = (nets, shipped, [first, second], shipped_px)
+        members[f"{label}, {first} mirrored"] = (nets, shipped, {"mirrored": [first]})
+        members[f"{label}, both mirrored"] = (nets, shipped, {"mirrored": [first, second]})
         for px in OTHER_MIN_LESION_PX:
-            members[f"{label}, lesions from {px} px"] = (nets, shipped, [], px)
-    members.update({name: ({name: net}, None, [], shipped_px) for name, net in nets.items()})
+            members[f"{label}, lesions from {px} px"] = (nets, shipped, {"min_lesion_px": px})
+        for peak in OTHER_LESION_PEAKS:
+            members[f"{label}, lesion peak {peak:.2f}"] = (nets, shipped, {"min_lesion_peak": peak})
+    members.update({name: ({name: net}, None, {}) for name, net in nets.items()})
     options = InferenceOptions(backend=TorchOptions(channels_last=True, bf16=False), crop_to_body=True)
-    for label, (subset, weights, mirrored, min_px) in members.items():
-        ens = Ensemble.from_networks(subset, weights, scales, options, mirrored=mirrored,
-                                     min_lesion_px=min_px)
+    for label, (subset, weights, extra) in members.items():
+        ens = Ensemble.from_networks(subset, weights, scales, options, **extra)
         lesion, healthy = LesionScores(), HealthyScores()
         for s in data.val_medseg:
             lesion.add(ens.segment(s.full), s.mask)
