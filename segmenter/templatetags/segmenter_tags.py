@@ -11,6 +11,7 @@ from django.template.defaultfilters import floatformat
 from django.urls import reverse
 from django.utils.translation import gettext_lazy as _
 
+from ..ml.constants import LESION_MIN_PEAK, MIN_LESION_AREA_PX, REFERENCE_PIXEL_MM
 from ..ml.results.severity import GRADES
 
 register = template.Library()
@@ -53,6 +54,15 @@ def grade_rule(grade: str | None) -> str:
 def grade_css(grade: str | None) -> str:
     """A CSS class per grade: grade-0 ... grade-4, grade-none."""
     return f"grade-{GRADES.index(grade)}" if grade in GRADES else "grade-none"
+
+
+@register.simple_tag
+def lesion_limits() -> dict:
+    """What the engine does not count as a lesion, as people read it: ``mm``, the diameter
+    of a disc of MIN_LESION_AREA_PX at the reference grid (6 for 60 px of 0.7 mm), and
+    ``peak``, LESION_MIN_PEAK in percent (90)."""
+    area_mm2 = MIN_LESION_AREA_PX * REFERENCE_PIXEL_MM**2
+    return {"mm": round(2 * math.sqrt(area_mm2 / math.pi)), "peak": round(100 * LESION_MIN_PEAK)}
 
 
 @register.filter

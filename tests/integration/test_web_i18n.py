@@ -126,6 +126,7 @@ def test_a_slice_result_reads_in_russian(client, analyse, samples):
     assert "Правое лёгкое" in content and "Левое лёгкое" in content
     assert f"{severity['lesion_percent']:.1f}".replace(".", ",") + "\xa0%" in content  # decimal comma
     assert "Только маска (скрыть изображение КТ)" in content
+    assert "пятна меньше 6 мм в поперечнике" in content and "хотя бы на 90 %" in content
     assert "не для диагностики" in content.split('class="research-banner"', 1)[1]
 
 

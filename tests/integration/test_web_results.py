@@ -64,6 +64,9 @@ def test_the_slice_page_shows_the_shares_the_grade_and_its_rule(client, analyse,
     rule = str(GRADE_RULES[severity["grade"]])
     assert f'<p class="grade-rule">{rule[0].upper()}{rule[1:]}</p>' in content
     assert "Moscow CT-0…CT-4 scale" in content
+    # what the engine does not count, from its constants (60 px of 0.7 mm: a 6 mm disc; 0.9)
+    assert ("Not counted as lesions: spots under about 6 mm across, "
+            "and areas the networks are nowhere 90 % sure of.") in content
 
 
 def test_the_slice_page_shows_each_lungs_share_when_they_lie_side_by_side(client, analyse, samples):
