@@ -1,6 +1,13 @@
 import numpy as np
 
-from segmenter.ml.constants import BACKGROUND, CONSOLIDATION, GGO, LESION_MIN_PEAK, MIN_LESION_AREA_PX, OTHER_LUNG
+from segmenter.ml.constants import (
+    BACKGROUND,
+    CONSOLIDATION,
+    GGO,
+    LESION_MIN_PEAK,
+    MIN_LESION_AREA_PX,
+    OTHER_LUNG,
+)
 from segmenter.ml.model.postprocess import (
     labels_from_probabilities,
     min_lesion_area,
@@ -71,7 +78,8 @@ def lesion_probabilities(*peaks: tuple[tuple[slice, slice], float]) -> np.ndarra
     probs = np.zeros((4, 64, 64), np.float32)
     probs[OTHER_LUNG] = 1.0
     for (rows, cols), peak in peaks:
-        probs[GGO, rows, cols], probs[CONSOLIDATION, rows, cols], probs[OTHER_LUNG, rows, cols] = 0.4, 0.2, 0.4
+        probs[GGO, rows, cols], probs[CONSOLIDATION, rows, cols] = 0.4, 0.2
+        probs[OTHER_LUNG, rows, cols] = 0.4
         r, c = (rows.start + rows.stop) // 2, (cols.start + cols.stop) // 2
         probs[GGO, r, c], probs[CONSOLIDATION, r, c], probs[OTHER_LUNG, r, c] = peak - 0.05, 0.05, 1.0 - peak
     return probs

@@ -53,7 +53,9 @@ def remove_small_lesions(labels: np.ndarray, min_area: int | None = None) -> np.
     return out
 
 
-def remove_faint_lesions(labels: np.ndarray, probs: np.ndarray, min_peak: float = LESION_MIN_PEAK) -> np.ndarray:
+def remove_faint_lesions(
+    labels: np.ndarray, probs: np.ndarray, min_peak: float = LESION_MIN_PEAK
+) -> np.ndarray:
     """Relabel as other lung each connected lesion region (GGO and consolidation together,
     8-connected) in which no pixel has p(GGO) + p(consolidation) >= ``min_peak``; probs:
     float32 (C, H, W) at the labels' size. Returns a new array."""
@@ -138,8 +140,8 @@ def postprocess(
     body: the slice's ``preprocess.body_mask``, when the caller has it already.
     min_lesion_px: the smallest lesion region kept, in pixels at the reference grid
     (validation scores other values beside the shipped MIN_LESION_AREA_PX).
-    min_lesion_peak: a lesion region's least highest lesion probability (LESION_MIN_PEAK;
-    ``remove_faint_lesions``; 0: all kept).
+    min_lesion_peak: the p(GGO) + p(consolidation) a lesion region must reach at its
+    surest pixel to be kept (LESION_MIN_PEAK; ``remove_faint_lesions``; 0: all kept).
     """
     labels = keep_anatomical_lung(labels_from_probabilities(probs), pixels, body)
     if factor is None:

@@ -63,8 +63,8 @@ def input_spec() -> dict[str, Any]:
         ),
         "scale": (
             f"first to the reference grid: pixel spacing / {REFERENCE_PIXEL_MM} mm when known; else, where the "
-            f"whole body is in the image, its long extent to {REFERENCE_BODY_PX} px; else (a crop of the thorax) "
-            f"slices of {CROP_MIN_SIDE_PX}-{REFERENCE_SIDE_PX} px are kept, smaller ones enlarged to "
+            f"whole body is in the image, its long extent to {REFERENCE_BODY_PX} px; else (a crop of the "
+            f"thorax) slices of {CROP_MIN_SIDE_PX}-{REFERENCE_SIDE_PX} px are kept, smaller ones enlarged to "
             f"{CROP_MIN_SIDE_PX} px and larger ones shrunk to {REFERENCE_SIDE_PX} px on the long side. "
             "Then each network's 'scale' s (preprocess.reference_factor)"
         ),
