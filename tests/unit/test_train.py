@@ -19,7 +19,7 @@ from segmenter.ml.training.data import (
     grouped_split,
     similarity_groups,
 )
-from segmenter.ml.training.train import marginal_cross_entropy, parse_args, revalidate, train
+from segmenter.ml.training.train import marginal_cross_entropy, native_bf16, parse_args, revalidate, train
 
 
 def test_marginal_cross_entropy_is_minus_log_of_the_allowed_mass():
@@ -111,6 +111,14 @@ def test_config_flags_come_from_the_dataclass():
     assert (cfg.steps, cfg.bf16, cfg.networks) == (7, False, ("unet_b0",))
 
 
+def test_bf16_is_on_only_where_asked_or_where_the_machine_computes_it_natively(monkeypatch):
+    assert (parse_args([]).bf16, parse_args(["--bf16"]).bf16, parse_args(["--no-bf16"]).bf16) == (None, True, False)
+    for native in (False, True):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda native=native: native, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+        assert native_bf16("cpu") is native
+
+
 def test_augmentation_flags_set_the_augmentation_and_leave_the_rest_at_its_defaults():
     cfg = parse_args(["--augment-gamma-range", "0.9", "1.1", "--augment-brightness", "8"])
     default = AugmentConfig()
@@ -137,6 +145,7 @@ def test_a_smoke_run_trains_resumes_and_exports_loadable_weights(data_root, tmp_
     }
     manifest = json.loads((export / "manifest.json").read_text())
     assert manifest["training"]["config"]["steps"] == cfg.steps
+    assert manifest["training"]["config"]["bf16"] is native_bf16("cpu")  # what ran, not "auto"
     assert "not for diagnosis" in manifest["intended_use"]
     ensemble = Ensemble.load(export)
     labels = ensemble.segment(np.full((100, 120), 80, np.uint8))

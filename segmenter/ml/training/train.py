@@ -114,7 +114,9 @@ class TrainConfig:
     group_threshold_medseg: float = 0.7  # thumbnail correlation that joins slices into a group
     group_threshold_kmader: float = 0.75
     # running
-    bf16: bool = True  # autocast the forward pass to bfloat16
+    # autocast the forward pass to bfloat16; None: only where the device computes it
+    # natively (native_bf16), since emulated bf16 is about ten times slower than fp32
+    bf16: bool | None = None
     device: str = "cpu"  # "cuda" on a GPU machine (validation and export still run on the CPU)
     threads: int = 2
     log_every: int = 10
@@ -468,9 +470,23 @@ def make_optimiser(net: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimi
     )
 
 
+def native_bf16(device: str) -> bool:
+    """Whether ``device`` computes bfloat16 natively: a CUDA GPU that supports it, or a CPU
+    with AVX512-BF16 or AMX units. Elsewhere autocast emulates bf16: on this project's
+    2-core AVX2 machine one UNet step (16 crops of 192 px) took 29 s in bf16, 3 s in fp32."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's, private
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+
+
 def train(cfg: TrainConfig) -> dict:
     """Run (or resume) training; returns the last validation results (or {})."""
     torch.set_num_threads(cfg.threads)
+    if cfg.bf16 is None:
+        cfg.bf16 = native_bf16(cfg.device)
+        log.info("bf16 autocast %s: %s %s it natively", "on" if cfg.bf16 else "off", cfg.device,
+                 "computes" if cfg.bf16 else "does not compute")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2))
@@ -613,7 +629,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
             continue
         default = getattr(cfg, f.name)
         flag = "--" + f.name.replace("_", "-")
-        if isinstance(default, bool):
+        if isinstance(default, bool) or f.name == "bf16":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
         elif isinstance(default, tuple):
             kind = {"ensemble_weights": float, "scales": float, "batch_shares": float, "crops": int}.get(f.name, str)
