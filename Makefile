@@ -58,7 +58,8 @@ bench: install-dev
 	$(PY) -m segmenter.ml.bench --json bench-results/engine.json
 	$(PY) -m segmenter.bench --runs 25 --json bench-results/service.json
 
-## train: the shipped recipe on this machine's CPU (about 45 min for 1,100 steps on 2 cores;
+## train: the shipped recipe on this machine's CPU (about 45 min for 1,100 steps on 2 cores with native
+##   bf16; a UNet step is ten times slower in emulated bf16, so train.native_bf16 leaves it off there;
 ##   resumable: run it again after an interruption), then export it to weights/
 RUN ?= ../ckpt/run
 STEPS ?= 1100
