@@ -72,6 +72,38 @@ def test_evaluate_reports_the_documented_keys(data_root, weights_dir, tmp_path):
     assert 0.5 < result["pixel_accuracy"] <= 1.0
 
 
+def test_evaluate_scores_a_file_the_app_would_refuse_as_nothing_found(data_root, weights_dir, tmp_path):
+    import skimage.data
+    from PIL import Image
+
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir(), masks.mkdir()
+    for n in (0, 1):
+        (images / f"{n}.jpg").write_bytes((data_root / "medseg-covid" / "images" / f"{n}.jpg").read_bytes())
+        (masks / f"{n}.png").write_bytes((data_root / "medseg-covid" / "masks" / f"{n}.png").read_bytes())
+    # a photograph "labelled" with slice 1's lesions: refused, it finds none of them
+    Image.fromarray(skimage.data.camera()).save(images / "camera.png")
+    Image.open(masks / "1.png").resize((512, 512), Image.NEAREST).save(masks / "camera.png")
+    runs = {}
+    for flags in ((), ("--no-checks",)):
+        out = tmp_path / f"result{len(flags)}.json"
+        evaluate_main(["--images", str(images), "--masks", str(masks), "--json", str(out),
+                       "--weights", str(weights_dir), *flags])
+        runs[flags] = json.loads(out.read_text())
+    checked, unchecked = runs[()], runs[("--no-checks",)]
+    assert [r["name"] for r in checked["refused"]] == ["camera.png"] and unchecked["refused"] == []
+    assert "does not look like a CT slice" in checked["refused"][0]["why"]
+    assert checked["slices"] == unchecked["slices"] == 3  # the refused picture still counts, as nothing found
+    assert checked["infection"]["dice"] != unchecked["infection"]["dice"]
+
+    # --healthy: a refused file is left out of the shares and listed
+    (images / "0.jpg").unlink(), (images / "1.jpg").unlink()
+    out = tmp_path / "healthy.json"
+    evaluate_main(["--images", str(images), "--healthy", "--json", str(out), "--weights", str(weights_dir)])
+    healthy = json.loads(out.read_text())
+    assert healthy["slices"] == 0 and [r["name"] for r in healthy["refused"]] == ["camera.png"]
+
+
 def test_evaluate_measures_lung_dice_with_lung_masks(data_root, weights_dir, tmp_path):
     from PIL import Image
 

@@ -18,7 +18,12 @@ the report gives lung Dice.
 
 The labels come from exactly the path the application serves (``Ensemble.segment``); when
 a mask's size differs from its image, the class probabilities are resized to the mask
-before the labels are taken.
+before the labels are taken. Each file is first checked as the application checks an
+upload of it (``ctcheck.check_slices``, then ``ctcheck.check_lungs``): a file the
+application would refuse ("this does not look like a CT slice: ...") counts as nothing
+found (every pixel background) in the scores, so they are what a user would get, and the
+report lists it under ``refused`` with the reason (--healthy: its slices are left out of
+the shares and counted there). --no-checks scores the networks' labels on every file.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from ..constants import BACKGROUND
+from ..io.ctcheck import check_lungs, check_slices
 from ..io.imaging import UnreadableImage, read_slices
 from ..io.names import SLICE_SUFFIXES, slice_stem
 from ..io.volumes import NIFTI_SUFFIXES
@@ -87,21 +94,43 @@ def _read_mask(path: Path) -> np.ndarray:
     return mask[..., 0] if mask.ndim == 3 else mask
 
 
-def evaluate_healthy(ensemble: Ensemble, images: Path, masks: Path | None = None) -> dict:
-    """HealthyScores over every slice of every file in ``images`` (lung masks optional)."""
+def refusal(ensemble: Ensemble, path: Path, slices: list) -> str | None:
+    """Why the application would refuse an upload of the file at ``path`` (read into
+    ``slices``), or None. Volumes (NIfTI) are not checked, as in the application."""
+    from ..io.volumes import is_nifti_name
+
+    if is_nifti_name(path.name):
+        return None
+    try:
+        check_slices(slices, study=len(slices) > 1)
+        check_lungs(slices, ensemble, study=len(slices) > 1)
+    except UnreadableImage as exc:
+        return str(exc)
+    return None
+
+
+def evaluate_healthy(
+    ensemble: Ensemble, images: Path, masks: Path | None = None, checks: bool = True
+) -> dict:
+    """HealthyScores over every slice of every file in ``images`` (lung masks optional);
+    with ``checks``, files the application would refuse are left out and listed."""
     files = image_files(Path(images))
     if not files:
         raise SystemExit(f"no slice files in {images}")
-    scores = HealthyScores()
+    scores, refused = HealthyScores(), []
     for path in files:
-        for ct in read_any(path):
+        slices = read_any(path)
+        if checks and (why := refusal(ensemble, path, slices)):
+            refused.append({"name": path.name, "slices": len(slices), "why": why})
+            continue
+        for ct in slices:
             mask_path = Path(masks) / f"{_stem(ct.name)}.png" if masks else None
             if mask_path is not None and mask_path.is_file():
                 lung = _read_mask(mask_path) > 0
                 scores.add(segment_at(ensemble, ct.pixels, lung.shape, ct.pixel_spacing_mm), lung, ct.name)
             else:
                 scores.add(ensemble.segment(ct.pixels, spacing_mm=ct.pixel_spacing_mm), None, ct.name)
-    return scores.result()
+    return {**scores.result(), "refused": refused}
 
 
 def segment_at(ensemble: Ensemble, pixels: np.ndarray, shape: tuple[int, int], spacing_mm=None) -> np.ndarray:
@@ -113,45 +142,60 @@ def segment_at(ensemble: Ensemble, pixels: np.ndarray, shape: tuple[int, int], s
     return postprocess(probs, cv2.resize(pixels, shape[::-1], interpolation=interpolation))
 
 
-def evaluate(ensemble: Ensemble, images: Path, masks: Path, lungs: bool = False) -> dict:
+def evaluate(ensemble: Ensemble, images: Path, masks: Path, lungs: bool = False, checks: bool = True) -> dict:
+    """Lesion (or lung) scores of the first slice of each image against its mask; with
+    ``checks``, an image the application would refuse scores as nothing found."""
     matched = pairs(Path(images), Path(masks))
     if not matched:
         raise SystemExit(f"no image in {images} has a mask with the same stem in {masks}")
-    scores = LungScores() if lungs else LesionScores()
+    scores, refused = (LungScores() if lungs else LesionScores()), []
     for image_path, mask_path in matched:
         mask = _read_mask(mask_path)
         ct = read_any(image_path)[0]
-        labels = segment_at(ensemble, ct.pixels, mask.shape, ct.pixel_spacing_mm)
+        if checks and (why := refusal(ensemble, image_path, [ct])):
+            refused.append({"name": image_path.name, "slices": 1, "why": why})
+            labels = np.full(mask.shape, BACKGROUND, np.uint8)
+        else:
+            labels = segment_at(ensemble, ct.pixels, mask.shape, ct.pixel_spacing_mm)
         if lungs:
             scores.add(labels, mask > 0)
         else:
             if mask.max() > 2:
                 raise SystemExit(f"{mask_path} holds values above 2; is it a lung mask? (use --lungs)")
             scores.add(labels, mask)
-    return scores.result()
+    return {**scores.result(), "refused": refused}
+
+
+def _refused_lines(result: dict, counted: str) -> list[str]:
+    refused = result.get("refused") or []
+    lines = [f"refused by the CT check: {len(refused)} file(s), {counted}"] if refused else []
+    return lines + [f"  refused: {r['name']}: {r['why']}" for r in refused]
 
 
 def format_table(result: dict) -> str:
     if "ct0_share" in result:
+        share = "-" if result["ct0_share"] is None else f"{result['ct0_share']:.1%}"  # no slice accepted
         lines = [
             f"slices {result['slices']} (no lung found: {result['no_lung_slices']})",
-            f"graded CT-0 or no lung  {result['ct0_share']:.1%}",
+            f"graded CT-0 or no lung  {share}",
             f"lesion share of lung    {result['lesion_share_of_lung'] or 0:.2%}",
         ]
         if result["lung"]:
             lines.append(f"lung Dice               {result['lung']['dice']:.4f}")
         lines += [f"  worst: {w['name']} {w['lesion_share']:.1%}" for w in result["worst_slices"]]
-        return "\n".join(lines)
+        return "\n".join(lines + _refused_lines(result, "not in the figures above"))
     if "lung" in result:
         r = result["lung"]
-        return f"slices {result['slices']}\nlung  Dice {r['dice']:.4f}  IoU {r['iou']:.4f}  per-slice Dice {r['dice_per_slice']:.4f}"
+        lines = [f"slices {result['slices']}",
+                 f"lung  Dice {r['dice']:.4f}  IoU {r['iou']:.4f}  per-slice Dice {r['dice_per_slice']:.4f}"]
+        return "\n".join(lines + _refused_lines(result, "scored as no lung found"))
     lines = [f"slices {result['slices']}", f"{'class':<14}{'Dice':>8}{'IoU':>8}{'Dice/slice':>12}"]
     for name in ("ggo", "consolidation", "infection"):
         r = result[name]
         per = "-" if r["dice_per_slice"] is None else f"{r['dice_per_slice']:.4f}"
         lines.append(f"{name:<14}{r['dice']:>8.4f}{r['iou']:>8.4f}{per:>12}")
     lines.append(f"pixel accuracy {result['pixel_accuracy']:.4f}")
-    return "\n".join(lines)
+    return "\n".join(lines + _refused_lines(result, "scored as nothing found"))
 
 
 def _reweighted(ensemble: Ensemble, weights, networks, parser) -> Ensemble:
@@ -180,6 +224,8 @@ def main(argv: list[str] | None = None) -> None:
         help="override the manifest's weight of each network, in the manifest's order (for choosing them)",
     )
     parser.add_argument("--networks", nargs="+", help="evaluate only these networks of the ensemble")
+    parser.add_argument("--no-checks", dest="checks", action="store_false",
+                        help="score every file, also those the application's CT check would refuse")
     args = parser.parse_args(argv)
     if not args.healthy and args.masks is None:
         parser.error("--masks is required (except with --healthy)")
@@ -195,9 +241,9 @@ def main(argv: list[str] | None = None) -> None:
         if args.ensemble_weights or args.networks:
             ensemble = _reweighted(ensemble, args.ensemble_weights, args.networks, parser)
         if args.healthy:
-            result = evaluate_healthy(ensemble, args.images, args.masks)
+            result = evaluate_healthy(ensemble, args.images, args.masks, checks=args.checks)
         else:
-            result = evaluate(ensemble, args.images, args.masks, lungs=args.lungs)
+            result = evaluate(ensemble, args.images, args.masks, lungs=args.lungs, checks=args.checks)
     except UnreadableImage as exc:
         sys.exit(f"error: {exc}")
     print(format_table(result))
