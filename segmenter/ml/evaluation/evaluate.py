@@ -46,6 +46,7 @@ from ..io.volumes import NIFTI_SUFFIXES
 from ..model.ensemble import Ensemble
 from ..model.postprocess import postprocess
 from ..model.preprocess import resize_probabilities
+from ..pipeline import Remembered
 from ..model.weights import DEFAULT_WEIGHTS_DIR
 from .metrics import HealthyScores, LesionScores, LungScores
 
@@ -94,19 +95,19 @@ def _read_mask(path: Path) -> np.ndarray:
     return mask[..., 0] if mask.ndim == 3 else mask
 
 
-def refusal(ensemble: Ensemble, path: Path, slices: list) -> str | None:
+def refusal(ensemble: Ensemble, path: Path, slices: list) -> tuple[str | None, list]:
     """Why the application would refuse an upload of the file at ``path`` (read into
-    ``slices``), or None. Volumes (NIfTI) are not checked, as in the application."""
+    ``slices``), or None; and the (pixels, labels) the check segmented on the way, for
+    ``segment_at`` to reuse. Volumes (NIfTI) are not checked, as in the application."""
     from ..io.volumes import is_nifti_name
 
     if is_nifti_name(path.name):
-        return None
+        return None, []
     try:
         check_slices(slices, study=len(slices) > 1)
-        check_lungs(slices, ensemble, study=len(slices) > 1)
+        return None, check_lungs(slices, ensemble, study=len(slices) > 1)
     except UnreadableImage as exc:
-        return str(exc)
-    return None
+        return str(exc), []
 
 
 def evaluate_healthy(
@@ -120,23 +121,25 @@ def evaluate_healthy(
     scores, refused = HealthyScores(), []
     for path in files:
         slices = read_any(path)
-        if checks and (why := refusal(ensemble, path, slices)):
+        why, known = refusal(ensemble, path, slices) if checks else (None, [])
+        if why:
             refused.append({"name": path.name, "slices": len(slices), "why": why})
             continue
         for ct in slices:
             mask_path = Path(masks) / f"{_stem(ct.name)}.png" if masks else None
-            if mask_path is not None and mask_path.is_file():
-                lung = _read_mask(mask_path) > 0
-                scores.add(segment_at(ensemble, ct.pixels, lung.shape, ct.pixel_spacing_mm), lung, ct.name)
-            else:
-                scores.add(ensemble.segment(ct.pixels, spacing_mm=ct.pixel_spacing_mm), None, ct.name)
+            lung = _read_mask(mask_path) > 0 if mask_path is not None and mask_path.is_file() else None
+            shape = ct.pixels.shape if lung is None else lung.shape
+            scores.add(segment_at(ensemble, ct.pixels, shape, ct.pixel_spacing_mm, known), lung, ct.name)
     return {**scores.result(), "refused": refused}
 
 
-def segment_at(ensemble: Ensemble, pixels: np.ndarray, shape: tuple[int, int], spacing_mm=None) -> np.ndarray:
-    """The served label map of a slice, taken at ``shape`` (the mask's size)."""
+def segment_at(
+    ensemble: Ensemble, pixels: np.ndarray, shape: tuple[int, int], spacing_mm=None, known=()
+) -> np.ndarray:
+    """The served label map of a slice, taken at ``shape`` (the mask's size); at the
+    slice's own size, from ``known`` (pixels, labels) where the CT check segmented it."""
     if pixels.shape == shape:
-        return ensemble.segment(pixels, spacing_mm=spacing_mm)
+        return Remembered(ensemble, known).segment(pixels, spacing_mm=spacing_mm)
     probs = resize_probabilities(ensemble.probabilities(pixels, spacing_mm), *shape)
     interpolation = cv2.INTER_AREA if shape[0] < pixels.shape[0] else cv2.INTER_LINEAR
     return postprocess(probs, cv2.resize(pixels, shape[::-1], interpolation=interpolation))
@@ -152,11 +155,12 @@ def evaluate(ensemble: Ensemble, images: Path, masks: Path, lungs: bool = False,
     for image_path, mask_path in matched:
         mask = _read_mask(mask_path)
         ct = read_any(image_path)[0]
-        if checks and (why := refusal(ensemble, image_path, [ct])):
+        why, known = refusal(ensemble, image_path, [ct]) if checks else (None, [])
+        if why:
             refused.append({"name": image_path.name, "slices": 1, "why": why})
             labels = np.full(mask.shape, BACKGROUND, np.uint8)
         else:
-            labels = segment_at(ensemble, ct.pixels, mask.shape, ct.pixel_spacing_mm)
+            labels = segment_at(ensemble, ct.pixels, mask.shape, ct.pixel_spacing_mm, known)
         if lungs:
             scores.add(labels, mask > 0)
         else:
