@@ -47,3 +47,26 @@ def test_lung_scores_count_every_lung_class_as_lung():
 def test_shape_mismatch_is_refused():
     with pytest.raises(ValueError):
         LesionScores().add(np.zeros((2, 2), np.uint8), np.zeros((3, 3), np.uint8))
+
+
+def test_infection_scores_give_area_ratio_grades_and_patient_shares():
+    from segmenter.ml.evaluation.metrics import InfectionScores
+
+    mask = np.zeros((10, 10), np.uint8)
+    mask[:, :8] = 1  # 80 px lung
+    mask[:, :4] = 2  # 40 px infection: 50 % -> CT-2
+    labels = np.full((10, 10), BACKGROUND, np.uint8)
+    labels[:, :8] = OTHER_LUNG
+    labels[:, :2] = GGO  # 20 px lesion: 25 % -> CT-1 (too low)
+    scores = InfectionScores()
+    scores.add(labels, mask, "p1")
+    labels2 = labels.copy()
+    labels2[:, :6] = CONSOLIDATION  # 60 px: 75 % -> CT-4 (too high)
+    scores.add(labels2, mask, "p2")
+    r = scores.result()
+    assert r["area_ratio"] == pytest.approx((20 + 60) / 80)
+    assert r["grades"] == {"agree": 0.0, "lower": 0.5, "higher": 0.5, "slices": 2}
+    assert r["patients"]["p1"] == {"true_share": 50.0, "predicted_share": 25.0, "error_points": -25.0}
+    assert r["patient_share_error"] == pytest.approx(25.0)
+    assert r["infection"]["dice"] == pytest.approx(2 * (20 + 40) / (80 + 80))
+    assert r["lung"]["dice"] == 1.0

@@ -106,3 +106,46 @@ def test_postprocess_drops_faint_lesions_at_the_shipped_peak():
         labels = postprocess(lesion_probabilities((region, peak)), pixels, 1.0, None)
         assert (labels[region] == GGO).all() == kept
         assert (labels[region] == OTHER_LUNG).all() != kept
+
+
+def test_a_lesion_grows_over_connected_lung_down_to_the_lower_edge_and_no_further():
+    from segmenter.ml.model.postprocess import grow_lesions
+
+    probs = np.zeros((4, 40, 40), np.float32)
+    probs[OTHER_LUNG] = 1.0
+    # a sure GGO core, a halo at lesion 0.45 (GGO 0.25 + consolidation 0.2) around it, and a
+    # separate patch at 0.45 that touches no core
+    probs[:, 8:24, 8:24] = np.array([0.25, 0.2, 0.55, 0.0])[:, None, None]
+    probs[:, 12:20, 12:20] = np.array([0.9, 0.05, 0.05, 0.0])[:, None, None]
+    probs[:, 30:36, 30:36] = np.array([0.25, 0.2, 0.55, 0.0])[:, None, None]
+    probs[:, :, 0] = np.array([0.2, 0.3, 0.0, 0.5])[:, None]  # background column: never lung
+    labels = labels_from_probabilities(probs)
+    assert (labels[8:24, 8:24] != GGO).sum() == 16 * 16 - 8 * 8  # the halo starts as other lung
+    grown = grow_lesions(labels, probs, 0.4)
+    assert (grown[8:24, 8:24] == GGO).all()  # GGO is the more probable lesion class there
+    assert (grown[30:36, 30:36] == OTHER_LUNG).all()  # no core: nothing created
+    assert (grown[:, 0] == BACKGROUND).all()
+    assert (grow_lesions(labels, probs, 0.5) == labels).all()  # the halo is under 0.5
+    assert (grow_lesions(labels, probs, 1.0) == labels).all()
+    assert (labels[8:12, 8:24] == OTHER_LUNG).all()  # input untouched
+
+
+def test_grown_pixels_take_the_more_probable_lesion_class():
+    from segmenter.ml.model.postprocess import grow_lesions
+
+    probs = np.zeros((4, 20, 20), np.float32)
+    probs[:, :, :] = np.array([0.1, 0.3, 0.6, 0.0])[:, None, None]
+    probs[:, 8:12, 8:12] = np.array([0.9, 0.05, 0.05, 0.0])[:, None, None]
+    grown = grow_lesions(labels_from_probabilities(probs), probs, 0.35)
+    assert (grown[8:12, 8:12] == GGO).all()
+    assert (grown[:8] == CONSOLIDATION).all()
+
+
+def test_a_slice_without_lesions_keeps_none_whatever_the_lower_edge():
+    from segmenter.ml.model.postprocess import postprocess
+
+    probs = np.zeros((4, 64, 64), np.float32)
+    probs[OTHER_LUNG] = 0.6
+    probs[GGO] = 0.4  # lesion probability 0.4 everywhere, no pixel sure of it
+    pixels = np.full((64, 64), 200, np.uint8)
+    assert (postprocess(probs, pixels, 1.0, None, lesion_low=0.3) == OTHER_LUNG).all()

@@ -180,3 +180,55 @@ def test_a_run_with_a_moving_average_validates_it_resumes_it_and_exports_it(data
     assert torch.allclose(shipped[name].float(), averaged[f"module.{name}"].float(), atol=1e-3)
     # validated again from the checkpoint: the same numbers, the averages included
     assert revalidate(parse_args(args)) == json.loads(json.dumps(validation))
+
+
+def test_expert_masks_train_lung_infection_and_outside_and_group_by_patient(data_root):
+    from segmenter.ml.training.data import T_BACKGROUND, T_OTHER_LUNG, load_expert, zenodo_patient
+
+    samples = load_expert(data_root)
+    assert len(samples) == 925
+    assert len({s.group for s in samples}) == 13  # 15 series, two patients with two each
+    for s in samples[::100]:
+        assert set(np.unique(s.full_codes)) <= {T_BACKGROUND, T_OTHER_LUNG, T_LESION}
+        assert ((s.full_codes == T_LESION) == (s.mask == 2)).all()
+        assert ((s.full_codes == T_BACKGROUND) == (s.mask == 0)).all()
+    assert zenodo_patient("radiopaedia_org_covid-19-pneumonia-10_85902_1-dcm") == zenodo_patient(
+        "radiopaedia_org_covid-19-pneumonia-10_85902_3-dcm"
+    )
+    assert zenodo_patient("coronacases_org_001") != zenodo_patient("coronacases_org_002")
+
+
+def test_a_fold_holds_out_whole_patients_and_none_of_their_pseudo_labelled_slices(data_root):
+    from segmenter.ml.training.train import load_datasets
+
+    cfg = parse_args(["--folds", "3", "--fold", "1", "--data-root", str(data_root)])
+    data = load_datasets(cfg)
+    held_out = {s.group for s in data.val_expert}
+    assert held_out and not held_out & {s.group for s in data.expert}
+    assert not held_out & {s.group for s in data.zenodo}
+    assert not {s.name for s in data.expert} & {s.name for s in data.zenodo}  # expert slices: never pseudo-maps
+    assert len(data.expert) + len(data.val_expert) == 925
+
+
+def test_the_expert_loss_counts_infection_as_either_lesion_class_and_lung_as_any_lung_class():
+    from segmenter.ml.training.data import T_BACKGROUND, T_OTHER_LUNG
+    from segmenter.ml.training.train import batch_loss
+
+    codes = torch.full((1, 8, 8), T_OTHER_LUNG, dtype=torch.uint8)
+    codes[0, :4] = T_LESION
+    codes[0, :, :2] = T_BACKGROUND
+    cfg = parse_args([])
+
+    def logits_for(lesion_class):
+        logits = torch.full((1, 4, 8, 8), -10.0)
+        logits[0, OTHER_LUNG] = 10.0
+        logits[0, lesion_class, :4] = 20.0
+        logits[0, BACKGROUND, :, :2] = 30.0
+        return logits
+
+    for lesion_class in (GGO, CONSOLIDATION):
+        loss, parts = batch_loss(logits_for(lesion_class), codes, ["expert"], cfg)
+        assert loss.item() < 0.01 and parts["dice_infection"] < 0.01
+    wrong = logits_for(GGO)
+    wrong[0, OTHER_LUNG, :4] = 40.0  # infection read as plain lung
+    assert batch_loss(wrong, codes, ["expert"], cfg)[1]["dice_infection"] > 0.9

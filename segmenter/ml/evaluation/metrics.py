@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..constants import CONSOLIDATION, GGO, LUNG_CLASSES
+from ..results.severity import GRADES, grade_for
 
 MEDSEG_BACKGROUND, MEDSEG_GGO, MEDSEG_CONSOLIDATION = 0, 1, 2
 
@@ -150,4 +151,74 @@ class HealthyScores:
             "lesion_share_of_lung": self.lesion_px / self.lung_px if self.lung_px else None,
             "lung": self.lung.result() if self.lung.tp + self.lung.fn else None,
             "worst_slices": [{"name": n, "lesion_share": round(v, 4)} for v, n in worst if v > 0],
+        }
+
+
+EXPERT_OUTSIDE, EXPERT_LUNG, EXPERT_INFECTION = 0, 1, 2
+
+
+class InfectionScores:
+    """Against expert masks of diseased lungs (0 outside the lung, 1 lung, 2 infection: GGO
+    and consolidation together): what decides a grade, which is computed from areas.
+
+    * infection and lung Dice, pooled over all slices;
+    * ``area_ratio``: predicted over true infection area, all slices together;
+    * slice grades: CT-0...CT-4 of the label map against that of the mask (infection over
+      lung, each from its own areas), the share that agree, are lower, are higher (slices
+      whose mask has no lung are left out);
+    * per patient (``group``): the lesion share of the lung summed over the patient's slices,
+      true and predicted, and the error in percentage points; ``patient_share_error``
+      is the mean absolute error over patients.
+    """
+
+    def __init__(self) -> None:
+        self.infection, self.lung = _Overlap(), _Overlap()
+        self.pred_px = self.true_px = 0
+        self.grades = {"agree": 0, "lower": 0, "higher": 0}
+        self.patients: dict[str, list[int]] = {}  # group -> [true lesion, true lung, pred lesion, pred lung]
+
+    def add(self, labels: np.ndarray, mask: np.ndarray, group: str = "") -> None:
+        if labels.shape != mask.shape:
+            raise ValueError(f"prediction {labels.shape} and mask {mask.shape} differ in shape")
+        pred_lesion = (labels == GGO) | (labels == CONSOLIDATION)
+        pred_lung = np.isin(labels, LUNG_CLASSES)
+        true_lesion, true_lung = mask == EXPERT_INFECTION, mask != EXPERT_OUTSIDE
+        self.infection.add(pred_lesion, true_lesion)
+        self.lung.add(pred_lung, true_lung)
+        counts = [int(np.count_nonzero(a)) for a in (true_lesion, true_lung, pred_lesion, pred_lung)]
+        self.true_px += counts[0]
+        self.pred_px += counts[2]
+        patient = self.patients.setdefault(group, [0, 0, 0, 0])
+        for k, c in enumerate(counts):
+            patient[k] += c
+        truth = grade_for(counts[0], counts[1])
+        if truth is None:
+            return
+        pred = grade_for(counts[2], counts[3])
+        t, p = GRADES.index(truth), (GRADES.index(pred) if pred else 0)
+        self.grades["agree" if p == t else "lower" if p < t else "higher"] += 1
+
+    def result(self) -> dict:
+        graded = sum(self.grades.values())
+        patients = {
+            g: {
+                "true_share": round(100 * tl / tn, 2) if tn else None,
+                "predicted_share": round(100 * pl / pn, 2) if pn else None,
+            }
+            for g, (tl, tn, pl, pn) in sorted(self.patients.items())
+        }
+        errors = [
+            abs(p["predicted_share"] - p["true_share"])
+            for p in patients.values() if p["true_share"] is not None and p["predicted_share"] is not None
+        ]
+        for p in patients.values():
+            if p["true_share"] is not None and p["predicted_share"] is not None:
+                p["error_points"] = round(p["predicted_share"] - p["true_share"], 2)
+        return {
+            "infection": self.infection.result(),
+            "lung": self.lung.result(),
+            "area_ratio": self.pred_px / self.true_px if self.true_px else None,
+            "grades": {k: (v / graded if graded else None) for k, v in self.grades.items()} | {"slices": graded},
+            "patients": patients,
+            "patient_share_error": float(np.mean(errors)) if errors else None,
         }

@@ -40,6 +40,7 @@ import torch
 
 from ..constants import (
     BACKGROUND,
+    LESION_LOW,
     LESION_MIN_PEAK,
     LUNG_CLASSES,
     MIN_LESION_AREA_PX,
@@ -131,6 +132,7 @@ class Ensemble:
     (``postprocess.postprocess``); validation scores other values beside the shipped one.
     min_lesion_peak: the probability a lesion region must reach somewhere to be kept
     (``postprocess.remove_faint_lesions``); likewise.
+    lesion_low: the lower edge lesions are grown to (``postprocess.grow_lesions``); likewise.
     """
 
     def __init__(
@@ -145,6 +147,7 @@ class Ensemble:
         mirrored: Iterable[str] = (),
         min_lesion_px: int = MIN_LESION_AREA_PX,
         min_lesion_peak: float = LESION_MIN_PEAK,
+        lesion_low: float = LESION_LOW,
     ):
         if not runners:
             raise ValueError("an ensemble needs at least one network")
@@ -168,6 +171,7 @@ class Ensemble:
         self.mirrored = [n in mirrored for n in self.names]
         self.min_lesion_px = min_lesion_px
         self.min_lesion_peak = min_lesion_peak
+        self.lesion_low = lesion_low
         # One thread per network, which alone calls its runner: calls from any thread are
         # taken in order, and a slice's networks can start while another's are finishing.
         self._pools = (
@@ -198,6 +202,7 @@ class Ensemble:
         mirrored: Iterable[str] = (),
         min_lesion_px: int = MIN_LESION_AREA_PX,
         min_lesion_peak: float = LESION_MIN_PEAK,
+        lesion_low: float = LESION_LOW,
     ) -> Ensemble:
         """An ensemble of torch modules in eval mode (training's validation uses it with
         ``TorchOptions``, which keeps the very modules; under ONNX they are exported)."""
@@ -205,6 +210,7 @@ class Ensemble:
         return cls(
             runners, weights, scales, manifest=manifest, crop_to_body=options.crop_to_body, parallel=parallel,
             mirrored=mirrored, min_lesion_px=min_lesion_px, min_lesion_peak=min_lesion_peak,
+            lesion_low=lesion_low,
         )
 
     def subset(
@@ -223,6 +229,7 @@ class Ensemble:
             mirrored=[n for n in names if n in self.mirrored_names] if mirrored is None else mirrored,
             min_lesion_px=self.min_lesion_px,
             min_lesion_peak=self.min_lesion_peak,
+            lesion_low=self.lesion_low,
         )
 
     @property
@@ -295,12 +302,16 @@ class Ensemble:
         image, box, shape = self.network_input(k, pixels, factor)
         return self.place(self._run(k, image), box, shape)
 
-    def combine(self, probabilities: list[np.ndarray], height: int, width: int) -> np.ndarray:
-        """Each network's (C, h_k, w_k) probabilities -> their weighted average at (height, width)."""
+    def combine(
+        self, probabilities: list[np.ndarray], height: int, width: int, weights: list[float] | None = None
+    ) -> np.ndarray:
+        """Each network's (C, h_k, w_k) probabilities -> their weighted average at (height, width)
+        (weights: the ensemble's own unless given, summing to 1)."""
+        weights = self.weights if weights is None else weights
         total = np.empty((probabilities[0].shape[0], height, width), np.float32)
         resize_probabilities(probabilities[0], height, width, out=total)
-        total *= self.weights[0]
-        for p, weight in zip(probabilities[1:], self.weights[1:]):
+        total *= weights[0]
+        for p, weight in zip(probabilities[1:], weights[1:]):
             for k, channel in enumerate(p):  # one full-size channel at a time
                 total[k] += cv2.resize(channel, (width, height), interpolation=cv2.INTER_LINEAR) * weight
         return total
@@ -334,6 +345,15 @@ class Ensemble:
                 future.set_result(self._network_probabilities(k, pixels, factor))
                 done.append(future)
         return done
+
+    def parts(
+        self, pixels: np.ndarray, spacing_mm: tuple[float, float] | None = None
+    ) -> tuple[float, np.ndarray, list[np.ndarray]]:
+        """uint8 (H, W) slice -> (its reference factor, its body mask, each network's (C, h_k,
+        w_k) probabilities): what ``segment`` combines and post-processes, for tools that
+        read one slice's probabilities in several ways (``training.foldscore``)."""
+        _, factor, body, started = self._begin(pixels, spacing_mm)
+        return factor, body, [f.result() for f in started]
 
     def segment(self, pixels: np.ndarray, spacing_mm: tuple[float, float] | None = None) -> np.ndarray:
         """uint8 (H, W) slice -> uint8 (H, W) label map (see constants for the values)."""
@@ -387,7 +407,8 @@ class Ensemble:
     def _finish(self, pixels, factor, body, started: list[Future]) -> tuple[np.ndarray, list[np.ndarray]]:
         parts = [f.result() for f in started]
         probs = self.combine(parts, *pixels.shape)
-        return postprocess(probs, pixels, factor, body, self.min_lesion_px, self.min_lesion_peak), parts
+        labels = postprocess(probs, pixels, factor, body, self.min_lesion_px, self.min_lesion_peak, self.lesion_low)
+        return labels, parts
 
     def segment_stream(
         self, slices: Iterable[tuple[np.ndarray, tuple[float, float] | None]]

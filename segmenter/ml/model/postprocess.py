@@ -13,6 +13,7 @@ from ..constants import (
     BACKGROUND,
     CONSOLIDATION,
     GGO,
+    LESION_LOW,
     LESION_MIN_PEAK,
     MIN_LESION_AREA_PX,
     OTHER_LUNG,
@@ -70,6 +71,31 @@ def remove_faint_lesions(
     faint = np.flatnonzero(~keep[1:]) + 1
     if faint.size:
         out[np.isin(components, faint)] = OTHER_LUNG
+    return out
+
+
+def grow_lesions(labels: np.ndarray, probs: np.ndarray, low: float) -> np.ndarray:
+    """Extend each lesion region of ``labels`` (GGO and consolidation together) over the
+    connected lung pixels (8-connected through pixels at least ``low``) where
+    p(GGO) + p(consolidation) >= ``low``; a pixel taken in becomes GGO or consolidation,
+    whichever of the two is the more probable. A hysteresis: the regions kept by the
+    rules before it are the confident cores, this is their lower edge. No region is
+    created, so a slice with no lesion keeps none. probs: float32 (C, H, W) at the
+    labels' size; low >= 1: nothing grows. Returns a new array."""
+    core = (labels == GGO) | (labels == CONSOLIDATION)
+    out = labels.copy()
+    if low >= 1.0 or not core.any():
+        return out
+    lesion_p = probs[GGO] + probs[CONSOLIDATION]
+    lung = core | (labels == OTHER_LUNG)
+    candidate = (core | (lung & (lesion_p >= low))).astype(np.uint8)
+    n, components = cv2.connectedComponents(candidate, connectivity=8)
+    reached = np.zeros(n, bool)
+    reached[components[core]] = True
+    reached[0] = False
+    grown = reached[components] & ~core
+    if grown.any():
+        out[grown] = np.where(probs[GGO][grown] >= probs[CONSOLIDATION][grown], GGO, CONSOLIDATION)
     return out
 
 
@@ -131,9 +157,11 @@ def postprocess(
     body=_UNSET,
     min_lesion_px: int = MIN_LESION_AREA_PX,
     min_lesion_peak: float = LESION_MIN_PEAK,
+    lesion_low: float = LESION_LOW,
 ) -> np.ndarray:
     """float32 (C, H, W) probabilities of a uint8 (H, W) slice -> the label map users see:
-    the most probable class, the anatomy rules, then small and faint lesions removed.
+    the most probable class, the anatomy rules, small and faint lesions removed, then the
+    lesions that remain grown down to ``lesion_low`` (``grow_lesions``; 1: not grown).
 
     factor: the slice's reference factor (``preprocess.reference_factor``), which turns
     MIN_LESION_AREA_PX at the reference grid into this slice's pixels; None: by shape.
@@ -148,4 +176,5 @@ def postprocess(
         min_area = min_lesion_area(labels.shape, min_lesion_px)
     else:
         min_area = max(1, int(round(min_lesion_px / (factor * factor))))
-    return remove_faint_lesions(remove_small_lesions(labels, min_area), probs, min_lesion_peak)
+    labels = remove_faint_lesions(remove_small_lesions(labels, min_area), probs, min_lesion_peak)
+    return grow_lesions(labels, probs, lesion_low)

@@ -6,7 +6,11 @@ The sources label different things (see the data README):
 * kmader-lungs: lesion-free slices, so lung is "other lung" and the rest background;
   their CT numbers are calibrated to HU (air -1000) and kept, so that training can
   render each draw through a different window, as real scans arrive;
-* zenodo-covid-unlabelled: another model's soft infection maps (lesion or not, a guess).
+* zenodo-covid-expert: expert masks of 925 of the Zenodo images (15 patients): lung,
+  infection (GGO or consolidation, no split) and outside the lung, at full weight. They
+  are the only masks of a *diseased* lung: consolidated lung is lung;
+* zenodo-covid-unlabelled: the other Zenodo images, with another model's soft infection
+  maps (lesion or not, a guess).
 
 Each sample therefore carries a *target code* per pixel naming the set of classes the
 pixel may belong to (``TARGET_SETS``); the training loss marginalises over that set, so
@@ -15,6 +19,7 @@ no source is asked for a distinction it does not make.
 
 from __future__ import annotations
 
+import csv
 import logging
 import re
 from dataclasses import dataclass, field
@@ -58,9 +63,10 @@ class Sample:
     """One training slice.
 
     full: uint8 (H, W) lung-windowed slice at its own size; full_codes: uint8 (H, W)
-    target codes; source: 'medseg' | 'kmader' | 'zenodo'; group: id of the patient-like
-    group; name: file or id; mask: uint8 (H, W) MedSeg mask or bool lung mask (for
-    validation; None for pseudo-labelled slices). ``view(scale)`` gives the image and
+    target codes; source: 'medseg' | 'kmader' | 'expert' | 'zenodo' (pseudo-labelled);
+    group: id of the patient or patient-like group; name: file or id; mask: uint8 (H, W)
+    MedSeg mask, bool lung mask or expert mask (0 outside, 1 lung, 2 infection), for
+    validation; None for pseudo-labelled slices. ``view(scale)`` gives the image and
     codes at a network's scale; image and codes are the view at MODEL_SCALE.
     """
 
@@ -144,10 +150,50 @@ def load_kmader(root: Path) -> list[Sample]:
     return samples
 
 
-def load_zenodo(root: Path, limit: int | None = None) -> list[Sample]:
-    """Zenodo slices with pseudo-infection maps: confident lesion / confident clear / ignore."""
+EXPERT_FOLDER = "zenodo-covid-expert"
+#: Expert mask values (zenodo-covid-expert/masks).
+EXPERT_OUTSIDE, EXPERT_LUNG, EXPERT_INFECTION = 0, 1, 2
+
+
+def zenodo_patient(case: str) -> str:
+    """The patient of a Zenodo case name: Radiopaedia's series of one patient share the case
+    number after ``pneumonia-`` (10_85902_1 and 10_85902_3; 29_86490_1 and 29_86491_1)."""
+    m = re.search(r"pneumonia-(\d+)_", case)
+    return f"radiopaedia-{m.group(1)}" if m else case
+
+
+def expert_cases(root: Path) -> dict[str, str]:
+    """stem -> case of every image with an expert mask (``cases.csv``); {} without the folder."""
+    path = Path(root) / EXPERT_FOLDER / "cases.csv"
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as f:
+        return {row["stem"]: row["case"] for row in csv.DictReader(f)}
+
+
+def load_expert(root: Path) -> list[Sample]:
+    """Zenodo slices with expert masks: outside the lung -> background, lung -> other lung,
+    infection -> GGO or consolidation (the masks do not split them). Grouped by patient."""
+    folder = Path(root)
+    samples = []
+    for stem, case in sorted(expert_cases(root).items(), key=lambda kv: _natural_key(kv[0])):
+        image = np.asarray(Image.open(folder / "zenodo-covid-unlabelled" / "images" / f"{stem}.jpg").convert("L"))
+        mask = np.asarray(Image.open(folder / EXPERT_FOLDER / "masks" / f"{stem}.png"))
+        if mask.shape != image.shape:
+            raise ValueError(f"{stem}: expert mask shape {mask.shape} != image shape {image.shape}")
+        codes = np.full(mask.shape, T_BACKGROUND, np.uint8)
+        codes[mask == EXPERT_LUNG] = T_OTHER_LUNG
+        codes[mask == EXPERT_INFECTION] = T_LESION
+        samples.append(Sample(image, codes, "expert", f"zenodo-{zenodo_patient(case)}", stem, mask))
+    return samples
+
+
+def load_zenodo(root: Path, limit: int | None = None, exclude: set[str] = frozenset()) -> list[Sample]:
+    """Zenodo slices with pseudo-infection maps: confident lesion / confident clear / ignore.
+    Images named in ``exclude`` (those with expert masks) are left out."""
     folder = Path(root) / "zenodo-covid-unlabelled"
     paths = sorted((folder / "images").glob("*.jpg"), key=lambda p: _natural_key(p.name))
+    paths = [p for p in paths if p.stem not in exclude]
     if limit is not None:
         paths = paths[:: max(1, len(paths) // limit)][:limit]
     samples = []
@@ -162,8 +208,8 @@ def load_zenodo(root: Path, limit: int | None = None) -> list[Sample]:
         codes = np.full(image.shape, T_IGNORE, np.uint8)
         codes[pseudo >= PSEUDO_LESION_MIN] = T_LESION
         codes[pseudo <= PSEUDO_CLEAR_MAX] = T_NOT_LESION
-        case = path.stem.rsplit("_", 1)[0]
-        samples.append(Sample(image, codes, "zenodo", case, path.stem))
+        case = path.stem.removeprefix("Data-1_").rsplit("_", 1)[0]
+        samples.append(Sample(image, codes, "zenodo", f"zenodo-{zenodo_patient(case)}", path.stem))
     return samples
 
 

@@ -7,6 +7,8 @@ sources of ``../shared/data`` (see ``data``). The loss per network is
                             pseudo-labelled pixels weighted by zenodo_weight)
   + dice_weight * soft Dice of GGO and consolidation on the MedSeg samples
   + dice_weight * soft Dice of lung (GGO + consolidation + other lung) on the kmader samples
+  + dice_weight * (soft Dice of infection (GGO + consolidation) + soft Dice of lung) / 2
+                  on the samples with expert masks (zenodo-covid-expert), at full weight
 
 kmader slices are lesion-free, so their lung is supervised as "other lung": a healthy
 lung painted ground glass costs as much as any other error.
@@ -50,9 +52,11 @@ from ..model.weights import save_weights
 from .augment import AugmentConfig, augment, random_window
 from .data import (
     DEFAULT_DATA_ROOT,
+    T_BACKGROUND,
     T_CONSOLIDATION,
     T_GGO,
     T_IGNORE,
+    T_LESION,
     T_LUNG,
     T_OTHER_LUNG,
     TARGET_SETS,
@@ -60,6 +64,7 @@ from .data import (
     assign_groups,
     grouped_folds,
     grouped_split,
+    load_expert,
     load_kmader,
     load_medseg,
     load_zenodo,
@@ -90,8 +95,10 @@ class TrainConfig:
     batch_shares: tuple[float, ...] = ()
     batch_medseg: int = 8
     batch_kmader: int = 4
-    batch_zenodo: int = 4
-    zenodo_limit: int = 0  # use at most this many Zenodo slices (0: all)
+    batch_zenodo: int = 2
+    batch_expert: int = 6  # Zenodo slices with expert lung and infection masks
+    zenodo_limit: int = 0  # use at most this many pseudo-labelled Zenodo slices (0: all)
+    expert: bool = True  # train on zenodo-covid-expert's masks (--no-expert: the pseudo-maps only)
     # optimiser
     lr: float = 1e-3
     encoder_lr_scale: float = 0.5  # seeded encoders learn at half the decoder's rate
@@ -109,6 +116,7 @@ class TrainConfig:
     holdout: bool = False
     val_fraction_medseg: float = 0.25
     val_fraction_kmader: float = 0.2
+    val_fraction_expert: float = 0.2  # of the expert slices, whole patients
     folds: int = 0  # with --fold: grouped k-fold cross-validation, this run validates on one fold
     fold: int = 0
     group_threshold_medseg: float = 0.7  # thumbnail correlation that joins slices into a group
@@ -122,6 +130,9 @@ class TrainConfig:
     log_every: int = 10
     eval_every: int = 250
     checkpoint_every: int = 50
+    # validate (all members of ``validate``) when training ends; --no-final-validation leaves
+    # the held-out slices to ``foldscore``, which scores them from the checkpoint
+    final_validation: bool = True
     smoke: bool = False  # tiny run for CI: a few steps on 64 px crops
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -129,7 +140,7 @@ class TrainConfig:
         self.steps, self.warmup_steps = 3, 1
         self.crops = tuple(64 for _ in self.networks)
         self.batch_shares = tuple(1.0 for _ in self.networks)
-        self.batch_medseg, self.batch_kmader, self.batch_zenodo = 2, 1, 1
+        self.batch_medseg, self.batch_kmader, self.batch_zenodo, self.batch_expert = 2, 1, 1, 1
         self.zenodo_limit, self.eval_every, self.checkpoint_every, self.log_every = 8, 3, 2, 1
         self.threads = min(self.threads, 2)
 
@@ -200,6 +211,15 @@ def batch_loss(
         )
         loss = loss + cfg.dice_weight * dice / 2
         parts["dice_lesion"] = dice.item() / 2
+    expert = torch.tensor([s == "expert" for s in sources], device=device)
+    if cfg.dice_weight and expert.any():
+        c, p = codes[expert], prob[expert]
+        valid = (c != T_IGNORE).float()
+        infection = soft_dice_loss(p[:, GGO] + p[:, CONSOLIDATION], (c == T_LESION).float(), valid)
+        lung = soft_dice_loss(p[:, list(LUNG_CLASSES)].sum(dim=1), (c != T_BACKGROUND).float(), valid)
+        loss = loss + cfg.dice_weight * (infection + lung) / 2
+        parts["dice_infection"] = infection.item()
+        parts["dice_expert_lung"] = lung.item()
     kmader = torch.tensor([s == "kmader" for s in sources], device=device)
     if cfg.dice_weight and kmader.any():
         c, p = codes[kmader], prob[kmader]
@@ -220,6 +240,8 @@ class Datasets:
     zenodo: list[Sample]
     val_medseg: list[Sample]
     val_kmader: list[Sample]
+    expert: list[Sample] = field(default_factory=list)
+    val_expert: list[Sample] = field(default_factory=list)
 
 
 def load_datasets(cfg: TrainConfig) -> Datasets:
@@ -227,26 +249,37 @@ def load_datasets(cfg: TrainConfig) -> Datasets:
     if not root.is_dir():
         raise SystemExit(f"data root {root} not found; pass --data-root or set SEGMENTER_DATA_ROOT")
     medseg, kmader = load_medseg(root), load_kmader(root)
-    zenodo = load_zenodo(root, limit=cfg.zenodo_limit or None)
+    expert = load_expert(root) if cfg.expert else []
+    if cfg.smoke:
+        expert = expert[::200]
+    # Images with expert masks train from them, never also from the pseudo-maps.
+    zenodo = load_zenodo(root, limit=cfg.zenodo_limit or None, exclude={s.name for s in expert})
     assign_groups(medseg, cfg.group_threshold_medseg)
     assign_groups(kmader, cfg.group_threshold_kmader)
     val_m: list[Sample] = []
     val_k: list[Sample] = []
+    val_e: list[Sample] = []
     if cfg.folds:
         if not 0 <= cfg.fold < cfg.folds:
             raise SystemExit(f"--fold must be in 0..{cfg.folds - 1}")
         medseg, val_m = _fold_split(medseg, cfg)
         kmader, val_k = _fold_split(kmader, cfg)
+        expert, val_e = _fold_split(expert, cfg)
     elif cfg.holdout:
         medseg, val_m = grouped_split(medseg, cfg.val_fraction_medseg, cfg.seed)
         kmader, val_k = grouped_split(kmader, cfg.val_fraction_kmader, cfg.seed)
+        expert, val_e = grouped_split(expert, cfg.val_fraction_expert, cfg.seed)
+    # A validation patient's other slices (pseudo-labelled) are not trained on either.
+    held_out = {s.group for s in val_e}
+    zenodo = [s for s in zenodo if s.group not in held_out]
     if cfg.smoke:
         medseg, kmader, val_m, val_k = medseg[:4], kmader[:4], val_m[:2], val_k[:2]
+        expert, val_e = expert[:2], val_e[:2]
     log.info(
-        "training slices: medseg %d, kmader %d, zenodo %d; validation: medseg %d, kmader %d",
-        len(medseg), len(kmader), len(zenodo), len(val_m), len(val_k),
+        "training slices: medseg %d, kmader %d, expert %d, zenodo %d; validation: medseg %d, kmader %d, expert %d",
+        len(medseg), len(kmader), len(expert), len(zenodo), len(val_m), len(val_k), len(val_e),
     )
-    return Datasets(medseg, kmader, zenodo, val_m, val_k)
+    return Datasets(medseg, kmader, zenodo, val_m, val_k, expert, val_e)
 
 
 def _fold_split(samples: list[Sample], cfg: TrainConfig) -> tuple[list[Sample], list[Sample]]:
@@ -260,7 +293,13 @@ def make_batch(
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """An augmented batch of crops at one scale: share * the configured count per source."""
     picks: list[Sample] = []
-    for pool, n in ((data.medseg, cfg.batch_medseg), (data.kmader, cfg.batch_kmader), (data.zenodo, cfg.batch_zenodo)):
+    pools = (
+        (data.medseg, cfg.batch_medseg),
+        (data.kmader, cfg.batch_kmader),
+        (data.expert, cfg.batch_expert),
+        (data.zenodo, cfg.batch_zenodo),
+    )
+    for pool, n in pools:
         n = max(1, round(n * share)) if n else 0
         if pool and n:
             picks.extend(pool[i] for i in rng.integers(len(pool), size=n))
@@ -554,7 +593,8 @@ def train(cfg: TrainConfig) -> dict:
                 log_file.flush()
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 save_checkpoint(ckpt_path, step, nets, opts, scheds, rng, cfg, emas)
-            if (data.val_medseg or data.val_kmader) and (step % cfg.eval_every == 0 or step == cfg.steps):
+            due = step % cfg.eval_every == 0 or (step == cfg.steps and cfg.final_validation)
+            if (data.val_medseg or data.val_kmader) and due:
                 last_val = validate_with_averages(nets, emas, data, scales)
                 log.info(
                     "validation at step %d (GGO, consolidation Dice; "
