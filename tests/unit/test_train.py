@@ -232,3 +232,26 @@ def test_the_expert_loss_counts_infection_as_either_lesion_class_and_lung_as_any
     wrong = logits_for(GGO)
     wrong[0, OTHER_LUNG, :4] = 40.0  # infection read as plain lung
     assert batch_loss(wrong, codes, ["expert"], cfg)[1]["dice_infection"] > 0.9
+
+
+@pytest.mark.slow
+def test_foldscore_scores_each_fold_once_per_slice_under_every_reading(data_root, tmp_path):
+    from segmenter.ml.training import foldscore
+
+    runs = []
+    for fold in (0, 1):
+        run = tmp_path / f"fold-{fold}"
+        train(parse_args(["--smoke", "--folds", "2", "--fold", str(fold), "--no-final-validation",
+                          "--data-root", str(data_root), "--out", str(run)]))
+        assert not (run / "validation.json").exists()  # left to foldscore
+        runs.append(str(run))
+    out = tmp_path / "validation.json"
+    foldscore.main([*runs, "--lows", "1.0", "0.3", "--shares", "0.7", "--json", str(out)])
+    summary = json.loads(out.read_text())
+    assert summary["folds"] == 2
+    member = summary["summary"]["0.7/0.3, low 0.30"]
+    assert len(member["lung_dice"]["folds"]) == 2 and len(member["healthy_ct0"]["folds"]) == 2
+    first = json.loads((tmp_path / "fold-0" / "foldscore.json").read_text())["results"]
+    low, plain = first["0.7/0.3, low 0.30"]["expert"], first["0.7/0.3, low 1.00"]["expert"]
+    assert low["area_ratio"] >= plain["area_ratio"]  # a lower edge only ever adds lesion
+    assert low["lung"] == plain["lung"]  # and never changes the lung

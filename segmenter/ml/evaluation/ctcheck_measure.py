@@ -1,10 +1,11 @@
-"""python -m segmenter.ml.evaluation.ctcheck_measure [--data DIR] [--json FILE]
+"""python -m segmenter.ml.evaluation.ctcheck_measure [--data DIR] [--every] [--weights DIR] [--json FILE]
 
 What the CT check's second stage (``ctcheck.why_not_lungs``) sees: the ``LungEvidence``
 of the served ensemble on real CT slices (every MedSeg slice, every 16th Zenodo slice,
 every 4th kmader slice calibrated and sent as W1500/L-600 PNG and as HU DICOM, the sample
-DICOMs) and on the grey pictures from scikit-image (with inversions and random crops)
-that pass the pixel rules. Prints each group's range per feature and every picture, so
+DICOMs; with ``--every``, every slice of each) and on the grey pictures from scikit-image
+(with inversions and random crops) that pass the pixel rules. Real slices refused by the
+pixel rules are listed too (``refused`` starts with "pixels: "). Prints each group's range per feature and every picture, so
 the thresholds in ctcheck can be checked against the weights that are shipped.
 """
 
@@ -24,6 +25,7 @@ from ..io.ctcheck import why_not_ct, why_not_lungs
 from ..io.dicomwrite import write_ct_dicom
 from ..io.imaging import read_slice, window
 from ..model.ensemble import Ensemble
+from ..model.weights import DEFAULT_WEIGHTS_DIR
 from ..paths import DEFAULT_DATA_ROOT
 from ..training.data import kmader_to_hu
 
@@ -61,31 +63,34 @@ def _pictures(seed: int = 0):
             yield f"{name} crop {k}", grey[y : y + ch, x : x + cw]
 
 
-def _ct_slices(data: Path, folder: Path):
+def _ct_slices(data: Path, folder: Path, every: bool = False):
     for p in sorted((data / "dicom-samples").glob("*.dcm")):
         yield "dicom", p.name, read_slice(p)
     for p in sorted((data / "medseg-covid" / "images").glob("*.jpg")):
         yield "medseg", p.name, read_slice(p)
-    for p in sorted((data / "zenodo-covid-unlabelled" / "images").glob("*.jpg"))[::16]:
+    for p in sorted((data / "zenodo-covid-unlabelled" / "images").glob("*.jpg"))[:: 1 if every else 16]:
         yield "zenodo", p.name, read_slice(p)
-    for k, values in enumerate(np.load(data / "kmader-lungs" / "images.npz")["images"][::4]):
+    for k, values in enumerate(np.load(data / "kmader-lungs" / "images.npz")["images"][:: 1 if every else 4]):
         hu = kmader_to_hu(values)
         yield "kmader png", str(k), read_slice(_png(window(hu, 1500, -600)), f"{k}.png")
         yield "kmader dicom", str(k), read_slice(write_ct_dicom(hu, folder / f"{k}.dcm"))
 
 
-def measure(ensemble: Ensemble, data: Path) -> list[dict]:
+def measure(ensemble: Ensemble, data: Path, every: bool = False) -> list[dict]:
     rows = []
 
     def add(group: str, name: str, ct) -> None:
-        if why_not_ct(ct):
+        if reason := why_not_ct(ct):
+            if group != "picture":  # a real slice refused on its pixels: listed
+                rows.append({"group": group, "name": name, **{f: None for f in FEATURES},
+                             "refused": f"pixels: {reason}"})
             return  # refused by the pixel rules already
         evidence = ensemble.segment_checked(ct.pixels, spacing_mm=ct.pixel_spacing_mm)[1]
         rows.append({"group": group, "name": name, **{f: getattr(evidence, f) for f in FEATURES},
                      "refused": why_not_lungs(evidence)})
 
     with tempfile.TemporaryDirectory() as folder:
-        for group, name, ct in _ct_slices(data, Path(folder)):
+        for group, name, ct in _ct_slices(data, Path(folder), every):
             add(group, name, ct)
     for name, grey in _pictures():
         add("picture", name, read_slice(_png(grey), "picture.png"))
@@ -96,13 +101,21 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA_ROOT)
     parser.add_argument("--json", type=Path, help="write every row here")
+    parser.add_argument("--every", action="store_true", help="every real slice, not a sample")
+    parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS_DIR, help="the weights to measure")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    rows = measure(Ensemble.load(), args.data)
+    rows = measure(Ensemble.load(args.weights), args.data, args.every)
     for group in dict.fromkeys(r["group"] for r in rows):
         mine = [r for r in rows if r["group"] == group]
-        ranges = "  ".join(f"{f} {min(r[f] for r in mine):.3f}-{max(r[f] for r in mine):.3f}" for f in FEATURES)
+        seen = [r for r in mine if r[FEATURES[0]] is not None]  # not refused on its pixels
+        ranges = "  ".join(
+            f"{f} {min(r[f] for r in seen):.3f}-{max(r[f] for r in seen):.3f}" for f in FEATURES if seen
+        )
         log.info("%-13s %4d slices, %3d refused  %s", group, len(mine), sum(bool(r["refused"]) for r in mine), ranges)
+        for r in mine:
+            if r["refused"] and group != "picture":
+                log.info("  REFUSED %s %s: %s", group, r["name"], r["refused"])
     for r in rows:
         if r["group"] == "picture":
             values = " ".join(f"{r[f]:.3f}" for f in FEATURES)

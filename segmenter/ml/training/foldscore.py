@@ -179,9 +179,12 @@ def main(argv: list[str] | None = None) -> None:
         cached.write_text(json.dumps({"key": key, "results": results}, indent=1))
         per_fold.append(results)
     summary = summarise(per_fold)
-    if args.json:
-        args.json.write_text(json.dumps({"runs": [str(r) for r in args.runs], "summary": summary,
-                                         "per_fold": per_fold}, indent=1))
+    if args.json:  # the summary (what a manifest quotes); each fold's results stay in RUN/foldscore.json
+        args.json.write_text(json.dumps({
+            "command": "python -m segmenter.ml.training.foldscore " + " ".join(str(r) for r in args.runs),
+            "folds": len(args.runs),
+            "summary": summary,
+        }, indent=1))
     print(table(summary))
 
 

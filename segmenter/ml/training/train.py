@@ -79,7 +79,7 @@ class TrainConfig:
     data_root: str = str(DEFAULT_DATA_ROOT)  # ../shared/data, or $SEGMENTER_DATA_ROOT
     out: str = "/tmp/42epochs-train"  # run directory: checkpoints and logs (outside the repo)
     export: str = ""  # if set, write weights + manifest here when training ends
-    validation_from: str = ""  # validation.json of a --holdout run of this recipe, for the manifest
+    validation_from: str = ""  # validation.json of held-out runs of this recipe (foldscore's), for the manifest
     ensemble_weights: tuple[float, ...] = ()  # weight of each network in the average (default: equal)
     # what trains
     networks: tuple[str, ...] = ("unet_b0", "pspnet_b2")
@@ -593,7 +593,7 @@ def train(cfg: TrainConfig) -> dict:
                 log_file.flush()
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 save_checkpoint(ckpt_path, step, nets, opts, scheds, rng, cfg, emas)
-            due = step % cfg.eval_every == 0 or (step == cfg.steps and cfg.final_validation)
+            due = cfg.final_validation if step == cfg.steps else step % cfg.eval_every == 0
             if (data.val_medseg or data.val_kmader) and due:
                 last_val = validate_with_averages(nets, emas, data, scales)
                 log.info(
@@ -611,7 +611,8 @@ def train(cfg: TrainConfig) -> dict:
         if cfg.validation_from:
             whose = "this run's" if cfg.holdout else "a --holdout run of the same recipe:"
             validation = {
-                "method": f"{whose} held-out groups of look-alike slices, never trained on ({cfg.validation_from})",
+                "method": f"{whose} held-out patients (Zenodo) and groups of look-alike slices (MedSeg, "
+                          f"kmader), never trained on ({cfg.validation_from})",
                 "results": json.loads(Path(cfg.validation_from).read_text()),
             }
         export({k: v.module for k, v in emas.items()} if emas else nets, cfg, Path(cfg.export), validation)
