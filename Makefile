@@ -48,9 +48,10 @@ serve: install
 worker: install
 	$(PY) manage.py worker
 
-## test: install everything, then the whole suite (unit, integration, browser)
+## test: install everything, then the whole suite (unit, integration, browser); PYTEST_ARGS adds options
+PYTEST_ARGS ?=
 test: install-dev
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## bench: the engine and service benchmarks (results in bench-results/); run on an idle machine
 bench: install-dev

@@ -69,9 +69,9 @@ def test_every_medseg_slice_and_the_sample_dicoms_pass(served, data_root):
 
 
 def test_zenodo_slices_pass(served, data_root):
-    paths = sorted((data_root / "zenodo-covid-unlabelled" / "images").glob("*.jpg"))[5::40]
+    paths = sorted((data_root / "zenodo-covid-unlabelled" / "images").glob("*.jpg"))[5::30]
     refused = [(p.name, r) for p in paths if (r := lung_reason(served, read_slice(p)))]
-    assert len(paths) >= 40 and refused == []
+    assert len(paths) >= 40 and refused == []  # every slice: test_every_real_slice
 
 
 def test_lesion_free_slices_pass_as_png_and_as_dicom(served, data_root, tmp_path):
