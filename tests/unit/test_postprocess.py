@@ -149,3 +149,18 @@ def test_a_slice_without_lesions_keeps_none_whatever_the_lower_edge():
     probs[GGO] = 0.4  # lesion probability 0.4 everywhere, no pixel sure of it
     pixels = np.full((64, 64), 200, np.uint8)
     assert (postprocess(probs, pixels, 1.0, None, lesion_low=0.3) == OTHER_LUNG).all()
+
+
+def test_a_density_split_reads_dense_lesion_as_consolidation_and_leaves_other_classes():
+    from segmenter.ml.model.postprocess import split_by_density
+
+    labels = np.full((40, 40), OTHER_LUNG, np.uint8)
+    labels[:, :4] = BACKGROUND
+    labels[5:35, 5:20] = CONSOLIDATION
+    labels[5:35, 20:35] = GGO
+    pixels = np.full((40, 40), 60, np.uint8)
+    pixels[:, :20] = 100  # faint where the networks said consolidation
+    pixels[:, 20:] = 200  # dense where they said GGO
+    out = split_by_density(labels, pixels, 150)
+    assert (out[10:30, 8:16] == GGO).all() and (out[10:30, 24:32] == CONSOLIDATION).all()
+    assert (out[labels == OTHER_LUNG] == OTHER_LUNG).all() and (out[:, :4] == BACKGROUND).all()

@@ -31,7 +31,7 @@ import torch
 from ..evaluation.metrics import HealthyScores, InfectionScores, LesionScores, MEDSEG_CONSOLIDATION, MEDSEG_GGO
 from ..model.ensemble import Ensemble, InferenceOptions
 from ..model.networks import TorchOptions
-from ..model.postprocess import postprocess
+from ..model.postprocess import postprocess, split_by_density
 from .augment import AugmentConfig
 from .train import TrainConfig, build_training_networks, load_datasets
 
@@ -39,6 +39,9 @@ log = logging.getLogger("segmenter.foldscore")
 
 DEFAULT_SHARES = (0.5, 0.7)
 DEFAULT_LOWS = (1.0, 0.5, 0.4, 0.35, 0.3, 0.25, 0.2)
+#: Grey levels (model window) above which a lesion pixel is read as consolidation, scored
+#: beside the networks' own split (``postprocess.split_by_density``).
+DEFAULT_DENSITIES = (110.0, 130.0, 150.0)
 
 
 def load_run(run: Path) -> tuple[TrainConfig, dict[str, torch.nn.Module]]:
@@ -62,7 +65,7 @@ def _area_ratio(pred: np.ndarray, truth: np.ndarray) -> tuple[int, int]:
     return int(np.count_nonzero(pred)), int(np.count_nonzero(truth))
 
 
-def score_run(run: Path, shares, lows) -> dict:
+def score_run(run: Path, shares, lows, densities=()) -> dict:
     """member label -> {"expert": ..., "medseg": ..., "healthy": ...} for one fold run."""
     cfg, nets = load_run(run)
     data = load_datasets(cfg)
@@ -70,8 +73,10 @@ def score_run(run: Path, shares, lows) -> dict:
     options = InferenceOptions(backend=TorchOptions(channels_last=True, bf16=False), crop_to_body=True)
     ens = Ensemble.from_networks(nets, None, {n: p[0] for n, p in plan.items()}, options)
     members = {
-        f"{share:.1f}/{1 - share:.1f}, low {low:.2f}": (share, low) for share in shares for low in lows
+        f"{share:.1f}/{1 - share:.1f}, low {low:.2f}": (share, low, None) for share in shares for low in lows
     }
+    for dense in densities:  # the networks' GGO/consolidation split against one by density
+        members[f"0.7/0.3, low 1.00, density {dense:.0f}"] = (0.7, 1.0, dense)
     scores = {
         m: {"expert": InfectionScores(), "medseg": LesionScores(), "healthy": HealthyScores(), "areas": {}}
         for m in members
@@ -81,10 +86,12 @@ def score_run(run: Path, shares, lows) -> dict:
         factor, body, parts = ens.parts(pixels)
         out = {}
         cache = {}
-        for m, (share, low) in members.items():
+        for m, (share, low, dense) in members.items():
             if share not in cache:
                 cache[share] = ens.combine(parts, *pixels.shape, weights=[share, 1 - share])
             out[m] = postprocess(cache[share], pixels, factor, body, lesion_low=low)
+            if dense is not None:
+                out[m] = split_by_density(out[m], pixels, dense)
         return out
 
     with torch.inference_mode():
@@ -163,6 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("runs", nargs="+", type=Path, help="finished fold runs (train --folds K --fold k --out RUN)")
     parser.add_argument("--shares", nargs="+", type=float, default=list(DEFAULT_SHARES))
     parser.add_argument("--lows", nargs="+", type=float, default=list(DEFAULT_LOWS))
+    parser.add_argument("--densities", nargs="*", type=float, default=list(DEFAULT_DENSITIES))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, help="write per-fold results and the summary here")
     args = parser.parse_args(argv)
@@ -170,12 +178,12 @@ def main(argv: list[str] | None = None) -> None:
     per_fold = []
     for run in args.runs:
         cached = run / "foldscore.json"
-        key = {"shares": args.shares, "lows": args.lows}
+        key = {"shares": args.shares, "lows": args.lows, "densities": args.densities}
         if cached.is_file() and json.loads(cached.read_text()).get("key") == key:
             per_fold.append(json.loads(cached.read_text())["results"])
             continue
         log.info("scoring %s", run)
-        results = score_run(run, args.shares, args.lows)
+        results = score_run(run, args.shares, args.lows, args.densities)
         cached.write_text(json.dumps({"key": key, "results": results}, indent=1))
         per_fold.append(results)
     summary = summarise(per_fold)
