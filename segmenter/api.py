@@ -178,6 +178,7 @@ def analysis_data(request, analysis: Analysis) -> dict:
         "source_name": analysis.source_name,
         "progress": {"done": analysis.slices_done, "total": analysis.slices_total},
         "error": analysis.error,
+        "cautions": exports.analysis_cautions(analysis),
         "severity": analysis.severity if done else None,
         "volumes": _volumes(analysis.areas) if done else None,
         "slices": slices,

@@ -36,6 +36,7 @@ from .ml.results.overlay import png_bytes, read_label_png, render_overlay
 from .ml.results.reports import report_csv, report_json, report_rows
 from .ml.results.severity import Areas
 from .models import Analysis, Slice, analysis_folder
+from .reasons import caution_text
 
 log = logging.getLogger(__name__)
 
@@ -189,8 +190,15 @@ def reports(analysis: Analysis) -> tuple[str, dict]:
         "kind": analysis.kind,
         "model": provenance.get("model"),
         "input": provenance.get("input"),
+        "cautions": analysis_cautions(analysis),
     }
     return report_csv(rows, total), report_json(rows, total, **extra)
+
+
+def analysis_cautions(analysis: Analysis) -> list[str]:
+    """The CT check's cautions on an analysis, as sentences in the active language."""
+    study = analysis.kind != Analysis.Kind.SLICE
+    return [caution_text(name, key, study) for name, key in analysis.cautions or []]
 
 
 def json_text(data: dict) -> str:

@@ -57,6 +57,9 @@ class Analysis(models.Model):
     slices_done = models.PositiveIntegerField(default=0)
     areas = models.JSONField(null=True, blank=True)  # severity.Areas summed over slices
     severity = models.JSONField(null=True, blank=True)  # severity.Severity.as_dict() of the sums
+    # [slice name, ctcheck caution key] of the slices the CT check let through with a caution
+    # (reasons.caution_text words them in the reader's language).
+    cautions = models.JSONField(default=list, blank=True)
 
     class Meta:
         ordering = ("-created",)

@@ -8,6 +8,7 @@ below. Sizes are shown in MB by ``megabytes``, numbers by ``number``.
 from __future__ import annotations
 
 from django.utils.formats import number_format
+from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
 from .ml.io.imaging import UnreadableImage
@@ -133,6 +134,24 @@ NOT_CT_REASONS = {
         "what would be lung is smoother than what surrounds it"
     ),
 }
+
+
+#: ctcheck's cautions (``lung_verdict``): a slice let through whose result deserves a second look.
+CAUTIONS = {
+    "the two networks disagree about where the lungs are": gettext_lazy(
+        "the two networks disagree about where the lungs are"
+    ),
+}
+
+
+def caution_text(name: str, caution: str, study: bool) -> str:
+    """A caution of the CT check as a sentence in the active language."""
+    why = str(CAUTIONS.get(caution, caution))
+    if study:
+        return _("This may not be a chest CT slice, or its result may be less reliable (%(name)s): %(why)s.") % {
+            "name": name, "why": why,
+        }
+    return _("This may not be a chest CT slice, or its result may be less reliable: %(why)s.") % {"why": why}
 
 
 def number(value: float, decimal_pos: int | None = None) -> str:

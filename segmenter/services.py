@@ -52,6 +52,7 @@ def _create(parsed: ParsedUpload, *, stream: BinaryIO, name: str, browser: str) 
         slices_total=len(parsed.slices),
         language=translation.get_language() or "",
         browser=browser,
+        cautions=[list(c) for c in parsed.cautions],
     )
     try:
         with transaction.atomic():

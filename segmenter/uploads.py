@@ -70,6 +70,8 @@ class ParsedUpload:
     slices: Sequence[CTSlice]
     #: (pixels, labels) of the slices the CT check already segmented (pipeline.Remembered).
     segmented: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    #: (slice name, caution) of the slices the CT check let through with a caution.
+    cautions: list[tuple[str, str]] = field(default_factory=list)
 
     def close(self) -> None:
         """Let go of what the slices are read from (a volume's temporary file); a volume's
@@ -198,7 +200,9 @@ def upload_read(*, stream: BinaryIO, name: str, size: int) -> ParsedUpload:
                     % {"n": len(slices), "limit": settings.SEGMENTER_MAX_SLICES}
                 )
             if kind != Analysis.Kind.VOLUME:
-                parsed.segmented = check_lungs(slices, get_segmenter(), study=kind == Analysis.Kind.STUDY)
+                parsed.segmented = check_lungs(
+                    slices, get_segmenter(), study=kind == Analysis.Kind.STUDY, cautions=parsed.cautions
+                )
         except BaseException:
             parsed.close()
             raise
@@ -212,10 +216,11 @@ def folder_read(folder: Path) -> ParsedUpload:
     limited and checked like an archive's. Raises UploadError."""
     try:
         slices = read_folder(folder, archive_limits(), check=check_ct)
-        segmented = check_lungs(slices, get_segmenter(), study=True)
+        cautions: list[tuple[str, str]] = []
+        segmented = check_lungs(slices, get_segmenter(), study=True, cautions=cautions)
     except UnreadableImage as exc:
         raise _unreadable(folder.name, exc) from exc
-    return ParsedUpload(kind=Analysis.Kind.STUDY, slices=slices, segmented=segmented)
+    return ParsedUpload(kind=Analysis.Kind.STUDY, slices=slices, segmented=segmented, cautions=cautions)
 
 
 def _unreadable(name: str, exc: UnreadableImage) -> UploadError:

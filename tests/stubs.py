@@ -75,7 +75,14 @@ class StandInSegmenter:
 class NoConsistentLungs(StandInSegmenter):
     """Its networks disagree about the lungs on every slice, as on a photograph."""
 
-    evidence = LungEvidence(lung_share=0.3, two_regions=1.0, agreement=0.5, confidence=0.95)
+    evidence = LungEvidence(lung_share=0.3, two_regions=1.0, agreement=0.5, confidence=0.95, flip_agreement=0.8)
+
+
+class DisagreeingButSure(StandInSegmenter):
+    """Its networks disagree about the lungs, but are sure of them otherwise (confident, the
+    same lungs mirrored): a real scan let through with a caution."""
+
+    evidence = LungEvidence(lung_share=0.3, two_regions=1.0, agreement=0.55, confidence=0.95, flip_agreement=0.98)
 
 
 class FailingOnThirdSlice(StandInSegmenter):

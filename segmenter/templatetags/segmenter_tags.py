@@ -11,6 +11,7 @@ from django.template.defaultfilters import floatformat
 from django.urls import reverse
 from django.utils.translation import gettext_lazy as _
 
+from .. import exports
 from ..ml.constants import LESION_MIN_PEAK, MIN_LESION_AREA_PX, REFERENCE_PIXEL_MM
 from ..ml.results.severity import GRADES
 
@@ -191,3 +192,9 @@ def lesion_plot(analysis, slices) -> dict:
         bar["slice"] = s
         bar["url"] = reverse("segmenter:slice", args=[analysis.id, s.index])
     return {"plot": geometry}
+
+
+@register.simple_tag
+def analysis_cautions(analysis) -> list[str]:
+    """The CT check's cautions on an analysis, in the active language (exports.analysis_cautions)."""
+    return exports.analysis_cautions(analysis)

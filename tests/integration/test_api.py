@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
@@ -132,6 +133,31 @@ def test_a_slice_whose_lungs_the_networks_do_not_find_answers_400_in_either_lang
     assert not Analysis.objects.exists() and stored_files() == []
     # Hounsfield units from a CT header are trusted: the same engine grades a DICOM slice.
     assert post("slice.dcm", samples.dicom()).status_code == 201
+
+
+def test_a_slice_whose_networks_disagree_but_are_sure_is_graded_with_a_caution_in_either_language(
+    post, client, samples, use_engine
+):
+    from tests.stubs import DisagreeingButSure
+
+    use_engine(DisagreeingButSure)
+    response = post("slice.jpg", samples.jpeg())
+    assert response.status_code == 201
+    body = response.json()
+    assert body["status"] == "done" and body["severity"]["grade"]
+    assert body["cautions"] == [
+        "This may not be a chest CT slice, or its result may be less reliable: "
+        "the two networks disagree about where the lungs are."
+    ]
+    page = client.get(body["links"]["page"], headers={"Accept-Language": "ru"}, follow=True).content.decode()
+    assert 'id="ct-caution"' in page and "нейросети" in page
+    report = json.loads(b"".join(client.get(body["links"]["report_json"]).streaming_content))
+    assert report["cautions"] == body["cautions"]
+
+
+def test_a_slice_without_doubts_carries_no_caution(post, samples):
+    response = post("slice.jpg", samples.jpeg())
+    assert response.status_code == 201 and response.json()["cautions"] == []
 
 
 def test_a_slice_checked_for_lungs_is_segmented_once(post, samples, segment_calls):

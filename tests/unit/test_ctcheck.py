@@ -115,3 +115,25 @@ def test_a_scanned_page_is_refused_because_its_letters_are_small_pieces(data_roo
     # while on real CT both classes lie in large regions (air and lungs, the body)
     medseg = sorted((data_root / "medseg-covid" / "images").glob("*.jpg"))
     assert min(region_share(read_slice(p).pixels) for p in medseg) > REGIONS_MIN_SHARE
+
+
+def test_lungs_in_pieces_or_disputed_by_the_networks_pass_where_the_networks_are_sure_of_them():
+    from segmenter.ml.io.ctcheck import LungEvidence, lung_verdict
+
+    sure = dict(lung_share=0.3, confidence=0.93, flip_agreement=0.97, texture_ratio=1.2)
+    # a basal slice: the lungs in several pieces, the networks agreeing and sure of them
+    assert lung_verdict(LungEvidence(two_regions=0.6, agreement=0.9, **sure)) == (None, None)
+    # two networks that disagree on a real scan: graded, with a caution
+    assert lung_verdict(LungEvidence(two_regions=1.0, agreement=0.55, **sure)) == (
+        None, "the two networks disagree about where the lungs are")
+    # the same without the mirror's agreement (as on photographs): refused
+    unsure = {**sure, "flip_agreement": 0.89}
+    assert lung_verdict(LungEvidence(two_regions=0.6, agreement=0.9, **unsure))[0] == (
+        "what would be lung falls apart into many pieces")
+    assert lung_verdict(LungEvidence(two_regions=1.0, agreement=0.55, **unsure))[0] == (
+        "the networks find no consistent lungs in it")
+    # far apart networks are refused however sure each is
+    assert lung_verdict(LungEvidence(two_regions=1.0, agreement=0.3, **sure))[0] == (
+        "the networks find no consistent lungs in it")
+    # smooth "lungs" are never sure
+    assert lung_verdict(LungEvidence(two_regions=0.6, agreement=0.9, **{**sure, "texture_ratio": 0.8}))[0]

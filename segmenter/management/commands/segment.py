@@ -22,6 +22,7 @@ from segmenter.ml.pipeline import Remembered, SliceAnalysis, StudySummary, Tee, 
 from segmenter.ml.results.overlay import png_bytes, render_overlay
 from segmenter.ml.results.reports import DISCLAIMER, report_csv, report_json, report_rows
 from segmenter.ml.results.severity import Areas
+from segmenter.reasons import caution_text
 
 
 class FolderSink:
@@ -94,6 +95,8 @@ class Command(BaseCommand):
                     saved = ""
             folder.write_reports(path)
             self.stdout.write(self._describe(path, summary, target) + saved)
+            for name, caution in parsed.cautions:
+                self.stderr.write(f"{path.name}: {caution_text(name, caution, len(parsed.slices) > 1)}")
 
     def _read(self, path: Path, files: ExitStack):
         """The checked upload at ``path``; its file (and a volume's temporary file) stay

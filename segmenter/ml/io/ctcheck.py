@@ -100,6 +100,9 @@ NETWORKS_AGREE_MIN = 0.65
 CONFIDENCE_MIN = 0.80
 FLIP_AGREE_MIN = 0.88
 LUNG_TEXTURE_MIN = 0.85
+SURE_AGREE_MIN = 0.45
+SURE_CONFIDENCE_MIN = 0.85
+SURE_FLIP_AGREE_MIN = 0.92
 TEXTURE_SIGMA_PX = 1.0
 TEXTURE_EPS = 0.01  # grey levels: a perfectly smooth side gives a finite ratio
 TEXTURE_MIN_SIDE_PX = 128  # below this, a chest's vessels are under a pixel: not measured
@@ -258,22 +261,48 @@ class LungEvidence:
         return cls(float(lung.mean()), two, agreement, confidence, texture_ratio=ratio)
 
 
+def sure_of_lungs(evidence: LungEvidence) -> bool:
+    """Whether the networks are sure of the lungs they found, on the evidence that no grey
+    picture measured reaches together: they are confident inside them, find the same lungs
+    in the slice mirrored, and the lungs carry the texture of parenchyma. Real lungs fall
+    apart (a basal slice, the bases around the liver and the heart; the liver dome; a lung
+    mostly consolidated, its aerated parts islands) and the two networks can disagree on a
+    diseased or unusually windowed one; where they are sure of them otherwise, neither
+    refuses a real scan (see the module docstring for the measurements)."""
+    return (
+        evidence.agreement >= SURE_AGREE_MIN
+        and evidence.confidence >= SURE_CONFIDENCE_MIN
+        and evidence.flip_agreement >= SURE_FLIP_AGREE_MIN
+        and evidence.texture_ratio >= LUNG_TEXTURE_MIN
+    )
+
+
+def lung_verdict(evidence: LungEvidence) -> tuple[str | None, str | None]:
+    """(refusal, caution): why what the networks found cannot be the lungs of an axial chest
+    CT slice (None: it can), and, for a slice that is not refused, why its result may
+    deserve a second look (None: no reason). Each is a short phrase."""
+    if evidence.lung_share > LUNG_MAX_SHARE:
+        return "what would be lung fills the picture", None
+    sure = sure_of_lungs(evidence)
+    if evidence.lung_share > 0 and evidence.two_regions < LUNG_TWO_REGIONS_MIN and not sure:
+        return "what would be lung falls apart into many pieces", None
+    caution = None
+    if evidence.agreement < NETWORKS_AGREE_MIN:
+        if not sure:
+            return "the networks find no consistent lungs in it", None
+        caution = "the two networks disagree about where the lungs are"
+    if evidence.confidence < CONFIDENCE_MIN or evidence.flip_agreement < FLIP_AGREE_MIN:
+        return "the networks find no consistent lungs in it", None
+    if evidence.texture_ratio < LUNG_TEXTURE_MIN:
+        return "what would be lung is smoother than what surrounds it", None
+    return None, caution
+
+
 def why_not_lungs(evidence: LungEvidence) -> str | None:
     """None when what the networks found could be the lungs of an axial chest CT slice, else
-    the reason (a short phrase). For uncalibrated slices: a scanner's HU slice is CT."""
-    if evidence.lung_share > LUNG_MAX_SHARE:
-        return "what would be lung fills the picture"
-    if evidence.lung_share > 0 and evidence.two_regions < LUNG_TWO_REGIONS_MIN:
-        return "what would be lung falls apart into many pieces"
-    if (
-        evidence.agreement < NETWORKS_AGREE_MIN
-        or evidence.confidence < CONFIDENCE_MIN
-        or evidence.flip_agreement < FLIP_AGREE_MIN
-    ):
-        return "the networks find no consistent lungs in it"
-    if evidence.texture_ratio < LUNG_TEXTURE_MIN:
-        return "what would be lung is smoother than what surrounds it"
-    return None
+    the reason (a short phrase; ``lung_verdict``). For uncalibrated slices: a scanner's HU
+    slice is CT."""
+    return lung_verdict(evidence)[0]
 
 
 #: In a study, the uncalibrated slices whose lungs are checked: at these fractions of its length
@@ -281,11 +310,15 @@ def why_not_lungs(evidence: LungEvidence) -> str | None:
 STUDY_SAMPLE_AT = (0.3, 0.5, 0.7)
 
 
-def check_lungs(slices: Sequence[CTSlice], segmenter, study: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+def check_lungs(
+    slices: Sequence[CTSlice], segmenter, study: bool, cautions: list[tuple[str, str]] | None = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Raise UnreadableImage (code "not_ct") when what ``segmenter`` (an object with
     ``segment_checked``, like the Ensemble) finds in the uncalibrated slices is not a chest
     CT's lungs (``why_not_lungs``). A single slice must pass; a study is refused when most
     of the slices at STUDY_SAMPLE_AT fail. Calibrated slices (HU from a CT header) pass.
+    A checked slice that passes with a caution (``lung_verdict``) adds (its name, the
+    caution) to ``cautions`` when given.
 
     Returns (pixels, labels) of each slice it segmented, for the pipeline to reuse
     (``pipeline.Remembered``) instead of running the networks on it again."""
@@ -306,8 +339,11 @@ def check_lungs(slices: Sequence[CTSlice], segmenter, study: bool) -> list[tuple
         ct = slices[k]
         labels, evidence = segmenter.segment_checked(ct.pixels, spacing_mm=ct.pixel_spacing_mm)
         segmented.append((ct.pixels, labels))
-        if reason := why_not_lungs(evidence):
+        reason, caution = lung_verdict(evidence)
+        if reason:
             failed.append((ct, reason))
+        elif caution and cautions is not None:
+            cautions.append((ct.name, caution))
     if len(failed) * 2 > len(picks):
         ct, reason = failed[0]
         exc = UnreadableImage(

@@ -99,17 +99,21 @@ def grow_lesions(labels: np.ndarray, probs: np.ndarray, low: float) -> np.ndarra
     return out
 
 
-def split_by_density(labels: np.ndarray, pixels: np.ndarray, dense: float, sigma: float = 2.0) -> np.ndarray:
+def split_by_density(
+    labels: np.ndarray, pixels: np.ndarray, dense: float, keep_networks: bool = False, sigma: float = 2.0
+) -> np.ndarray:
     """Re-split the lesion pixels by density: where the slice, smoothed (Gaussian, ``sigma``
     px) so that a vessel's bright line does not count, is at least ``dense`` grey levels,
-    consolidation (dense enough to hide the vessels in it); below, ground glass. A rule
-    measured by ``training.foldscore`` against the networks' own split. Returns a new array."""
+    consolidation (dense enough to hide the vessels in it); below, ground glass, or with
+    ``keep_networks`` the networks' own class (so consolidation is what either calls it).
+    pixels: the uint8 (H, W) slice of the labels. Returns a new array."""
     lesion = (labels == GGO) | (labels == CONSOLIDATION)
     out = labels.copy()
     if not lesion.any():
         return out
     smooth = cv2.GaussianBlur(pixels.astype(np.float32), (0, 0), sigma)
-    out[lesion] = np.where(smooth[lesion] >= dense, CONSOLIDATION, GGO)
+    below = labels[lesion] if keep_networks else GGO
+    out[lesion] = np.where(smooth[lesion] >= dense, CONSOLIDATION, below)
     return out
 
 

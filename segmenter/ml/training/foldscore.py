@@ -38,10 +38,10 @@ from .train import TrainConfig, build_training_networks, load_datasets
 log = logging.getLogger("segmenter.foldscore")
 
 DEFAULT_SHARES = (0.5, 0.7)
-DEFAULT_LOWS = (1.0, 0.5, 0.4, 0.35, 0.3, 0.25, 0.2)
+DEFAULT_LOWS = (1.0, 0.4, 0.3, 0.2, 0.15, 0.1)
 #: Grey levels (model window) above which a lesion pixel is read as consolidation, scored
 #: beside the networks' own split (``postprocess.split_by_density``).
-DEFAULT_DENSITIES = (110.0, 130.0, 150.0)
+DEFAULT_DENSITIES = (120.0, 130.0, 140.0)
 
 
 def load_run(run: Path) -> tuple[TrainConfig, dict[str, torch.nn.Module]]:
@@ -73,10 +73,12 @@ def score_run(run: Path, shares, lows, densities=()) -> dict:
     options = InferenceOptions(backend=TorchOptions(channels_last=True, bf16=False), crop_to_body=True)
     ens = Ensemble.from_networks(nets, None, {n: p[0] for n, p in plan.items()}, options)
     members = {
-        f"{share:.1f}/{1 - share:.1f}, low {low:.2f}": (share, low, None) for share in shares for low in lows
+        f"{share:.1f}/{1 - share:.1f}, low {low:.2f}": (share, low, None, False) for share in shares for low in lows
     }
-    for dense in densities:  # the networks' GGO/consolidation split against one by density
-        members[f"0.7/0.3, low 1.00, density {dense:.0f}"] = (0.7, 1.0, dense)
+    for dense in densities:  # the networks' GGO/consolidation split against one by density, or both
+        for low in lows:
+            members[f"0.7/0.3, low {low:.2f}, density {dense:.0f}"] = (0.7, low, dense, False)
+            members[f"0.7/0.3, low {low:.2f}, networks or density {dense:.0f}"] = (0.7, low, dense, True)
     scores = {
         m: {"expert": InfectionScores(), "medseg": LesionScores(), "healthy": HealthyScores(), "areas": {}}
         for m in members
@@ -86,12 +88,14 @@ def score_run(run: Path, shares, lows, densities=()) -> dict:
         factor, body, parts = ens.parts(pixels)
         out = {}
         cache = {}
-        for m, (share, low, dense) in members.items():
+        for m, (share, low, dense, keep) in members.items():
             if share not in cache:
                 cache[share] = ens.combine(parts, *pixels.shape, weights=[share, 1 - share])
-            out[m] = postprocess(cache[share], pixels, factor, body, lesion_low=low)
+            if (share, low) not in cache:
+                cache[share, low] = postprocess(cache[share], pixels, factor, body, lesion_low=low)
+            out[m] = cache[share, low]
             if dense is not None:
-                out[m] = split_by_density(out[m], pixels, dense)
+                out[m] = split_by_density(out[m], pixels, dense, keep)
         return out
 
     with torch.inference_mode():
