@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
 import re
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -215,3 +217,17 @@ def test_the_progress_page_follows_the_analysis_live(page):
     Analysis.objects.filter(pk=analysis.pk).update(status="failed", error="The stand-in gave up.")
     page.wait_for_selector("text=The stand-in gave up.")
     assert page.locator("h1").inner_text() == "The analysis failed"
+
+
+def test_a_slice_let_through_with_a_caution_shows_it_above_the_result(page, samples, use_engine):
+    from tests.stubs import DisagreeingButSure
+
+    use_engine(DisagreeingButSure)
+    _upload(page, "disputed.png", samples.png(), "image/png")
+    page.wait_for_url("**/slices/1/")
+    caution = page.locator("#ct-caution")
+    assert caution.is_visible()
+    assert "the two networks disagree about where the lungs are" in caution.inner_text()
+    assert page.locator(".grade-badge").is_visible()  # graded all the same
+    if os.environ.get("SCREENSHOTS") == "1":
+        page.screenshot(path=str(Path(__file__).resolve().parents[2] / "docs" / "caution.png"))
