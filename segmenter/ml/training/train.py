@@ -654,8 +654,15 @@ DATA_SOURCES = [
         "licence": "none stated; research use with attribution",
     },
     {
+        "name": "zenodo-covid-expert",
+        "what": "expert lung and infection masks (annotators, checked by radiologists) of 925 Zenodo slices, "
+                "15 series of 13 patients; full-weight labels of lung, infection (GGO or consolidation) and outside",
+        "source": "Ma Jun et al., COVID-19 CT Lung and Infection Segmentation Dataset, Zenodo 3757476",
+        "licence": "CC BY 4.0 (Radiopaedia cases usually CC BY-NC-SA)",
+    },
+    {
         "name": "zenodo-covid-unlabelled",
-        "what": "1,600 COVID-19 CT slices with Semi-Inf-Net pseudo infection maps (used as weak labels)",
+        "what": "the other 306 of its 1,231 slices with Semi-Inf-Net pseudo infection maps (used as weak labels)",
         "source": "Ma Jun et al., COVID-19 CT Lung and Infection Segmentation Dataset, Zenodo 3757476; Radiopaedia",
         "licence": "CC BY 4.0 (Radiopaedia cases usually CC BY-NC-SA)",
     },
