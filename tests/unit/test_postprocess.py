@@ -63,7 +63,7 @@ def test_postprocess_drops_lesions_under_the_area_it_is_given_at_the_reference_g
     probs[OTHER_LUNG, 20:110, 20:110] = 1.0  # one lung, cropped to the thorax (no body rule)
     probs[BACKGROUND] = 1.0 - probs[OTHER_LUNG]
     probs[GGO, 60:66, 60:66], probs[OTHER_LUNG, 60:66, 60:66] = 2.0, 0.0  # a 36 px lesion
-    pixels = np.full((128, 128), 200, np.uint8)
+    pixels = np.full((128, 128), 60, np.uint8)  # lung-dark: no density split
     ggo = {px: int((postprocess(probs, pixels, 1.0, None, px) == GGO).sum()) for px in (20, 36, 37)}
     assert ggo == {20: 36, 36: 36, 37: 0}
     # at a reference factor of 0.5 (the slice is halved to reach the reference grid) the
@@ -101,7 +101,7 @@ def test_postprocess_drops_faint_lesions_at_the_shipped_peak():
     from segmenter.ml.model.postprocess import postprocess
 
     region = (slice(20, 40), slice(20, 40))
-    pixels = np.full((64, 64), 200, np.uint8)
+    pixels = np.full((64, 64), 60, np.uint8)  # lung-dark: no density split
     for peak, kept in ((LESION_MIN_PEAK + 0.02, True), (LESION_MIN_PEAK - 0.02, False)):
         labels = postprocess(lesion_probabilities((region, peak)), pixels, 1.0, None)
         assert (labels[region] == GGO).all() == kept
@@ -147,7 +147,7 @@ def test_a_slice_without_lesions_keeps_none_whatever_the_lower_edge():
     probs = np.zeros((4, 64, 64), np.float32)
     probs[OTHER_LUNG] = 0.6
     probs[GGO] = 0.4  # lesion probability 0.4 everywhere, no pixel sure of it
-    pixels = np.full((64, 64), 200, np.uint8)
+    pixels = np.full((64, 64), 60, np.uint8)  # lung-dark: no density split
     assert (postprocess(probs, pixels, 1.0, None, lesion_low=0.3) == OTHER_LUNG).all()
 
 
@@ -164,3 +164,16 @@ def test_a_density_split_reads_dense_lesion_as_consolidation_and_leaves_other_cl
     out = split_by_density(labels, pixels, 150)
     assert (out[10:30, 8:16] == GGO).all() and (out[10:30, 24:32] == CONSOLIDATION).all()
     assert (out[labels == OTHER_LUNG] == OTHER_LUNG).all() and (out[:, :4] == BACKGROUND).all()
+
+
+def test_postprocess_reads_dense_lesion_as_consolidation_at_the_shipped_grey_level():
+    from segmenter.ml.constants import CONSOLIDATION_MIN_GREY
+    from segmenter.ml.model.postprocess import postprocess
+
+    region = (slice(20, 40), slice(20, 40))
+    probs = lesion_probabilities((region, 0.95))  # GGO by the networks
+    for grey, expected in ((CONSOLIDATION_MIN_GREY + 5, CONSOLIDATION), (CONSOLIDATION_MIN_GREY - 5, GGO)):
+        pixels = np.full((64, 64), int(grey), np.uint8)
+        labels = postprocess(probs, pixels, 1.0, None)
+        assert (labels[region] == expected).all()
+        assert (postprocess(probs, pixels, 1.0, None, dense_grey=None)[region] == GGO).all()

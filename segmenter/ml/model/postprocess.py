@@ -12,6 +12,7 @@ import numpy as np
 from ..constants import (
     BACKGROUND,
     CONSOLIDATION,
+    CONSOLIDATION_MIN_GREY,
     GGO,
     LESION_LOW,
     LESION_MIN_PEAK,
@@ -176,10 +177,12 @@ def postprocess(
     min_lesion_px: int = MIN_LESION_AREA_PX,
     min_lesion_peak: float = LESION_MIN_PEAK,
     lesion_low: float = LESION_LOW,
+    dense_grey: float | None = CONSOLIDATION_MIN_GREY,
 ) -> np.ndarray:
     """float32 (C, H, W) probabilities of a uint8 (H, W) slice -> the label map users see:
     the most probable class, the anatomy rules, small and faint lesions removed, then the
-    lesions that remain grown down to ``lesion_low`` (``grow_lesions``; 1: not grown).
+    lesions that remain grown down to ``lesion_low`` (``grow_lesions``; 1: not grown), and
+    their dense pixels (``dense_grey``, ``split_by_density``; None: not) consolidation.
 
     factor: the slice's reference factor (``preprocess.reference_factor``), which turns
     MIN_LESION_AREA_PX at the reference grid into this slice's pixels; None: by shape.
@@ -195,4 +198,7 @@ def postprocess(
     else:
         min_area = max(1, int(round(min_lesion_px / (factor * factor))))
     labels = remove_faint_lesions(remove_small_lesions(labels, min_area), probs, min_lesion_peak)
-    return grow_lesions(labels, probs, lesion_low)
+    labels = grow_lesions(labels, probs, lesion_low)
+    if dense_grey is None or pixels.shape != labels.shape:
+        return labels
+    return split_by_density(labels, pixels, dense_grey, keep_networks=True)

@@ -92,7 +92,7 @@ def score_run(run: Path, shares, lows, densities=()) -> dict:
             if share not in cache:
                 cache[share] = ens.combine(parts, *pixels.shape, weights=[share, 1 - share])
             if (share, low) not in cache:
-                cache[share, low] = postprocess(cache[share], pixels, factor, body, lesion_low=low)
+                cache[share, low] = postprocess(cache[share], pixels, factor, body, lesion_low=low, dense_grey=None)
             out[m] = cache[share, low]
             if dense is not None:
                 out[m] = split_by_density(out[m], pixels, dense, keep)
