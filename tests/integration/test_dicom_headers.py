@@ -62,7 +62,8 @@ def test_a_queued_upload_is_refused_the_same_before_it_is_stored(
     settings.TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
     with django_capture_on_commit_callbacks(execute=True):
         response = client.post(
-            "/api/v1/analyses", {"file": SimpleUploadedFile("x.dcm", cases["dicom-header-bits-allocated-1.dcm"])}
+            "/api/v1/analyses",
+            {"file": SimpleUploadedFile("x.dcm", cases["dicom-header-bits-allocated-1.dcm"])},
         )
     assert response.status_code == 400
     assert Analysis.objects.count() == 0 and stored_files() == []
