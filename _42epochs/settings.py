@@ -2,8 +2,9 @@
 
 Variables (see .env.example): DJANGO_DEBUG (off unless 1), DJANGO_SECRET_KEY (required to
 serve when debug is off), DJANGO_ALLOWED_HOSTS, DJANGO_CSRF_TRUSTED_ORIGINS,
-DJANGO_SECURE_COOKIES, DATABASE_URL, DJANGO_MEDIA_ROOT, DJANGO_TASKS_BACKEND,
-SEGMENTER_MAX_UPLOAD_MB, SEGMENTER_WEIGHTS_DIR, SEGMENTER_THREADS.
+DJANGO_SECURE_COOKIES, DATABASE_URL, DJANGO_MEDIA_ROOT, DJANGO_STORAGE_S3_BUCKET,
+DJANGO_STORAGE_S3_ENDPOINT_URL, DJANGO_TASKS_BACKEND, SEGMENTER_MAX_UPLOAD_MB,
+SEGMENTER_MAX_ATTEMPTS, SEGMENTER_WEIGHTS_DIR, SEGMENTER_THREADS.
 """
 
 from __future__ import annotations
@@ -152,6 +153,25 @@ STORAGES = {
     },
 }
 
+# Object storage: django-storages' S3 backend, for every file of every analysis (uploads
+# waiting for a worker included), when DJANGO_STORAGE_S3_BUCKET names a bucket; any
+# S3-compatible server through DJANGO_STORAGE_S3_ENDPOINT_URL. Credentials and region
+# come the boto3 way (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, or an
+# instance role). Files are never overwritten (as on a disk: a second save of a name gets
+# another name), never public, and always streamed through the views.
+STORAGE_S3_BUCKET = env_str("DJANGO_STORAGE_S3_BUCKET", "")
+if STORAGE_S3_BUCKET:
+    STORAGES["default"] = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": STORAGE_S3_BUCKET,
+            "endpoint_url": env_str("DJANGO_STORAGE_S3_ENDPOINT_URL", "") or None,
+            "file_overwrite": False,
+            "default_acl": None,
+            "querystring_auth": True,
+        },
+    }
+
 # --- Uploads ------------------------------------------------------------------------------
 SEGMENTER_MAX_UPLOAD_BYTES = env_int("SEGMENTER_MAX_UPLOAD_MB", 512) * 1024 * 1024
 # Zip studies: limits checked on the archive's directory before anything is unpacked.
@@ -178,6 +198,9 @@ SEGMENTER_THREADS = env_int("SEGMENTER_THREADS", 0)  # torch intra-op threads; 0
 # The lease of a worker on a running analysis: a worker that has not reported for this
 # long has lost it (it can no longer write the analysis, which then reads as failed).
 SEGMENTER_STALE_AFTER_SECONDS = env_int("SEGMENTER_STALE_AFTER_SECONDS", 300)
+# Runs an analysis gets: one whose worker stopped (its lease expired) is queued again,
+# its upload kept, until this many runs have claimed it; then it fails.
+SEGMENTER_MAX_ATTEMPTS = env_int("SEGMENTER_MAX_ATTEMPTS", 3)
 # How often each worker (and each process that runs tasks) reaps abandoned work.
 SEGMENTER_REAP_EVERY_SECONDS = env_int("SEGMENTER_REAP_EVERY_SECONDS", 60)
 

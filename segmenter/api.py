@@ -82,6 +82,9 @@ class SliceSerializer(serializers.Serializer):
 class ProgressSerializer(serializers.Serializer):
     done = serializers.IntegerField(min_value=0)
     total = serializers.IntegerField(min_value=0)
+    retrying = serializers.BooleanField(
+        help_text="A worker processing it stopped; it is queued or running again, from the start."
+    )
 
 
 class AnalysisLinksSerializer(serializers.Serializer):
@@ -176,7 +179,9 @@ def analysis_data(request, analysis: Analysis) -> dict:
         "created": analysis.created.isoformat(),
         "finished": analysis.finished.isoformat() if analysis.finished else None,
         "source_name": analysis.source_name,
-        "progress": {"done": analysis.slices_done, "total": analysis.slices_total},
+        "progress": {
+            "done": analysis.slices_done, "total": analysis.slices_total, "retrying": analysis.retrying
+        },
         "error": analysis.error,
         "cautions": exports.analysis_cautions(analysis),
         "severity": analysis.severity if done else None,

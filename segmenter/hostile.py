@@ -4,8 +4,10 @@
 The corpus is built in memory from the real slices of ``../shared/data``: small files that
 declare huge images (a JPEG 2000 DICOM of 40000², a JPEG DICOM of 60000², a zip of 60
 stored 4096² PNGs, gzipped NIfTI headers of up to 10^9 voxels, 1 x 1 x N volumes),
-damaged files (seeded mutations of real DICOM, PNG, JPEG, NIfTI and zip files), and names
-meant to inject (spreadsheet formulas, control and bidi characters). Each is posted to the
+damaged files (seeded mutations of real DICOM, PNG, JPEG, NIfTI and zip files), names
+meant to inject (spreadsheet formulas, control and bidi characters), and real DICOM slices
+whose pixel headers pydicom cannot decode as declared (BitsAllocated 1, 12 or 64, more bits
+stored than allocated, a CT with 3 samples per pixel, a palette, ...: each must get a 400). Each is posted to the
 API; the report gives, per file, the status, whether the answer was JSON, the seconds,
 and the server's resident memory after it (``VmRSS`` of ``--pid``) and at its peak
 (``VmHWM``), and checks the issue's bounds: every answer a 2xx/4xx JSON within 60 s, no
@@ -98,8 +100,48 @@ def _nifti_header(shape, dtype=np.int16, body: int = 0) -> bytes:
     return header.binaryblock + b"\0" * 4 + b"\0" * body
 
 
+#: DICOM headers pydicom cannot decode, or would decode into something other than the
+#: image they declare: element -> value set on a real CT slice. Each must be refused
+#: with a 400 and a reason before anything is stored (headers.check_dicom_pixel_module).
+DICOM_HEADER_CASES: dict[str, dict] = {
+    "bits-allocated-1": {"BitsAllocated": 1, "BitsStored": 1, "HighBit": 0},
+    "bits-allocated-12": {"BitsAllocated": 12},
+    "bits-allocated-64": {"BitsAllocated": 64},
+    "bits-stored-over-allocated": {"BitsStored": 20},
+    "bits-stored-0": {"BitsStored": 0},
+    "ct-with-3-samples": {"SamplesPerPixel": 3},
+    "rgb-without-planar": {"SamplesPerPixel": 3, "PhotometricInterpretation": "RGB"},
+    "pixel-representation-2": {"PixelRepresentation": 2},
+    "palette-colour": {"PhotometricInterpretation": "PALETTE COLOR"},
+    "ybr-with-1-sample": {"PhotometricInterpretation": "YBR_FULL"},
+    "bits-allocated-8-of-16-bit-data": {"BitsAllocated": 8, "BitsStored": 8, "HighBit": 7},
+    "bits-allocated-32-of-16-bit-data": {"BitsAllocated": 32, "BitsStored": 32, "HighBit": 31},
+}
+
+
+def dicom_header_cases(dicom: bytes) -> dict[str, bytes]:
+    """name -> a real DICOM slice with one of DICOM_HEADER_CASES' headers, and the first
+    of them inside a zip (a study's files are checked from their headers first)."""
+    import pydicom
+
+    files = {}
+    for case, values in DICOM_HEADER_CASES.items():
+        ds = pydicom.dcmread(io.BytesIO(dicom))
+        for keyword, value in values.items():
+            setattr(ds, keyword, value)
+        out = io.BytesIO()
+        ds.save_as(out)
+        files[f"dicom-header-{case}.dcm"] = out.getvalue()
+    good = {f"s/{k}.dcm": dicom for k in range(2)}
+    files["dicom-header-bits-allocated-1-in-a-study.zip"] = _zip(
+        {**good, "s/2.dcm": files["dicom-header-bits-allocated-1.dcm"]}
+    )
+    return files
+
+
 def corpus(root: Path) -> dict[str, bytes]:
-    """name -> bytes of every hostile upload."""
+    """name -> bytes of every hostile upload: 88 bombs, mutants and names, then the
+    DICOM headers of dicom_header_cases (each must be answered 400)."""
     import pydicom
     from PIL import Image
     from pydicom.encaps import encapsulate
@@ -149,6 +191,7 @@ def corpus(root: Path) -> dict[str, bytes]:
     while len(files) < 88:
         name, data = list(originals.items())[len(files) % len(originals)]
         files[f"mutant-{len(files)}-{name}"] = mutate(data, rng)
+    files.update(dicom_header_cases(dicom))
     return files
 
 
@@ -221,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
             problems.append("memory grew by over 1 GB")
         if row["peak_mb"] > 2560:
             problems.append("server past 2.5 GB")
+        if name.startswith("dicom-header-") and status != 400:
+            problems.append("an undecodable DICOM header not refused with 400")
         if row.get("unsafe_names") or row.get("formula_cells"):
             problems.append("unsafe name or formula cell")
         row["problems"] = problems

@@ -42,6 +42,9 @@ class Analysis(models.Model):
     # SEGMENTER_STALE_AFTER_SECONDS has lost its worker, which can then no longer write it.
     owner = models.CharField(max_length=32, blank=True)
     heartbeat = models.DateTimeField(null=True, blank=True)
+    # How many runs have claimed it: a run that stopped (its lease expired) sends it back
+    # to the queue until SEGMENTER_MAX_ATTEMPTS runs have (processing.stopped_run_settle).
+    attempts = models.PositiveIntegerField(default=0)
     kind = models.CharField(max_length=8, choices=Kind.choices)
     status = models.CharField(max_length=8, choices=Status.choices, default=Status.QUEUED)
     error = models.TextField(blank=True)
@@ -71,6 +74,13 @@ class Analysis(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in (self.Status.DONE, self.Status.FAILED)
+
+    @property
+    def retrying(self) -> bool:
+        """Whether a run of it stopped and it is queued again or running again."""
+        return (self.status == self.Status.QUEUED and self.attempts >= 1) or (
+            self.status == self.Status.RUNNING and self.attempts >= 2
+        )
 
     @property
     def stem(self) -> str:

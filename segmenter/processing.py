@@ -30,6 +30,7 @@ from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone, translation
 from django.utils.translation import gettext as _
 
@@ -81,8 +82,23 @@ class Outcome(StrEnum):
 _STORAGE_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EIO})
 
 
+#: An object store's answers that mean the same (S3 error codes, through boto3).
+_S3_OUTAGE_CODES = frozenset({
+    "AccessDenied", "NoSuchBucket", "SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout",
+    "QuotaExceeded", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+})
+
+
 def is_storage_outage(exc: BaseException) -> bool:
-    return isinstance(exc, PermissionError) or (isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS)
+    if isinstance(exc, PermissionError) or (isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS):
+        return True
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:  # no S3 backend installed
+        return False
+    if isinstance(exc, ClientError):
+        return exc.response.get("Error", {}).get("Code") in _S3_OUTAGE_CODES
+    return isinstance(exc, BotoCoreError)  # the endpoint unreachable, credentials missing, ...
 
 
 # --- Files and leases --------------------------------------------------------------------
@@ -113,8 +129,59 @@ def slice_folder(analysis_id) -> str:
     return f"{analysis_folder(analysis_id)}/slices"
 
 
-def stopped_message() -> str:
+def stopped_message(attempts: int = 1) -> str:
+    """Why an analysis whose runs stopped failed (after ``attempts`` runs)."""
+    if attempts > 1:
+        return _(
+            "Processing stopped before it finished, %(attempts)s times; please upload the file again."
+        ) % {"attempts": attempts}
     return _("Processing stopped before it finished; please upload the file again.")
+
+
+def retry_allowed(analysis: Analysis) -> bool:
+    """Whether an analysis whose run stopped goes back to the queue: its upload is kept
+    (a worker reads it from storage; an upload processed in its request never is), tasks
+    run in a worker, and it has had fewer than SEGMENTER_MAX_ATTEMPTS runs."""
+    from django_tasks import DEFAULT_TASK_BACKEND_ALIAS, task_backends
+    from django_tasks.backends.immediate import ImmediateBackend
+
+    return (
+        bool(analysis.upload)
+        and analysis.attempts < settings.SEGMENTER_MAX_ATTEMPTS
+        and not isinstance(task_backends[DEFAULT_TASK_BACKEND_ALIAS], ImmediateBackend)
+    )
+
+
+def stopped_run_settle(*, analysis: Analysis, held, enqueue, finished=None) -> str | None:
+    """Settle an analysis whose run stopped (killed, paused past its lease, cut off):
+    back to the queue with its upload, and ``enqueue(analysis_id)`` called for another
+    worker to run it from the start, while retry_allowed; else failed with the reason, its
+    upload deleted. ``held`` is the queryset that matches it only while the stopped run
+    still holds it (a compare-and-set on its token or on the heartbeat that was read), so
+    a live run, a second reaper or a retry already under way is never disturbed. Files of
+    the stopped run are removed either way. What was done, for people ('queued again; 2
+    files removed', 'failed; ...'), or None when someone else settled it first."""
+    if retry_allowed(analysis):
+        taken = held.update(status=Analysis.Status.QUEUED, owner="", heartbeat=None, slices_done=0, error="")
+        if not taken:
+            return None
+        removed = delete_folder_quietly(slice_folder(analysis.pk))
+        Slice.objects.filter(analysis_id=analysis.pk).delete()  # none should exist; never keep any
+        enqueue(str(analysis.pk))
+        log.warning("analysis %s: run %s of %s stopped; queued again", analysis.pk, analysis.attempts,
+                    settings.SEGMENTER_MAX_ATTEMPTS)
+        return f"queued again; {removed} files removed"
+    with translation.override(analysis.language or None):
+        message = stopped_message(analysis.attempts)
+    taken = held.update(
+        status=Analysis.Status.FAILED, error=message, finished=finished or timezone.now(), slices_done=0
+    )
+    if not taken:
+        return None
+    removed = delete_folder_quietly(slice_folder(analysis.pk))
+    Slice.objects.filter(analysis_id=analysis.pk).delete()
+    discard_upload(analysis)
+    return f"failed; {removed} files removed"
 
 
 def lease_cutoff(now):
@@ -154,7 +221,8 @@ class _Lease:
         """The lease on a queued analysis, now running; None if it is not queued."""
         token = uuid.uuid4().hex
         claimed = Analysis.objects.filter(pk=analysis_id, status=Analysis.Status.QUEUED).update(
-            status=Analysis.Status.RUNNING, owner=token, heartbeat=timezone.now(), slices_done=0, error=""
+            status=Analysis.Status.RUNNING, owner=token, heartbeat=timezone.now(), slices_done=0, error="",
+            attempts=F("attempts") + 1,
         )
         return cls(analysis_id, token) if claimed else None
 
@@ -331,6 +399,7 @@ def analysis_process(*, analysis_id, parsed: ParsedUpload | None = None) -> Outc
     analysis is processed, by the run that claims it (see _Lease); a run that loses its
     lease midway stops and removes what it wrote (Outcome.LEASE_LOST).
     """
+    get_segmenter()  # loaded before the claim, so that a first start does not eat into the lease
     lease = _Lease.claim(analysis_id)
     if lease is None:
         log.warning(
@@ -369,8 +438,13 @@ def _segment_into(analysis: Analysis, lease: _Lease, parsed: ParsedUpload) -> Ou
     except LeaseLost:
         log.warning("analysis %s: lease lost; this run stops and removes what it wrote", analysis.pk)
         lease.remove_written()
-        if lease.fail(stopped_message()):
-            discard_upload(analysis)  # expired, but nobody had reaped it yet
+        try:
+            analysis.refresh_from_db()
+        except Analysis.DoesNotExist:  # deleted meanwhile
+            return Outcome.LEASE_LOST
+        if not retry_allowed(analysis):  # expired, but nobody had reaped it yet: failed now
+            stopped_run_settle(analysis=analysis, held=lease._held(), enqueue=None)
+        # else the task queues it again (tasks.process_analysis), or the reaper does
         return Outcome.LEASE_LOST
     except Exception as exc:  # noqa: BLE001 - any error ends the analysis failed, with its reason
         return _fail(analysis, lease, exc)

@@ -23,15 +23,16 @@ from django.apps import apps
 from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone, translation
+from django.utils.module_loading import import_string
 
-from .models import Analysis, Slice, analysis_folder
+from .models import Analysis, analysis_folder
 from .processing import (
     LeaseLost,
     delete_folder_quietly,
-    discard_upload,
     lease_cutoff,
-    slice_folder,
+    retry_allowed,
     stopped_message,
+    stopped_run_settle,
 )
 from .reasons import megabytes
 
@@ -84,31 +85,36 @@ def abandoned_reap() -> Reaped:
 
 
 def analysis_mark_stale(*, analysis: Analysis, now=None) -> str | None:
-    """Mark a running analysis whose lease has expired failed, with the message of a run
-    that stopped in the uploader's language, and remove its slices' files, rows and its
-    upload. A compare-and-set on the heartbeat that was read: a run that renewed since,
-    or finished, is left alone (None); else a line for people saying what was cleaned."""
+    """Settle a running analysis whose lease has expired (processing.stopped_run_settle):
+    back to the queue, its upload kept, while it has runs left; else failed with the
+    message of a run that stopped, in the uploader's language, its upload deleted. The
+    stopped run's files and rows are removed either way. A compare-and-set on the
+    heartbeat that was read: a run that renewed since, or finished, is left alone (None);
+    else a line for people saying what was done."""
     now = now or timezone.now()
     cutoff = lease_cutoff(now)
     if analysis.status != Analysis.Status.RUNNING or (analysis.heartbeat and analysis.heartbeat >= cutoff):
         return None
     stopped = analysis.heartbeat + (now - cutoff) if analysis.heartbeat else now
-    with translation.override(analysis.language or None):
-        message = stopped_message()
-    taken = Analysis.objects.filter(
+    held = Analysis.objects.filter(
         pk=analysis.pk, status=Analysis.Status.RUNNING, heartbeat=analysis.heartbeat
-    ).update(status=Analysis.Status.FAILED, error=message, finished=stopped, slices_done=0)
-    if not taken:
+    )
+    settled = stopped_run_settle(analysis=analysis, held=held, enqueue=_enqueue, finished=stopped)
+    if settled is None:
         return None  # renewed or finished since it was read
-    removed = delete_folder_quietly(slice_folder(analysis.pk))
-    Slice.objects.filter(analysis=analysis).delete()  # none should exist; never keep any
-    discard_upload(analysis)
     silent = (now - analysis.heartbeat).total_seconds() if analysis.heartbeat else None
     return (
         f"analysis {analysis.pk} ({analysis.source_name}): running {analysis.slices_done}/{analysis.slices_total}"
+        f" (run {analysis.attempts} of {settings.SEGMENTER_MAX_ATTEMPTS})"
         + (f", silent {silent:.0f} s" if silent is not None else ", never reported")
-        + f" -> failed; {removed} files removed"
+        + f" -> {settled}"
     )
+
+
+def _enqueue(analysis_id: str) -> None:
+    """A task for the next run of an analysis (the task, named by PROCESS_TASK_PATH, is
+    looked up when it is needed: its module imports this one)."""
+    import_string(PROCESS_TASK_PATH).enqueue(analysis_id)
 
 
 def abandoned_reap_if_due() -> Reaped | None:
@@ -146,6 +152,10 @@ def _unqueued_reap(now, cutoff) -> list[str]:
     lines = []
     for analysis in stale:
         if str(analysis.pk) in waiting:
+            continue
+        if retry_allowed(analysis):  # its upload is kept: give it the task it never got
+            _enqueue(str(analysis.pk))
+            lines.append(f"analysis {analysis.pk} ({analysis.source_name}): queued, no task -> task enqueued")
             continue
         with translation.override(analysis.language or None):
             message = stopped_message()

@@ -49,6 +49,24 @@ UNREADABLE_REASONS = {
         "a compressed frame declares %(width)s×%(height)s pixels but the DICOM header says %(columns)s×%(rows)s"
     ),
     # segmenter.ml.io.headers
+    "dicom_bits_allocated": gettext_lazy(
+        "the DICOM image has %(bits)s bits per pixel (BitsAllocated); 8, 16 and 32 are read"
+    ),
+    "dicom_bits_stored": gettext_lazy(
+        "the DICOM header declares %(stored)s stored bits in %(allocated)s allocated (BitsStored, BitsAllocated)"
+    ),
+    "dicom_pixel_representation": gettext_lazy(
+        "the DICOM header's PixelRepresentation is %(value)s; it must be 0 or 1"
+    ),
+    "dicom_palette": gettext_lazy("the DICOM image is a palette colour picture, not a CT slice"),
+    "dicom_samples": gettext_lazy(
+        "the DICOM header declares %(samples)s samples per pixel with the photometric interpretation "
+        "%(photometric)s; a slice has 1 (MONOCHROME1, MONOCHROME2) or 3 (RGB, YBR)"
+    ),
+    "dicom_planar": gettext_lazy("the DICOM colour image has no valid PlanarConfiguration (0 or 1)"),
+    "dicom_pixel_data_length": gettext_lazy(
+        "the DICOM pixel data hold %(actual)s bytes but the header declares %(expected)s"
+    ),
     "damaged_header": gettext_lazy("the %(kind)s header is damaged"),
     "pixel_budget": gettext_lazy(
         "%(what)s would take the upload past its decoding budget of %(limit_mpixels)s million pixels "

@@ -12,22 +12,26 @@ from datetime import timedelta
 from django.conf import settings
 
 from .models import Analysis
-from .processing import lease_expired, stopped_message
+from .processing import lease_expired, retry_allowed, stopped_message
 
 
 def analysis_get(*, analysis_id) -> Analysis:
     """The analysis with this id, as people should see it (raises Analysis.DoesNotExist).
 
     A pure read: it writes nothing and deletes nothing. A running analysis whose lease
-    has expired is returned (not saved) as failed, because that is final: its run can no
-    longer write it (see processing._Lease), and the reaper will record the failure and
-    remove its files. So it is never shown as running forever nor, half done, as complete.
+    has expired is returned (not saved) as the reaper will settle it: queued again (so
+    ``retrying``) while it has runs left, else failed, because that is final: its run can
+    no longer write it (see processing._Lease), and the reaper will record it and remove
+    its files. So it is never shown as running forever nor, half done, as complete.
     """
     analysis = Analysis.objects.get(pk=analysis_id)
     if analysis.status == Analysis.Status.RUNNING and lease_expired(analysis):
-        analysis.status = Analysis.Status.FAILED
-        analysis.error = stopped_message()
         analysis.slices_done = 0
+        if retry_allowed(analysis):  # the reaper will queue it again
+            analysis.status, analysis.owner, analysis.heartbeat = Analysis.Status.QUEUED, "", None
+            return analysis
+        analysis.status = Analysis.Status.FAILED
+        analysis.error = stopped_message(analysis.attempts)
         if analysis.heartbeat:
             analysis.finished = analysis.heartbeat + timedelta(seconds=settings.SEGMENTER_STALE_AFTER_SECONDS)
     return analysis

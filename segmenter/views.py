@@ -238,12 +238,21 @@ def analysis_status(request, analysis_id):
 def _progress(analysis: Analysis) -> dict:
     return {
         "status": analysis.status,
-        "status_label": analysis.get_status_display(),
+        "status_label": _("retrying") if analysis.retrying else analysis.get_status_display(),
+        "retrying": analysis.retrying,
+        "retry_note": _retry_note(analysis) if analysis.retrying else "",
         "finished": analysis.is_finished,
         "slices_done": analysis.slices_done,
         "slices_total": analysis.slices_total,
         "url": reverse("segmenter:analysis", args=[analysis.id]),
     }
+
+
+def _retry_note(analysis: Analysis) -> str:
+    return _(
+        "The worker processing it stopped; it runs again from the start (run %(run)s of at most %(limit)s)."
+    ) % {"run": max(analysis.attempts + (analysis.status == Analysis.Status.QUEUED), 2),
+         "limit": settings.SEGMENTER_MAX_ATTEMPTS}
 
 
 @require_safe

@@ -9,6 +9,7 @@
   const bar = document.getElementById("progress-bar");
   const count = document.getElementById("progress-count");
   const status = document.getElementById("progress-status");
+  const retry = document.getElementById("progress-retry");
 
   function show(state) {
     bar.max = Math.max(state.slices_total, 1);
@@ -18,6 +19,8 @@
       .replace("%(total)s", state.slices_total);
     status.textContent = state.status_label.charAt(0).toUpperCase() + state.status_label.slice(1);
     status.className = "status-pill status-" + state.status;
+    retry.hidden = !state.retrying;
+    retry.textContent = state.retry_note;
   }
 
   function poll() {

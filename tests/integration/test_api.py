@@ -33,7 +33,7 @@ def test_a_slice_is_analysed_within_the_request_and_answers_201(post, samples):
     assert body["id"] == str(analysis.id)
     assert response["Location"] == f"{URL}/{analysis.id}"
     assert body["status"] == "done" and body["kind"] == "slice"
-    assert body["progress"] == {"done": 1, "total": 1}
+    assert body["progress"] == {"done": 1, "total": 1, "retrying": False}
     assert body["severity"]["grade"] in {"CT-0", "CT-1", "CT-2", "CT-3", "CT-4"}
     assert body["severity"] == analysis.severity
     assert body["volumes"]["lung_ml"] > 0  # the DICOM carries pixel spacing and thickness
@@ -215,7 +215,7 @@ def test_with_a_queue_the_upload_answers_202_and_shows_progress(client, post, sa
     response = post("queued.zip", data)
     assert response.status_code == 202
     body = response.json()
-    assert body["status"] == "queued" and body["progress"] == {"done": 0, "total": 3}
+    assert body["status"] == "queued" and body["progress"] == {"done": 0, "total": 3, "retrying": False}
     assert body["severity"] is None and body["slices"] == [] and body["links"]["zip"] is None
     assert not Slice.objects.exists()
     from django_tasks_db.models import DBTaskResult

@@ -94,10 +94,17 @@ def test_no_mutant_gets_a_server_error_from_the_api(client, originals, django_ca
     assert 400 in statuses and 201 in statuses
 
 
-def test_the_hostile_corpus_of_the_probe_is_88_small_files(data_root):
+def test_the_hostile_corpus_of_the_probe_is_101_small_files(data_root):
     from segmenter.hostile import corpus
 
     files = corpus(data_root)
-    assert len(files) == 88
+    assert len(files) == 88 + 13
     assert max(len(d) for name, d in files.items() if name != "ct-4096.png") < 5 * 1024 * 1024  # bombs are small
     assert {"j2k-40000.dcm", "stored-60x4096.zip", "under-2gib.nii.gz", "ct-4096.png"} <= set(files)
+
+
+def test_the_corpus_ends_with_the_undecodable_dicom_headers(data_root):
+    from segmenter.hostile import DICOM_HEADER_CASES, corpus
+
+    names = [n for n in corpus(data_root) if n.startswith("dicom-header-")]
+    assert len(names) == len(DICOM_HEADER_CASES) + 1

@@ -78,7 +78,11 @@ def test_reap_cleans_an_abandoned_study_its_task_row_and_an_old_temporary_upload
     assert abandoned.status == "failed" and "stopped" in abandoned.error and not abandoned.upload
     assert abandoned.finished == abandoned.heartbeat + timedelta(seconds=STALE_S)  # when it went stale
     assert stored_files() == []
-    assert re.search(rf"analysis {abandoned.id} \(lost.zip\): running 7/100, silent 30\d s -> failed; 2 files removed", out)
+    assert re.search(
+        rf"analysis {abandoned.id} \(lost.zip\): running 7/100 \(run 0 of 3\), silent 30\d s "
+        r"-> failed; 2 files removed",
+        out,
+    )
     for row in (abandoned_task, finished_task):
         row.refresh_from_db()
         assert row.status == TaskResultStatus.FAILED and row.exception_class_path == "segmenter.processing.LeaseLost"

@@ -280,6 +280,8 @@ def test_the_status_endpoint_reports_progress_as_json(client):
     assert response.json() == {
         "status": "running",
         "status_label": "running",
+        "retrying": False,
+        "retry_note": "",
         "finished": False,
         "slices_done": 3,
         "slices_total": 20,

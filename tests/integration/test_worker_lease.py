@@ -1,5 +1,8 @@
 """A worker holds a running study only under a lease, and cannot write it once it lost it.
 
+Here a study gets one run (SEGMENTER_MAX_ATTEMPTS=1), so a run that stopped fails it;
+tests/integration/test_worker_retry.py has the default, where it is queued again.
+
 The study is queued (stored for a worker) and processed here as a worker would,
 ``processing.analysis_process``, with a stand-in engine that "pauses" on the third slice:
 it runs a function of the test there, which ages the heartbeat past the stale timeout
@@ -45,6 +48,7 @@ def queued(settings, samples, use_engine, monkeypatch):
     global on_third_slice
     settings.TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
     settings.SEGMENTER_STALE_AFTER_SECONDS = STALE_S
+    settings.SEGMENTER_MAX_ATTEMPTS = 1
     monkeypatch.setattr(processing, "PROGRESS_INTERVAL", 0)  # a heartbeat with every slice
     use_engine(PausingOnThirdSlice)
     data = samples.zip({f"s/{k}.dcm": samples.dicom(k % 2) for k in range(SLICES)})
@@ -98,7 +102,7 @@ def test_a_paused_worker_that_resumes_after_the_reaper_writes_nothing_and_the_st
     outcome = processing.analysis_process(analysis_id=str(queued.id))
 
     assert outcome == processing.Outcome.LEASE_LOST
-    assert f"analysis {queued.id} (study.zip): running 2/{SLICES}" in seen["reap"].getvalue()
+    assert f"analysis {queued.id} (study.zip): running 2/{SLICES} (run 1 of 1)" in seen["reap"].getvalue()
     # Reaped while the worker slept: slices 1 and 2 are gone (slice 3's files are written
     # only once it is segmented, after the pause).
     assert seen["row"]["status"] == "failed"

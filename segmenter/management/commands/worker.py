@@ -16,7 +16,7 @@ from django.db import connections
 from django.utils.autoreload import DJANGO_AUTORELOAD_ENV
 from django_tasks_db.management.commands.db_worker import Command as DBWorkerCommand
 
-from segmenter import reaper
+from segmenter import engine, reaper
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ class Command(DBWorkerCommand):
         if not options["reload"] or options["batch"] or os.environ.get(DJANGO_AUTORELOAD_ENV) == "true":
             _reap()
             threading.Thread(target=_reap_forever, args=(reap_every,), name="reaper", daemon=True).start()
+            engine.warm_up()  # before the first task: a task is not held while the ensemble loads
         super().handle(*args, **options)
 
 

@@ -121,3 +121,87 @@ class PixelBudget:
                         "over_mpixels": round((self.used + pixels - self.limit) / 1e6, 1)},
             )
         self.used += pixels
+
+
+#: The grey photometric interpretations a CT slice comes in, and the colour ones read as
+#: pictures (then refused by the CT check); PALETTE COLOR's values are indices into a
+#: colour table, not intensities, so it is refused here.
+GREY_PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2")
+COLOUR_PHOTOMETRICS = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420")
+#: The bits per pixel a DICOM image may be stored in here (BitsAllocated). 1 is a binary
+#: mask (a SEG or an overlay), not a CT slice; any other value pydicom cannot decode.
+DICOM_BITS_ALLOCATED = (8, 16, 32)
+
+
+@dataclass(frozen=True)
+class DicomPixelModule:
+    """What a DICOM data set's Image Pixel module declares, as read from its header.
+
+    ``photometric`` is None when the element is missing (pydicom then decides), ``planar``
+    None when PlanarConfiguration is missing; ``data_bytes`` is the length of the native
+    (not encapsulated) Pixel Data, None for a compressed one.
+    """
+
+    rows: int
+    columns: int
+    frames: int
+    samples: int
+    bits_allocated: int
+    bits_stored: int
+    pixel_representation: int
+    photometric: str | None
+    planar: int | None
+    data_bytes: int | None
+
+    def expected_bytes(self) -> int:
+        """The native Pixel Data length the header implies (before padding to even)."""
+        samples = 2 if self.photometric == "YBR_FULL_422" else self.samples  # 4:2:2 keeps 2 of 3
+        bits = self.rows * self.columns * self.frames * samples * self.bits_allocated
+        return -(-bits // 8)
+
+
+def check_dicom_pixel_module(module: DicomPixelModule) -> None:
+    """Refuse, before anything is decoded, a DICOM image whose header pydicom cannot
+    decode or would decode into something else than the image it declares: bits per
+    pixel other than 8, 16 or 32 (BitsAllocated 1 would be read as 16 frames of 0/1
+    bits), more stored bits than allocated, a PixelRepresentation other than 0 or 1,
+    samples per pixel other than 1 (grey) or 3 (colour) or not matching the photometric
+    interpretation, a palette image, a colour image without a valid PlanarConfiguration,
+    and native pixel data whose length is not what the header declares (pydicom would
+    take the extra bytes as more frames). Raises UnreadableImage."""
+    m = module
+    if m.bits_allocated not in DICOM_BITS_ALLOCATED:
+        raise UnreadableImage(
+            f"the DICOM image has {m.bits_allocated} bits per pixel (BitsAllocated); 8, 16 and 32 are read",
+            code="dicom_bits_allocated", params={"bits": m.bits_allocated},
+        )
+    if not 0 < m.bits_stored <= m.bits_allocated:
+        raise UnreadableImage(
+            f"the DICOM header declares {m.bits_stored} stored bits in {m.bits_allocated} allocated "
+            "(BitsStored, BitsAllocated)",
+            code="dicom_bits_stored", params={"stored": m.bits_stored, "allocated": m.bits_allocated},
+        )
+    if m.pixel_representation not in (0, 1):
+        raise UnreadableImage(
+            f"the DICOM header's PixelRepresentation is {m.pixel_representation}; it must be 0 or 1",
+            code="dicom_pixel_representation", params={"value": m.pixel_representation},
+        )
+    if m.photometric == "PALETTE COLOR":
+        raise UnreadableImage("the DICOM image is a palette colour picture, not a CT slice", code="dicom_palette")
+    known = {1: GREY_PHOTOMETRICS, 3: COLOUR_PHOTOMETRICS}.get(m.samples, ())
+    if not known or (m.photometric is not None and m.photometric not in known):
+        raise UnreadableImage(
+            f"the DICOM header declares {m.samples} samples per pixel with the photometric interpretation "
+            f"{m.photometric or 'missing'}; a slice has 1 (MONOCHROME1, MONOCHROME2) or 3 (RGB, YBR)",
+            code="dicom_samples", params={"samples": m.samples, "photometric": m.photometric or "-"},
+        )
+    if m.samples == 3 and m.planar not in (0, 1):
+        raise UnreadableImage(
+            "the DICOM colour image has no valid PlanarConfiguration (0 or 1)", code="dicom_planar",
+        )
+    if m.data_bytes is not None and m.data_bytes not in (m.expected_bytes(), m.expected_bytes() + 1):
+        raise UnreadableImage(
+            f"the DICOM pixel data hold {m.data_bytes} bytes but the header declares {m.expected_bytes()} "
+            f"({m.columns}x{m.rows}, {m.frames} frame(s), {m.samples} sample(s) of {m.bits_allocated} bits)",
+            code="dicom_pixel_data_length", params={"actual": m.data_bytes, "expected": m.expected_bytes()},
+        )

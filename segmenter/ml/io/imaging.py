@@ -35,7 +35,7 @@ from PIL import Image, UnidentifiedImageError
 from ..constants import AIR_HU, MODEL_WINDOW_LEVEL_HU, MODEL_WINDOW_WIDTH_HU
 from ..errors import UnreadableImage
 from .geometry import VolumeGeometry, dicom_reference
-from .headers import PixelBudget, codestream_size
+from .headers import DicomPixelModule, PixelBudget, check_dicom_pixel_module, codestream_size
 
 log = logging.getLogger(__name__)
 
@@ -458,6 +458,21 @@ def _dicom_pixels(ds, syntax, frames: int) -> np.ndarray:
     return raw[None] if frames == 1 else raw
 
 
+def _pixel_module(ds, syntax, rows: int, cols: int, frames: int, samples: int) -> DicomPixelModule:
+    """The Image Pixel module as the header declares it (headers.check_dicom_pixel_module)."""
+    photometric = ds.get("PhotometricInterpretation")
+    planar = ds.get("PlanarConfiguration")
+    return DicomPixelModule(
+        rows=rows, columns=cols, frames=frames, samples=samples,
+        bits_allocated=int(getattr(ds, "BitsAllocated", 0) or 0),
+        bits_stored=int(getattr(ds, "BitsStored", 0) or 0),
+        pixel_representation=int(getattr(ds, "PixelRepresentation", 0) or 0),
+        photometric=str(photometric).strip() if photometric else None,
+        planar=int(planar) if planar is not None and str(planar).strip() != "" else None,
+        data_bytes=None if syntax.is_encapsulated else len(ds.PixelData),
+    )
+
+
 def _native_hu(ds, syntax, rows: int, cols: int, frames: int, samples: int) -> bool:
     """Whether this data set's pixels are grey Hounsfield units stored uncompressed, in
     a layout pydicom decodes by reshaping the bytes (so decoding cannot fail), and with
@@ -514,13 +529,21 @@ def _dicom_slices(data: bytes, name: str, force: bool, budget: PixelBudget, deco
             else pydicom.uid.ExplicitVRLittleEndian if little else pydicom.uid.ExplicitVRBigEndian
         )
     syntax = ds.file_meta.TransferSyntaxUID
+    samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+    if "PixelData" in ds:
+        check_dicom_pixel_module(_pixel_module(ds, syntax, rows, cols, frames, samples))
     if syntax.is_encapsulated and "PixelData" in ds:
         _check_codestreams(ds, rows, cols)
-    samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
     if not decode and _native_hu(ds, syntax, rows, cols, frames, samples):
         raw = [None] * frames  # headers only: each slice is decoded when it is reached
     else:
         raw = _dicom_pixels(ds, syntax, frames)
+        expected = (frames, rows, cols) if samples == 1 else (frames, rows, cols, samples)
+        if raw.shape != expected:  # whatever the header let through, never a surprise shape
+            raise UnreadableImage(
+                f"the DICOM pixel data could not be decoded (shape {raw.shape}, header {expected})",
+                code="dicom_undecodable", params={"detail": "shape"},
+            )
     spacing = getattr(ds, "PixelSpacing", None)
     spacing_mm = None
     if spacing is not None and len(spacing) == 2:
