@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('segmenter', '0006_slice_overlay_thumbnail'),
+        ('segmenter', '0007_analysis_attempts'),
     ]
 
     operations = [
