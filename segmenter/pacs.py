@@ -1,0 +1,171 @@
+"""The hospital's PACS as a source and a destination, over DICOMweb.
+
+* ``dicomweb_client``: one DICOMweb client per server root, its requests session carrying
+  the credentials from the settings (SEGMENTER_DICOMWEB_USER / _PASSWORD for basic auth,
+  or SEGMENTER_DICOMWEB_TOKEN for a bearer token) and the timeout; no retries of its own
+  (a retry is the user's, and works: nothing is half-done).
+* ``address_read``: a study or series address read like an upload (``ml.io.dicomweb``:
+  the same limits, budgets and CT checks as an archive of slices, then the networks' lung
+  check), as a ParsedUpload.
+* ``results_send``: a series' results back to the server it came from with STOW-RS: the
+  DICOM SEG and the SR measurement report, both built before anything is sent and sent
+  in one request, with the source's patient and study modules copied from the source's
+  own header at that moment (never stored here) and UIDs derived from the analysis, so
+  that sending again stores nothing twice.
+
+Every failure is an ``uploads.UploadError`` (400) whose message says what went wrong.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from django.conf import settings
+from django.utils.translation import gettext as _
+
+from .ml.io.ctcheck import check_ct, check_lungs
+from .ml.io.dicomweb import DicomWebAddress, DicomWebStudy, parse_address, read_dicomweb, server_errors
+from .ml.io.imaging import UnreadableImage
+from .ml.results import exports as ml_exports
+from .ml.results import sr as ml_sr
+from .ml.results.severity import Areas
+from .models import Analysis
+from .reasons import unreadable_reason
+from .uploads import ParsedUpload, UploadError, archive_limits
+
+log = logging.getLogger(__name__)
+
+
+def configured() -> bool:
+    """Whether a PACS is configured (SEGMENTER_DICOMWEB_URL)."""
+    return bool(settings.SEGMENTER_DICOMWEB_URL)
+
+
+def dicomweb_client(root: str):
+    """A DICOMwebClient for the server at ``root``, with the configured credentials."""
+    import requests
+    from dicomweb_client.api import DICOMwebClient
+
+    session = requests.Session()
+    if settings.SEGMENTER_DICOMWEB_TOKEN:
+        session.headers["Authorization"] = f"Bearer {settings.SEGMENTER_DICOMWEB_TOKEN}"
+    elif settings.SEGMENTER_DICOMWEB_USER:
+        session.auth = (settings.SEGMENTER_DICOMWEB_USER, settings.SEGMENTER_DICOMWEB_PASSWORD)
+    client = DICOMwebClient(url=root, session=session, timeout=settings.SEGMENTER_DICOMWEB_TIMEOUT)
+    client.set_http_retry_params(retry=False)
+    return client
+
+
+def address_parse(text: str, *, configured_only: bool) -> DicomWebAddress:
+    """The study or series ``text`` names. With ``configured_only`` (the API, the web
+    pages) it must lie on the configured server: no request goes anywhere else with its
+    credentials. Raises UploadError."""
+    address = parse_address(text)
+    if address is None:
+        raise UploadError(
+            _("This is not the address of a study or series on a DICOMweb server (…/studies/UID[/series/UID]).")
+        )
+    if configured_only and (not configured() or address.root.rstrip("/") != settings.SEGMENTER_DICOMWEB_URL):
+        raise UploadError(_("Only studies on the configured PACS can be analysed here."))
+    return address
+
+
+def _refusal(exc: UnreadableImage) -> UploadError:
+    log.info("PACS refusal: %s", exc)
+    return UploadError(_("The PACS series could not be read: %(reason)s.") % {"reason": unreadable_reason(exc)})
+
+
+@dataclass
+class PacsUpload(ParsedUpload):
+    """A ParsedUpload read from a PACS, with the series read and why it was picked."""
+
+    study: DicomWebStudy | None = None
+
+
+def address_read(*, address: DicomWebAddress) -> PacsUpload:
+    """Read and check the series at ``address`` (or the series picked from a study) like an
+    archive of slices. Raises UploadError."""
+    from .engine import get_segmenter
+
+    client = dicomweb_client(address.root)
+    try:
+        study = read_dicomweb(client, address, archive_limits(), check=check_ct)
+    except UnreadableImage as exc:
+        raise _refusal(exc) from exc
+    parsed = PacsUpload(kind=Analysis.Kind.STUDY, slices=study.slices, study=study)
+    try:
+        parsed.segmented = check_lungs(study.slices, get_segmenter(), study=True)
+    except UnreadableImage as exc:
+        parsed.close()
+        raise _refusal(exc) from exc
+    except BaseException:
+        parsed.close()
+        raise
+    return parsed
+
+
+def send_seed(series_uid: str, model_version: str, analysis_id=None) -> str:
+    """What a result's UIDs are derived from: the analysis, or (the command line without
+    a database) the series and the model, so that the same run sends the same objects."""
+    return str(analysis_id) if analysis_id else f"{series_uid}/{settings.SEGMENTER_ENGINE}/{model_version}"
+
+
+def results_send(
+    *,
+    address: DicomWebAddress,
+    labels: list[np.ndarray],
+    areas: list[Areas],
+    total: Areas,
+    geometry: dict | None,
+    model_version: str,
+    seed: str,
+) -> list[str]:
+    """Store the SEG (when the series has a frame of reference) and the SR of a series'
+    results on the server at ``address`` with STOW-RS; the SOP Instance UIDs sent.
+    Raises UploadError (nothing is sent when building fails)."""
+    if geometry is None or geometry.get("kind") != "dicom":
+        raise UploadError(_("These results cannot be sent: the series' geometry is not known."))
+    import io
+
+    import pydicom
+
+    client = dicomweb_client(address.root)
+    first = pydicom.Dataset.from_json(geometry["instances"][0])
+    try:
+        with server_errors(address):
+            header = client.retrieve_instance_metadata(
+                first.StudyInstanceUID, first.SeriesInstanceUID, first.SOPInstanceUID
+            )
+    except UnreadableImage as exc:
+        raise _send_failed(exc) from exc
+    header = {tag: element for tag, element in header.items() if "BulkDataURI" not in element}  # no pixels
+    patient_study = ml_exports.patient_study_of(pydicom.Dataset.from_json(header))
+    objects = []
+    if geometry.get("seg"):
+        objects.append(ml_exports.dicom_seg(labels, geometry, model_version, seed=seed, patient_study=patient_study))
+    objects.append(ml_sr.measurement_report(labels, areas, total, geometry, model_version, seed=seed,
+                                            patient_study=patient_study))
+    datasets = [pydicom.dcmread(io.BytesIO(data)) for data in objects]
+    try:
+        with server_errors(address):
+            answer = client.store_instances(datasets, study_instance_uid=first.StudyInstanceUID)
+    except UnreadableImage as exc:
+        raise _send_failed(exc) from exc
+    failed = list(getattr(answer, "FailedSOPSequence", []))
+    if failed:
+        raise UploadError(
+            _("The PACS refused %(count)d of the results; send them again.") % {"count": len(failed)}
+        )
+    sent = [ds.SOPInstanceUID for ds in datasets]
+    log.info("sent %s to %s", ", ".join(sent), address.root)
+    return sent
+
+
+def _send_failed(exc: UnreadableImage) -> UploadError:
+    log.info("PACS send failed: %s", exc)
+    return UploadError(
+        _("The results could not be sent to the PACS: %(reason)s. Nothing was stored there that a "
+          "second try would duplicate; send again.") % {"reason": unreadable_reason(exc)}
+    )
