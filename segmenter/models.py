@@ -57,6 +57,13 @@ class Analysis(models.Model):
     slices_done = models.PositiveIntegerField(default=0)
     areas = models.JSONField(null=True, blank=True)  # severity.Areas summed over slices
     severity = models.JSONField(null=True, blank=True)  # severity.Severity.as_dict() of the sums
+    # A series read from the PACS (segmenter.pacs): {"root", "study", "series", "choice"}; null
+    # for uploads. Whether its results are to be sent back when done, when they were, and
+    # why the last send failed. No patient or study attribute is ever stored here.
+    pacs_source = models.JSONField(null=True, blank=True)
+    pacs_send = models.BooleanField(default=False)
+    pacs_sent = models.DateTimeField(null=True, blank=True)
+    pacs_error = models.TextField(blank=True)
 
     class Meta:
         ordering = ("-created",)

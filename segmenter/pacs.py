@@ -169,3 +169,70 @@ def _send_failed(exc: UnreadableImage) -> UploadError:
         _("The results could not be sent to the PACS: %(reason)s. Nothing was stored there that a "
           "second try would duplicate; send again.") % {"reason": unreadable_reason(exc)}
     )
+
+
+# --- Analyses of PACS series (the API, the web pages, a worker) ------------------------------
+
+
+def source_of(address: DicomWebAddress, study: DicomWebStudy) -> dict:
+    """What an Analysis keeps of where its series came from (pacs_source): UIDs, no patient."""
+    return {"root": address.root, "study": study.address.study, "series": study.address.series,
+            "choice": study.choice}
+
+
+def source_read(analysis: Analysis) -> PacsUpload:
+    """The series of a queued analysis of a PACS series, read again (by a worker)."""
+    source = analysis.pacs_source
+    return address_read(address=DicomWebAddress(source["root"], source["study"], source["series"]))
+
+
+def analysis_send(*, analysis: Analysis) -> list[str]:
+    """Send a done analysis of a PACS series back to the PACS (results_send, from its
+    stored label maps, areas and geometry; UIDs derived from its id), and record when, or
+    why not. Raises UploadError."""
+    from django.utils import timezone
+
+    from . import exports
+
+    if not analysis.pacs_source:
+        raise UploadError(_("This analysis is not of a PACS series; there is nowhere to send it."))
+    if analysis.status != Analysis.Status.DONE:
+        raise UploadError(_("Only a finished analysis can be sent to the PACS."))
+    source = analysis.pacs_source
+    address = DicomWebAddress(source["root"], source["study"], source["series"])
+    slices = list(analysis.slices.all())
+    try:
+        sent = results_send(
+            address=address,
+            labels=[exports.slice_labels(s) for s in slices],
+            areas=[Areas.from_dict(s.areas) for s in slices],
+            total=Areas.from_dict(analysis.areas),
+            geometry=exports.geometry_read(analysis=analysis),
+            model_version=exports.provenance_read(analysis=analysis).get("model", {}).get("version") or "unversioned",
+            seed=send_seed(source["series"], "", analysis.id),
+        )
+    except UploadError as exc:
+        Analysis.objects.filter(pk=analysis.pk).update(pacs_error=str(exc))
+        analysis.pacs_error = str(exc)
+        raise
+    now = timezone.now()
+    Analysis.objects.filter(pk=analysis.pk).update(pacs_sent=now, pacs_error="")
+    analysis.pacs_sent, analysis.pacs_error = now, ""
+    return sent
+
+
+def send_if_asked(analysis: Analysis) -> None:
+    """After an analysis of a PACS series is done: send it when asked to (pacs_send) or
+    always (SEGMENTER_DICOMWEB_SEND_ALWAYS). Never raises: a failure is recorded on the
+    analysis (pacs_error) and the send can be tried again."""
+    if not analysis.pacs_source or not (analysis.pacs_send or settings.SEGMENTER_DICOMWEB_SEND_ALWAYS):
+        return
+    analysis.refresh_from_db()
+    try:
+        analysis_send(analysis=analysis)
+    except UploadError:
+        pass
+    except Exception:  # noqa: BLE001 - the analysis is done; only the send failed
+        log.exception("sending analysis %s to the PACS failed", analysis.pk)
+        message = _("The results could not be sent to the PACS because of an internal error; send again.")
+        Analysis.objects.filter(pk=analysis.pk).update(pacs_error=message)

@@ -194,7 +194,12 @@ def pick_series(client, address: DicomWebAddress) -> tuple[str, str]:
         found = client.search_for_series(address.study, search_filters={"Modality": "CT"})
         found = [s for s in found if (_first(s, MODALITY) or "CT") == "CT"]
         if not found:
-            client.search_for_series(address.study)  # 404 here when the study is unknown
+            if not client.search_for_studies(search_filters={"StudyInstanceUID": address.study}):
+                raise UnreadableImage(
+                    f"the PACS at {address.root} does not know {address.url}",
+                    code="pacs_not_found",
+                    params={"server": address.root},
+                )
             raise UnreadableImage(
                 f"the study {address.study} holds no CT series", code="pacs_no_ct_series", params={}
             )
