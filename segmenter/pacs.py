@@ -112,45 +112,61 @@ def send_seed(series_uid: str, model_version: str, analysis_id=None) -> str:
     return str(analysis_id) if analysis_id else f"{series_uid}/{settings.SEGMENTER_ENGINE}/{model_version}"
 
 
-def results_send(
+def results_build(
     *,
-    address: DicomWebAddress,
     labels: list[np.ndarray],
     areas: list[Areas],
     total: Areas,
     geometry: dict | None,
     model_version: str,
     seed: str,
-) -> list[str]:
-    """Store the SEG (when the series has a frame of reference) and the SR of a series'
-    results on the server at ``address`` with STOW-RS; the SOP Instance UIDs sent.
-    Raises UploadError (nothing is sent when building fails)."""
-    if geometry is None or geometry.get("kind") != "dicom":
-        raise UploadError(_("These results cannot be sent: the series' geometry is not known."))
+    header,
+) -> list:
+    """The SEG (when the series has a frame of reference) and the SR of a series' results,
+    as pydicom data sets, their patient and study modules copied from ``header`` (a
+    source instance's own header). Raises UploadError."""
     import io
 
     import pydicom
 
-    client = dicomweb_client(address.root)
-    first = pydicom.Dataset.from_json(geometry["instances"][0])
-    try:
-        with server_errors(address):
-            header = client.retrieve_instance_metadata(
-                first.StudyInstanceUID, first.SeriesInstanceUID, first.SOPInstanceUID
-            )
-    except UnreadableImage as exc:
-        raise _send_failed(exc) from exc
-    header = {tag: element for tag, element in header.items() if "BulkDataURI" not in element}  # no pixels
-    patient_study = ml_exports.patient_study_of(pydicom.Dataset.from_json(header))
+    if geometry is None or geometry.get("kind") != "dicom":
+        raise UploadError(_("These results cannot be sent: the series' geometry is not known."))
+    patient_study = ml_exports.patient_study_of(header) if header is not None else None
     objects = []
     if geometry.get("seg"):
         objects.append(ml_exports.dicom_seg(labels, geometry, model_version, seed=seed, patient_study=patient_study))
     objects.append(ml_sr.measurement_report(labels, areas, total, geometry, model_version, seed=seed,
                                             patient_study=patient_study))
-    datasets = [pydicom.dcmread(io.BytesIO(data)) for data in objects]
+    return [pydicom.dcmread(io.BytesIO(data)) for data in objects]
+
+
+def source_header(address: DicomWebAddress, geometry: dict | None):
+    """The first source instance's header (no pixel data), fetched from the PACS now.
+    Raises UploadError."""
+    import pydicom
+
+    if geometry is None or geometry.get("kind") != "dicom":
+        raise UploadError(_("These results cannot be sent: the series' geometry is not known."))
+    first = pydicom.Dataset.from_json(geometry["instances"][0])
     try:
         with server_errors(address):
-            answer = client.store_instances(datasets, study_instance_uid=first.StudyInstanceUID)
+            header = dicomweb_client(address.root).retrieve_instance_metadata(
+                first.StudyInstanceUID, first.SeriesInstanceUID, first.SOPInstanceUID
+            )
+    except UnreadableImage as exc:
+        raise _send_failed(exc) from exc
+    header = {tag: element for tag, element in header.items() if "BulkDataURI" not in element}  # no pixels
+    return pydicom.Dataset.from_json(header)
+
+
+def stow(address: DicomWebAddress, datasets: list) -> list[str]:
+    """Store ``datasets`` on the server at ``address`` in one STOW-RS request; the SOP
+    Instance UIDs stored. Raises UploadError."""
+    try:
+        with server_errors(address):
+            answer = dicomweb_client(address.root).store_instances(
+                datasets, study_instance_uid=datasets[0].StudyInstanceUID
+            )
     except UnreadableImage as exc:
         raise _send_failed(exc) from exc
     failed = list(getattr(answer, "FailedSOPSequence", []))
@@ -161,6 +177,25 @@ def results_send(
     sent = [ds.SOPInstanceUID for ds in datasets]
     log.info("sent %s to %s", ", ".join(sent), address.root)
     return sent
+
+
+def results_send(
+    *,
+    address: DicomWebAddress,
+    labels: list[np.ndarray],
+    areas: list[Areas],
+    total: Areas,
+    geometry: dict | None,
+    model_version: str,
+    seed: str,
+) -> list[str]:
+    """Store the SEG and SR of a series' results on the server it came from (``address``)
+    with STOW-RS, the source's patient and study modules fetched from it now; the SOP
+    Instance UIDs sent. Everything is built before anything is sent. Raises UploadError."""
+    header = source_header(address, geometry)
+    datasets = results_build(labels=labels, areas=areas, total=total, geometry=geometry,
+                             model_version=model_version, seed=seed, header=header)
+    return stow(address, datasets)
 
 
 def _send_failed(exc: UnreadableImage) -> UploadError:
@@ -186,38 +221,72 @@ def source_read(analysis: Analysis) -> PacsUpload:
     return address_read(address=DicomWebAddress(source["root"], source["study"], source["series"]))
 
 
+def _stored_results(analysis: Analysis) -> dict:
+    from . import exports
+
+    slices = list(analysis.slices.all())
+    return {
+        "labels": [exports.slice_labels(s) for s in slices],
+        "areas": [Areas.from_dict(s.areas) for s in slices],
+        "total": Areas.from_dict(analysis.areas),
+        "geometry": exports.geometry_read(analysis=analysis),
+        "model_version": exports.provenance_read(analysis=analysis).get("model", {}).get("version") or "unversioned",
+        "seed": str(analysis.id),
+    }
+
+
+def _record(analysis: Analysis, error: str = "") -> None:
+    from django.utils import timezone
+
+    fields = {"pacs_error": error} if error else {"pacs_error": "", "pacs_sent": timezone.now()}
+    Analysis.objects.filter(pk=analysis.pk).update(**fields)
+    for name, value in fields.items():
+        setattr(analysis, name, value)
+
+
+def analysis_send_to(*, analysis: Analysis, destination: str, header) -> list[str]:
+    """Send a done analysis' SEG and SR to ``destination`` ("dicomweb": the configured PACS
+    by STOW-RS; "AET@host:port": by C-STORE), their patient and study modules from
+    ``header``; record when, or why not. Raises UploadError."""
+    from .dimse import Peer, cstore
+
+    try:
+        datasets = results_build(**_stored_results(analysis), header=header)
+        if destination == "dicomweb":
+            if not configured():
+                raise UploadError(_("No PACS is configured to send to (SEGMENTER_DICOMWEB_URL)."))
+            sent = stow(DicomWebAddress(settings.SEGMENTER_DICOMWEB_URL, "", None), datasets)
+        else:
+            try:
+                cstore(Peer.parse(destination), datasets)
+            except (OSError, ValueError) as exc:
+                raise UploadError(
+                    _("The results could not be sent to %(peer)s: %(reason)s.") % {"peer": destination, "reason": exc}
+                ) from exc
+            sent = [ds.SOPInstanceUID for ds in datasets]
+    except UploadError as exc:
+        _record(analysis, str(exc))
+        raise
+    _record(analysis)
+    return sent
+
+
 def analysis_send(*, analysis: Analysis) -> list[str]:
     """Send a done analysis of a PACS series back to the PACS (results_send, from its
     stored label maps, areas and geometry; UIDs derived from its id), and record when, or
     why not. Raises UploadError."""
-    from django.utils import timezone
-
-    from . import exports
-
     if not analysis.pacs_source:
         raise UploadError(_("This analysis is not of a PACS series; there is nowhere to send it."))
     if analysis.status != Analysis.Status.DONE:
         raise UploadError(_("Only a finished analysis can be sent to the PACS."))
     source = analysis.pacs_source
     address = DicomWebAddress(source["root"], source["study"], source["series"])
-    slices = list(analysis.slices.all())
     try:
-        sent = results_send(
-            address=address,
-            labels=[exports.slice_labels(s) for s in slices],
-            areas=[Areas.from_dict(s.areas) for s in slices],
-            total=Areas.from_dict(analysis.areas),
-            geometry=exports.geometry_read(analysis=analysis),
-            model_version=exports.provenance_read(analysis=analysis).get("model", {}).get("version") or "unversioned",
-            seed=send_seed(source["series"], "", analysis.id),
-        )
+        sent = results_send(address=address, **_stored_results(analysis))
     except UploadError as exc:
-        Analysis.objects.filter(pk=analysis.pk).update(pacs_error=str(exc))
-        analysis.pacs_error = str(exc)
+        _record(analysis, str(exc))
         raise
-    now = timezone.now()
-    Analysis.objects.filter(pk=analysis.pk).update(pacs_sent=now, pacs_error="")
-    analysis.pacs_sent, analysis.pacs_error = now, ""
+    _record(analysis)
     return sent
 
 
