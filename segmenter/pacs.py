@@ -305,3 +305,70 @@ def send_if_asked(analysis: Analysis) -> None:
         log.exception("sending analysis %s to the PACS failed", analysis.pk)
         message = _("The results could not be sent to the PACS because of an internal error; send again.")
         Analysis.objects.filter(pk=analysis.pk).update(pacs_error=message)
+
+
+# --- Searching the PACS (the page "From a PACS") -----------------------------------------------
+
+
+def _text(item: dict, tag: str) -> str:
+    value = (item.get(tag) or {}).get("Value") or [""]
+    first = value[0]
+    if isinstance(first, dict):  # a person name: {"Alphabetic": "Doe^John"}
+        first = first.get("Alphabetic", "")
+    return str(first)
+
+
+def studies_search(*, patient_id: str = "", accession: str = "", date_from: str = "", date_to: str = "") -> list[dict]:
+    """CT studies on the configured PACS (QIDO-RS) matching what is given (dates as
+    YYYYMMDD), as the PACS returns them, at most 100. Raises UploadError."""
+    filters = {"ModalitiesInStudy": "CT"}
+    if patient_id:
+        filters["PatientID"] = patient_id
+    if accession:
+        filters["AccessionNumber"] = accession
+    if date_from or date_to:
+        filters["StudyDate"] = f"{date_from}-{date_to}"
+    address = DicomWebAddress(settings.SEGMENTER_DICOMWEB_URL, "", None)
+    fields = ["PatientName", "PatientID", "StudyDate", "AccessionNumber", "StudyDescription",
+              "NumberOfStudyRelatedSeries", "ModalitiesInStudy"]
+    try:
+        with server_errors(address):
+            found = dicomweb_client(address.root).search_for_studies(search_filters=filters, fields=fields, limit=100)
+    except UnreadableImage as exc:
+        raise _refusal(exc) from exc
+    return [
+        {
+            "study": _text(item, "0020000D"),
+            "patient_name": _text(item, "00100010").replace("^", " ").strip(),
+            "patient_id": _text(item, "00100020"),
+            "date": _text(item, "00080020"),
+            "accession": _text(item, "00080050"),
+            "description": _text(item, "00081030"),
+        }
+        for item in found
+    ]
+
+
+def series_list(*, study: str) -> list[dict]:
+    """A study's series on the configured PACS (QIDO-RS) with their modality and number of
+    instances (slices). Raises UploadError."""
+    address = DicomWebAddress(settings.SEGMENTER_DICOMWEB_URL, study, None)
+    try:
+        with server_errors(address):
+            found = dicomweb_client(address.root).search_for_series(
+                study, fields=["SeriesDescription", "NumberOfSeriesRelatedInstances", "SeriesNumber", "Modality"]
+            )
+    except UnreadableImage as exc:
+        raise _refusal(exc) from exc
+    rows = [
+        {
+            "series": _text(item, "0020000E"),
+            "number": _text(item, "00200011"),
+            "modality": _text(item, "00080060"),
+            "description": _text(item, "0008103E"),
+            "slices": _text(item, "00201209"),
+            "url": f"{address.root}/studies/{study}/series/{_text(item, '0020000E')}",
+        }
+        for item in found
+    ]
+    return sorted(rows, key=lambda r: (r["modality"] != "CT", int(r["number"] or 0)))
