@@ -104,10 +104,16 @@ class AnalysisLinksSerializer(serializers.Serializer):
 
 class PacsSerializer(serializers.Serializer):
     series = serializers.CharField(help_text="The DICOMweb address of the series analysed.")
-    choice = serializers.CharField(allow_blank=True, help_text="Which series of the study was analysed, and why.")
+    choice = serializers.CharField(
+        allow_blank=True, help_text="Which series of the study was analysed, and why."
+    )
     send = serializers.BooleanField(help_text="Whether the results are sent back when done.")
-    sent = serializers.DateTimeField(allow_null=True, help_text="When the SEG and SR were last stored on the PACS.")
-    error = serializers.CharField(allow_blank=True, help_text="Why the last send failed (POST …/send to retry).")
+    sent = serializers.DateTimeField(
+        allow_null=True, help_text="When the SEG and SR were last stored on the PACS."
+    )
+    error = serializers.CharField(
+        allow_blank=True, help_text="Why the last send failed (POST …/send to retry)."
+    )
 
 
 class AnalysisSerializer(serializers.Serializer):
@@ -129,7 +135,8 @@ class AnalysisSerializer(serializers.Serializer):
 
 class PacsRequestSerializer(serializers.Serializer):
     url = serializers.CharField(
-        help_text="The DICOMweb address of a study or series on the configured PACS: …/studies/UID[/series/UID]."
+        help_text="The DICOMweb address of a study or series on the configured PACS: "
+        "…/studies/UID[/series/UID]."
     )
     send = serializers.BooleanField(
         required=False, default=False, help_text="Store the DICOM SEG and SR back on the PACS when done."
@@ -303,7 +310,9 @@ class AnalysisSendView(APIView):
         request=None,
         responses={
             200: AnalysisSerializer,
-            400: OpenApiResponse(ErrorSerializer, description="Not a done PACS analysis, or the PACS refused."),
+            400: OpenApiResponse(
+                ErrorSerializer, description="Not a done PACS analysis, or the PACS refused."
+            ),
             404: OpenApiResponse(ErrorSerializer, description="No such analysis."),
         },
     )

@@ -75,7 +75,11 @@ class Listener:
 
     def _allowed(self, event) -> bool:
         requestor = event.assoc.requestor
-        aet = requestor.ae_title.strip() if isinstance(requestor.ae_title, str) else requestor.ae_title.decode().strip()
+        aet = (
+            requestor.ae_title.strip()
+            if isinstance(requestor.ae_title, str)
+            else requestor.ae_title.decode().strip()
+        )
         return any(p.aet == aet and p.host == requestor.address for p in self.peers)
 
     def _on_echo(self, event) -> int:
@@ -115,8 +119,13 @@ class Listener:
         handlers = [(evt.EVT_C_ECHO, self._on_echo), (evt.EVT_C_STORE, self._on_store)]
         self._server = ae.start_server((self.host, self.port), block=False, evt_handlers=handlers)
         self.port = self._server.server_address[1]
-        log.info("DICOM listener %s on %s:%d; peers %s", self.aet, self.host, self.port,
-                 ", ".join(f"{p.aet}@{p.host}" for p in self.peers) or "none")
+        log.info(
+            "DICOM listener %s on %s:%d; peers %s",
+            self.aet,
+            self.host,
+            self.port,
+            ", ".join(f"{p.aet}@{p.host}" for p in self.peers) or "none",
+        )
 
     def stop(self) -> None:
         if self._server is not None:
@@ -129,7 +138,9 @@ class Listener:
         """The series quiet for SEGMENTER_DICOM_QUIET_SECONDS, taken off the list."""
         now = time.monotonic() if now is None else now
         with self._lock:
-            ready = [s for s, t in self._arrived.items() if now - t >= settings.SEGMENTER_DICOM_QUIET_SECONDS]
+            ready = [
+                s for s, t in self._arrived.items() if now - t >= settings.SEGMENTER_DICOM_QUIET_SECONDS
+            ]
             for series in ready:
                 del self._arrived[series]
         return ready
@@ -149,7 +160,9 @@ def series_process(folder: Path):
     try:
         modalities = _modalities(folder)
         if modalities != {"CT"}:
-            log.warning("received series %s refused: it is %s, not CT", folder.name, "/".join(sorted(modalities)))
+            log.warning(
+                "received series %s refused: it is %s, not CT", folder.name, "/".join(sorted(modalities))
+            )
             return None
         try:
             parsed = uploads.folder_read(folder)
@@ -157,8 +170,12 @@ def series_process(folder: Path):
             log.warning("received series %s refused: %s", folder.name, exc)
             return None
         try:
-            analysis = Analysis.objects.create(kind=parsed.kind, source_name=f"dimse-{folder.name}",
-                                               slices_total=len(parsed.slices), pacs_send=True)
+            analysis = Analysis.objects.create(
+                kind=parsed.kind,
+                source_name=f"dimse-{folder.name}",
+                slices_total=len(parsed.slices),
+                pacs_send=True,
+            )
             processing.analysis_process(analysis_id=analysis.id, parsed=parsed)
         finally:
             parsed.close()
@@ -166,8 +183,9 @@ def series_process(folder: Path):
         if analysis.status == Analysis.Status.DONE:
             header = _first_header(folder)
             try:
-                pacs.analysis_send_to(analysis=analysis, destination=settings.SEGMENTER_DICOM_DESTINATION,
-                                      header=header)
+                pacs.analysis_send_to(
+                    analysis=analysis, destination=settings.SEGMENTER_DICOM_DESTINATION, header=header
+                )
             except uploads.UploadError as exc:
                 log.warning("results of %s not sent: %s", analysis.pk, exc)
             analysis.refresh_from_db()
@@ -182,7 +200,13 @@ def _modalities(folder: Path) -> set[str]:
     found = set()
     for path in folder.glob("*.dcm"):
         try:
-            found.add(str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality"]).get("Modality", "")))
+            found.add(
+                str(
+                    pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality"]).get(
+                        "Modality", ""
+                    )
+                )
+            )
         except Exception:  # noqa: BLE001 - an unreadable file: folder_read says why
             found.add("?")
     return found
@@ -213,6 +237,8 @@ def cstore(peer: Peer, datasets: list, *, aet: str | None = None) -> None:
             status = assoc.send_c_store(ds)
             code = getattr(status, "Status", None)
             if code is None or code not in (0x0000, 0xB000, 0xB007, 0xB006):
-                raise OSError(f"{peer.aet} answered C-STORE with status {code if code is None else hex(code)}")
+                raise OSError(
+                    f"{peer.aet} answered C-STORE with status {code if code is None else hex(code)}"
+                )
     finally:
         assoc.release()

@@ -65,7 +65,10 @@ def address_parse(text: str, *, configured_only: bool) -> DicomWebAddress:
     address = parse_address(text)
     if address is None:
         raise UploadError(
-            _("This is not the address of a study or series on a DICOMweb server (…/studies/UID[/series/UID]).")
+            _(
+                "This is not the address of a study or series on a DICOMweb server "
+                "(…/studies/UID[/series/UID])."
+            )
         )
     if configured_only and (not configured() or address.root.rstrip("/") != settings.SEGMENTER_DICOMWEB_URL):
         raise UploadError(_("Only studies on the configured PACS can be analysed here."))
@@ -74,7 +77,9 @@ def address_parse(text: str, *, configured_only: bool) -> DicomWebAddress:
 
 def _refusal(exc: UnreadableImage) -> UploadError:
     log.info("PACS refusal: %s", exc)
-    return UploadError(_("The PACS series could not be read: %(reason)s.") % {"reason": unreadable_reason(exc)})
+    return UploadError(
+        _("The PACS series could not be read: %(reason)s.") % {"reason": unreadable_reason(exc)}
+    )
 
 
 @dataclass
@@ -134,9 +139,14 @@ def results_build(
     patient_study = ml_exports.patient_study_of(header) if header is not None else None
     objects = []
     if geometry.get("seg"):
-        objects.append(ml_exports.dicom_seg(labels, geometry, model_version, seed=seed, patient_study=patient_study))
-    objects.append(ml_sr.measurement_report(labels, areas, total, geometry, model_version, seed=seed,
-                                            patient_study=patient_study))
+        objects.append(
+            ml_exports.dicom_seg(labels, geometry, model_version, seed=seed, patient_study=patient_study)
+        )
+    objects.append(
+        ml_sr.measurement_report(
+            labels, areas, total, geometry, model_version, seed=seed, patient_study=patient_study
+        )
+    )
     return [pydicom.dcmread(io.BytesIO(data)) for data in objects]
 
 
@@ -193,16 +203,26 @@ def results_send(
     with STOW-RS, the source's patient and study modules fetched from it now; the SOP
     Instance UIDs sent. Everything is built before anything is sent. Raises UploadError."""
     header = source_header(address, geometry)
-    datasets = results_build(labels=labels, areas=areas, total=total, geometry=geometry,
-                             model_version=model_version, seed=seed, header=header)
+    datasets = results_build(
+        labels=labels,
+        areas=areas,
+        total=total,
+        geometry=geometry,
+        model_version=model_version,
+        seed=seed,
+        header=header,
+    )
     return stow(address, datasets)
 
 
 def _send_failed(exc: UnreadableImage) -> UploadError:
     log.info("PACS send failed: %s", exc)
     return UploadError(
-        _("The results could not be sent to the PACS: %(reason)s. Nothing was stored there that a "
-          "second try would duplicate; send again.") % {"reason": unreadable_reason(exc)}
+        _(
+            "The results could not be sent to the PACS: %(reason)s. Nothing was stored there that a "
+            "second try would duplicate; send again."
+        )
+        % {"reason": unreadable_reason(exc)}
     )
 
 
@@ -211,8 +231,12 @@ def _send_failed(exc: UnreadableImage) -> UploadError:
 
 def source_of(address: DicomWebAddress, study: DicomWebStudy) -> dict:
     """What an Analysis keeps of where its series came from (pacs_source): UIDs, no patient."""
-    return {"root": address.root, "study": study.address.study, "series": study.address.series,
-            "choice": study.choice}
+    return {
+        "root": address.root,
+        "study": study.address.study,
+        "series": study.address.series,
+        "choice": study.choice,
+    }
 
 
 def source_read(analysis: Analysis) -> PacsUpload:
@@ -230,7 +254,8 @@ def _stored_results(analysis: Analysis) -> dict:
         "areas": [Areas.from_dict(s.areas) for s in slices],
         "total": Areas.from_dict(analysis.areas),
         "geometry": exports.geometry_read(analysis=analysis),
-        "model_version": exports.provenance_read(analysis=analysis).get("model", {}).get("version") or "unversioned",
+        "model_version": exports.provenance_read(analysis=analysis).get("model", {}).get("version")
+        or "unversioned",
         "seed": str(analysis.id),
     }
 
@@ -261,7 +286,8 @@ def analysis_send_to(*, analysis: Analysis, destination: str, header) -> list[st
                 cstore(Peer.parse(destination), datasets)
             except (OSError, ValueError) as exc:
                 raise UploadError(
-                    _("The results could not be sent to %(peer)s: %(reason)s.") % {"peer": destination, "reason": exc}
+                    _("The results could not be sent to %(peer)s: %(reason)s.")
+                    % {"peer": destination, "reason": exc}
                 ) from exc
             sent = [ds.SOPInstanceUID for ds in datasets]
     except UploadError as exc:
@@ -318,7 +344,9 @@ def _text(item: dict, tag: str) -> str:
     return str(first)
 
 
-def studies_search(*, patient_id: str = "", accession: str = "", date_from: str = "", date_to: str = "") -> list[dict]:
+def studies_search(
+    *, patient_id: str = "", accession: str = "", date_from: str = "", date_to: str = ""
+) -> list[dict]:
     """CT studies on the configured PACS (QIDO-RS) matching what is given (dates as
     YYYYMMDD), as the PACS returns them, at most 100. Raises UploadError."""
     filters = {"ModalitiesInStudy": "CT"}
@@ -329,11 +357,20 @@ def studies_search(*, patient_id: str = "", accession: str = "", date_from: str 
     if date_from or date_to:
         filters["StudyDate"] = f"{date_from}-{date_to}"
     address = DicomWebAddress(settings.SEGMENTER_DICOMWEB_URL, "", None)
-    fields = ["PatientName", "PatientID", "StudyDate", "AccessionNumber", "StudyDescription",
-              "NumberOfStudyRelatedSeries", "ModalitiesInStudy"]
+    fields = [
+        "PatientName",
+        "PatientID",
+        "StudyDate",
+        "AccessionNumber",
+        "StudyDescription",
+        "NumberOfStudyRelatedSeries",
+        "ModalitiesInStudy",
+    ]
     try:
         with server_errors(address):
-            found = dicomweb_client(address.root).search_for_studies(search_filters=filters, fields=fields, limit=100)
+            found = dicomweb_client(address.root).search_for_studies(
+                search_filters=filters, fields=fields, limit=100
+            )
     except UnreadableImage as exc:
         raise _refusal(exc) from exc
     return [
@@ -356,7 +393,8 @@ def series_list(*, study: str) -> list[dict]:
     try:
         with server_errors(address):
             found = dicomweb_client(address.root).search_for_series(
-                study, fields=["SeriesDescription", "NumberOfSeriesRelatedInstances", "SeriesNumber", "Modality"]
+                study,
+                fields=["SeriesDescription", "NumberOfSeriesRelatedInstances", "SeriesNumber", "Modality"],
             )
     except UnreadableImage as exc:
         raise _refusal(exc) from exc

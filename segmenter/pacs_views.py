@@ -30,7 +30,9 @@ def _configured() -> None:
 @require_safe
 def search(request):
     _configured()
-    query = {k: request.GET.get(k, "").strip()[:64] for k in ("patient_id", "accession", "date_from", "date_to")}
+    query = {
+        k: request.GET.get(k, "").strip()[:64] for k in ("patient_id", "accession", "date_from", "date_to")
+    }
     ctx = {"query": query, "studies": None, "error": ""}
     if any(query.values()):
         dates = [query[k] for k in ("date_from", "date_to") if query[k]]
@@ -39,8 +41,10 @@ def search(request):
         else:
             try:
                 ctx["studies"] = pacs.studies_search(
-                    patient_id=query["patient_id"], accession=query["accession"],
-                    date_from=query["date_from"].replace("-", ""), date_to=query["date_to"].replace("-", ""),
+                    patient_id=query["patient_id"],
+                    accession=query["accession"],
+                    date_from=query["date_from"].replace("-", ""),
+                    date_to=query["date_to"].replace("-", ""),
                 )
             except uploads.UploadError as exc:
                 ctx["error"] = str(exc)
@@ -66,7 +70,9 @@ def analyse(request):
     token = _browser_token(request) or secrets.token_urlsafe(32)
     try:
         analysis = services.analysis_create_from_pacs(
-            url=request.POST.get("url", ""), send=request.POST.get("send") == "1", browser=selectors.browser_key(token)
+            url=request.POST.get("url", ""),
+            send=request.POST.get("send") == "1",
+            browser=selectors.browser_key(token),
         )
     except uploads.UploadError as exc:
         ctx = {"study": "", "series": [], "error": str(exc)}

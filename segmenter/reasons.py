@@ -122,7 +122,9 @@ UNREADABLE_REASONS = {
     "pacs_instance_too_large": gettext_lazy(
         "an instance of the series holds %(size_mb)s MB of pixels; the limit is %(limit_mb)s MB"
     ),
-    "pacs_series_too_large": gettext_lazy("the series holds %(size_mb)s MB of pixels; the limit is %(limit_mb)s MB"),
+    "pacs_series_too_large": gettext_lazy(
+        "the series holds %(size_mb)s MB of pixels; the limit is %(limit_mb)s MB"
+    ),
 }
 
 #: ctcheck's reasons (the "why" of "not_ct"), in the reader's language.

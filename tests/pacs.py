@@ -41,7 +41,9 @@ def free_port() -> int:
 def dicomweb_plugin() -> str | None:
     """The DicomWeb plugin's .so, as the Debian package lists it."""
     try:
-        listed = subprocess.run(["dpkg", "-L", "orthanc-dicomweb"], capture_output=True, text=True, check=True).stdout
+        listed = subprocess.run(
+            ["dpkg", "-L", "orthanc-dicomweb"], capture_output=True, text=True, check=True
+        ).stdout
     except (OSError, subprocess.CalledProcessError):
         listed = ""
     found = [line for line in listed.splitlines() if "/plugins/" in line and line.endswith(".so")]
@@ -56,7 +58,9 @@ class Orthanc:
     def __init__(self, folder: Path, *, aet: str = "TESTPACS", peers: dict | None = None) -> None:
         binary, plugin = shutil.which("Orthanc"), dicomweb_plugin()
         if binary is None or plugin is None:
-            raise RuntimeError("Orthanc is not installed: apt-get install orthanc orthanc-dicomweb (.ci/run does)")
+            raise RuntimeError(
+                "Orthanc is not installed: apt-get install orthanc orthanc-dicomweb (.ci/run does)"
+            )
         self.folder = folder
         self.http_port, self.dicom_port, self.aet = free_port(), free_port(), aet
         storage = folder / "storage"
@@ -79,7 +83,9 @@ class Orthanc:
         }
         (folder / "orthanc.json").write_text(json.dumps(config))
         self.log = open(folder / "orthanc.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen([binary, str(folder / "orthanc.json")], stdout=self.log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            [binary, str(folder / "orthanc.json")], stdout=self.log, stderr=subprocess.STDOUT
+        )
         self.http = f"http://127.0.0.1:{self.http_port}"
         self.root = f"{self.http}/dicom-web"
         deadline = time.monotonic() + 30
@@ -96,7 +102,9 @@ class Orthanc:
 
     def store(self, files: list[bytes]) -> None:
         for data in files:
-            requests.post(f"{self.http}/instances", data=data, auth=(USER, PASSWORD), timeout=30).raise_for_status()
+            requests.post(
+                f"{self.http}/instances", data=data, auth=(USER, PASSWORD), timeout=30
+            ).raise_for_status()
 
     def get(self, path: str):
         response = requests.get(f"{self.http}{path}", auth=(USER, PASSWORD), timeout=30)
@@ -169,10 +177,17 @@ def kmader_series(data_root: Path, count: int = 12, *, first: int = 0, modality:
     }
     files = []
     for k, values in enumerate(images):
-        attributes = dict(shared, ImagePositionPatient=[-250.0, -250.0, -5.0 * k], SOPInstanceUID=generate_uid())
+        attributes = dict(
+            shared, ImagePositionPatient=[-250.0, -250.0, -5.0 * k], SOPInstanceUID=generate_uid()
+        )
         with tempfile.TemporaryDirectory() as folder:
-            path = write_ct_dicom(kmader_to_hu(values), Path(folder) / "slice.dcm", spacing_mm=(0.7, 0.7),
-                                  instance=k + 1, attributes=attributes)
+            path = write_ct_dicom(
+                kmader_to_hu(values),
+                Path(folder) / "slice.dcm",
+                spacing_mm=(0.7, 0.7),
+                instance=k + 1,
+                attributes=attributes,
+            )
             ds = pydicom.dcmread(path)
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         if modality != "CT":
@@ -199,14 +214,22 @@ class FaultyProxy:
                 pass
 
             def _forward(self, method: str) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) if method == "POST" else None
+                body = (
+                    self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                    if method == "POST"
+                    else None
+                )
                 if method == "POST" and proxy.mode == "fail-store":
                     self._answer(503, b"store refused by the test", "text/plain")
                     return
                 if proxy.mode == "slow":
                     time.sleep(proxy.delay)
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
-                answer = requests.request(method, proxy.upstream + self.path, headers=headers, data=body, timeout=60)
+                headers = {
+                    k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")
+                }
+                answer = requests.request(
+                    method, proxy.upstream + self.path, headers=headers, data=body, timeout=60
+                )
                 content = answer.content
                 if proxy.mode == "cut" and len(content) > 100_000:
                     self.send_response(answer.status_code)
@@ -241,7 +264,7 @@ class FaultyProxy:
 
     def root(self, upstream_root: str) -> str:
         """The proxy's address for a path on the upstream server."""
-        return f"http://127.0.0.1:{self.port}{upstream_root[len(self.upstream):]}"
+        return f"http://127.0.0.1:{self.port}{upstream_root[len(self.upstream) :]}"
 
     def close(self) -> None:
         self.server.shutdown()

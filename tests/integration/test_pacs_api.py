@@ -37,7 +37,9 @@ def _url(root, source):
     return f"{root}/studies/{source[0].StudyInstanceUID}/series/{source[0].SeriesInstanceUID}"
 
 
-def test_a_pacs_series_is_analysed_and_sent_back_once_however_often_it_is_sent(client, post_json, pacs, data_root):
+def test_a_pacs_series_is_analysed_and_sent_back_once_however_often_it_is_sent(
+    client, post_json, pacs, data_root
+):
     source = _series(pacs, data_root, first=32)
     response = post_json({"url": _url(pacs.root, source), "send": True})
     assert response.status_code == 201, response.content
@@ -62,7 +64,10 @@ def test_a_pacs_series_is_analysed_and_sent_back_once_however_often_it_is_sent(c
     assert again.status_code == 200, again.content
     held = pacs.series_of_study(source[0].StudyInstanceUID)
     assert len(held["SEG"]) == 1 and len(held["SR"]) == 1
-    assert held["SEG"][0].SOPInstanceUID == pacs.series_of_study(source[0].StudyInstanceUID)["SEG"][0].SOPInstanceUID
+    assert (
+        held["SEG"][0].SOPInstanceUID
+        == pacs.series_of_study(source[0].StudyInstanceUID)["SEG"][0].SOPInstanceUID
+    )
 
 
 def test_without_send_nothing_goes_back_until_asked(client, post_json, pacs, data_root):
@@ -74,8 +79,9 @@ def test_without_send_nothing_goes_back_until_asked(client, post_json, pacs, dat
     assert sorted(pacs.series_of_study(source[0].StudyInstanceUID)) == ["CT", "SEG", "SR"]
 
 
-def test_a_failed_send_leaves_the_analysis_done_with_the_reason_and_a_retry_works(client, post_json, pacs, settings,
-                                                                                 data_root):
+def test_a_failed_send_leaves_the_analysis_done_with_the_reason_and_a_retry_works(
+    client, post_json, pacs, settings, data_root
+):
     source = _series(pacs, data_root, count=2, first=37)
     proxy = FaultyProxy(pacs.http)
     try:
@@ -136,7 +142,9 @@ def test_without_a_configured_pacs_a_url_is_refused(post_json, settings):
     assert response.status_code == 400 and "Only studies on the configured PACS" in response.json()["error"]
 
 
-def test_a_queued_pacs_analysis_is_read_from_the_pacs_again_by_the_worker(post_json, pacs, settings, data_root):
+def test_a_queued_pacs_analysis_is_read_from_the_pacs_again_by_the_worker(
+    post_json, pacs, settings, data_root
+):
     from segmenter import processing
 
     settings.TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
@@ -148,3 +156,26 @@ def test_a_queued_pacs_analysis_is_read_from_the_pacs_again_by_the_worker(post_j
     analysis.refresh_from_db()
     assert analysis.slices.count() == 2 and analysis.pacs_sent is not None
     assert sorted(pacs.series_of_study(source[0].StudyInstanceUID)) == ["CT", "SEG", "SR"]
+
+
+def test_a_queued_analysis_whose_series_has_left_the_pacs_ends_failed_with_the_reason(
+    post_json, pacs, settings, data_root
+):
+    import requests
+
+    from segmenter import processing
+    from tests.pacs import PASSWORD, USER
+
+    settings.TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
+    source = _series(pacs, data_root, count=1, first=31)
+    assert post_json({"url": _url(pacs.root, source)}).status_code == 202
+    auth = (USER, PASSWORD)
+    (found,) = requests.post(
+        f"{pacs.http}/tools/lookup", data=source[0].SeriesInstanceUID, auth=auth, timeout=10
+    ).json()
+    requests.delete(f"{pacs.http}/series/{found['ID']}", auth=auth, timeout=10).raise_for_status()
+    analysis = Analysis.objects.get()
+    assert processing.analysis_process(analysis_id=analysis.id) == processing.Outcome.FAILED
+    analysis.refresh_from_db()
+    assert analysis.status == Analysis.Status.FAILED
+    assert "does not know this study or series" in analysis.error

@@ -38,7 +38,9 @@ def _series_url(root: str, source: list[pydicom.Dataset]) -> str:
     return f"{root}/studies/{source[0].StudyInstanceUID}/series/{source[0].SeriesInstanceUID}"
 
 
-def test_a_series_is_read_analysed_and_its_seg_and_sr_sent_back_under_the_same_patient(pacs, data_root, tmp_path):
+def test_a_series_is_read_analysed_and_its_seg_and_sr_sent_back_under_the_same_patient(
+    pacs, data_root, tmp_path
+):
     source = _stored(pacs, data_root)
     out, err = _run(_series_url(pacs.root, source), "--out", tmp_path / "out", "--send")
     assert "not for diagnosis" in err
@@ -50,11 +52,20 @@ def test_a_series_is_read_analysed_and_its_seg_and_sr_sent_back_under_the_same_p
     held = pacs.series_of_study(source[0].StudyInstanceUID)
     assert sorted(held) == ["CT", "SEG", "SR"] and len(held["SEG"]) == len(held["SR"]) == 1
     for result in (held["SEG"][0], held["SR"][0]):
-        for keyword in ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "StudyInstanceUID"):
+        for keyword in (
+            "PatientName",
+            "PatientID",
+            "PatientBirthDate",
+            "AccessionNumber",
+            "StudyInstanceUID",
+        ):
             assert result.get(keyword) == source[0].get(keyword), keyword
 
     seg = hd.seg.Segmentation.from_dataset(held["SEG"][0])
-    assert [seg.get_segment_description(n).segment_label for n in (1, 2)] == ["Ground-glass opacity", "Consolidation"]
+    assert [seg.get_segment_description(n).segment_label for n in (1, 2)] == [
+        "Ground-glass opacity",
+        "Consolidation",
+    ]
     (referenced,) = held["SEG"][0].ReferencedSeriesSequence
     assert referenced.SeriesInstanceUID == source[0].SeriesInstanceUID
     assert {r.ReferencedSOPInstanceUID for r in referenced.ReferencedInstanceSequence} == {
@@ -64,7 +75,9 @@ def test_a_series_is_read_analysed_and_its_seg_and_sr_sent_back_under_the_same_p
     labels = [np.asarray(Image.open(p)) for p in sorted(target.glob("*-labels.png"))]
     for ds, plane in zip(source, labels):
         frames = seg.get_pixels_by_source_instance(
-            source_sop_instance_uids=[ds.SOPInstanceUID], segment_numbers=[1, 2], assert_missing_frames_are_empty=True
+            source_sop_instance_uids=[ds.SOPInstanceUID],
+            segment_numbers=[1, 2],
+            assert_missing_frames_are_empty=True,
         )
         assert np.array_equal(frames[0, ..., 0], export_labels(plane) == 1)
         assert np.array_equal(frames[0, ..., 1], export_labels(plane) == 2)
@@ -87,9 +100,15 @@ def test_a_series_is_read_analysed_and_its_seg_and_sr_sent_back_under_the_same_p
     assert lungs["Ground-glass opacity volume"] == pytest.approx(study["ggo_ml"], rel=0.01)
     assert lungs["Consolidation volume"] == pytest.approx(study["consolidation_ml"], rel=0.01)
     assert lungs["CT severity grade (CT-0 to CT-4)"] == study["grade"]
-    assert numbers["right lung"]["Lesion share of the lung"] == pytest.approx(study["right_lesion_percent"], abs=0.1)
-    assert numbers["left lung"]["Lesion share of the lung"] == pytest.approx(study["left_lesion_percent"], abs=0.1)
-    assert numbers["right lung"]["Volume"] + numbers["left lung"]["Volume"] == pytest.approx(study["lung_ml"], rel=1e-3)
+    assert numbers["right lung"]["Lesion share of the lung"] == pytest.approx(
+        study["right_lesion_percent"], abs=0.1
+    )
+    assert numbers["left lung"]["Lesion share of the lung"] == pytest.approx(
+        study["left_lesion_percent"], abs=0.1
+    )
+    assert numbers["right lung"]["Volume"] + numbers["left lung"]["Volume"] == pytest.approx(
+        study["lung_ml"], rel=1e-3
+    )
     text = [i.TextValue for i in sr.ContentSequence if i.ValueType == "TEXT"]
     assert any("not for diagnosis" in t for t in text)
 
@@ -107,7 +126,10 @@ def test_a_study_address_picks_its_axial_ct_series_and_says_why(pacs, data_root,
     source = _stored(pacs, data_root, count=4, first=15)
     # A coronal reformat and a localizer in the same study are passed over.
     other = kmader_series(data_root, 5, first=20)
-    for kind, orientation, files in (("REFORMAT", [1, 0, 0, 0, 0, -1], other[:3]), ("LOCALIZER", None, other[3:])):
+    for kind, orientation, files in (
+        ("REFORMAT", [1, 0, 0, 0, 0, -1], other[:3]),
+        ("LOCALIZER", None, other[3:]),
+    ):
         series = pydicom.uid.generate_uid()
         for data in files:
             ds = pydicom.dcmread(io.BytesIO(data))
@@ -119,7 +141,10 @@ def test_a_study_address_picks_its_axial_ct_series_and_says_why(pacs, data_root,
             ds.save_as(buf)
             pacs.store([buf.getvalue()])
     out, _ = _run(f"{pacs.root}/studies/{source[0].StudyInstanceUID}", "--out", tmp_path / "out")
-    assert f"({source[0].SeriesInstanceUID}): axial CT, the most slices (4) of the study's 3 CT series (1 axial)" in out
+    assert (
+        f"({source[0].SeriesInstanceUID}): axial CT, the most slices (4) of the study's 3 CT series (1 axial)"
+        in out
+    )
     report = json.loads(next((tmp_path / "out").glob("*/report.json")).read_text())
     assert report["series"].endswith(source[0].SeriesInstanceUID) and len(report["slices"]) == 4
 

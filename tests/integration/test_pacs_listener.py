@@ -57,7 +57,9 @@ def test_a_peer_is_answered_and_a_stranger_is_turned_away(listener):
     assert not _associate(listener, aet="STRANGER").is_established
 
 
-def test_a_series_stored_by_a_modality_is_analysed_once_quiet_and_sent_to_the_pacs(listener, pacs, data_root):
+def test_a_series_stored_by_a_modality_is_analysed_once_quiet_and_sent_to_the_pacs(
+    listener, pacs, data_root
+):
     files = kmader_series(data_root, 3, first=5)
     assert _send(listener, files) == [0, 0, 0]
     (analysis,) = listener.process_due(now=float("inf"))
@@ -71,19 +73,26 @@ def test_a_series_stored_by_a_modality_is_analysed_once_quiet_and_sent_to_the_pa
     assert sr_numbers(held["SR"][0])["lungs"]["Volume"] == pytest.approx(analysis.areas["lung_ml"], rel=0.01)
 
 
-def test_orthanc_routes_a_stored_series_to_the_node_and_gets_the_results_by_c_store(listener, pacs, settings,
-                                                                                    data_root):
+def test_orthanc_routes_a_stored_series_to_the_node_and_gets_the_results_by_c_store(
+    listener, pacs, settings, data_root
+):
     settings.SEGMENTER_DICOM_DESTINATION = f"{pacs.aet}@127.0.0.1:{pacs.dicom_port}"
     files = kmader_series(data_root, 2, first=8)
     pacs.store(files)
     source = pydicom.dcmread(io.BytesIO(files[0]))
     auth = (USER, PASSWORD)
-    requests.put(f"{pacs.http}/modalities/epochs", json={"AET": listener.aet, "Host": "127.0.0.1",
-                                                          "Port": listener.port}, auth=auth, timeout=10).raise_for_status()
-    (series,) = requests.post(f"{pacs.http}/tools/lookup", data=source.SeriesInstanceUID, auth=auth,
-                              timeout=10).json()
-    routed = requests.post(f"{pacs.http}/modalities/epochs/store", json={"Resources": [series["ID"]]}, auth=auth,
-                           timeout=60)
+    requests.put(
+        f"{pacs.http}/modalities/epochs",
+        json={"AET": listener.aet, "Host": "127.0.0.1", "Port": listener.port},
+        auth=auth,
+        timeout=10,
+    ).raise_for_status()
+    (series,) = requests.post(
+        f"{pacs.http}/tools/lookup", data=source.SeriesInstanceUID, auth=auth, timeout=10
+    ).json()
+    routed = requests.post(
+        f"{pacs.http}/modalities/epochs/store", json={"Resources": [series["ID"]]}, auth=auth, timeout=60
+    )
     assert routed.ok, routed.text
     (analysis,) = listener.process_due(now=float("inf"))
     assert analysis.status == Analysis.Status.DONE and analysis.pacs_sent is not None, analysis.pacs_error

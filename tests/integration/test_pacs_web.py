@@ -49,10 +49,13 @@ def test_a_search_by_accession_number_and_dates(client, pacs, data_root):
     files = kmader_series(data_root, 1, first=18)
     pacs.store(files)
     source = pydicom.dcmread(io.BytesIO(files[0]))
-    page = client.get("/pacs/", {"accession": source.AccessionNumber, "date_from": "2025-12-31",
-                                 "date_to": "2026-01-02"}).content.decode()
+    page = client.get(
+        "/pacs/", {"accession": source.AccessionNumber, "date_from": "2025-12-31", "date_to": "2026-01-02"}
+    ).content.decode()
     assert f"/pacs/studies/{source.StudyInstanceUID}/" in page
-    page = client.get("/pacs/", {"accession": source.AccessionNumber, "date_from": "2027-01-01"}).content.decode()
+    page = client.get(
+        "/pacs/", {"accession": source.AccessionNumber, "date_from": "2027-01-01"}
+    ).content.decode()
     assert "No CT study matches." in page
 
 

@@ -19,7 +19,9 @@ class Command(BaseCommand):
     help = __doc__.split("\n\n")[0]
 
     def add_arguments(self, parser):
-        parser.add_argument("--port", type=int, default=None, help="listen here instead of SEGMENTER_DICOM_PORT")
+        parser.add_argument(
+            "--port", type=int, default=None, help="listen here instead of SEGMENTER_DICOM_PORT"
+        )
 
     def handle(self, *args, port: int | None, **options):
         from django.db import close_old_connections
@@ -42,7 +44,9 @@ class Command(BaseCommand):
                     close_old_connections()
                     if analysis is not None:
                         sent = "sent" if analysis.pacs_sent else f"not sent: {analysis.pacs_error}"
-                        self.stdout.write(f"{analysis.source_name}: {analysis.status} {analysis.error} ({sent})")
+                        self.stdout.write(
+                            f"{analysis.source_name}: {analysis.status} {analysis.error} ({sent})"
+                        )
         except KeyboardInterrupt:
             pass
         finally:

@@ -3,7 +3,8 @@
 Segments slices, archives of slices (zip, RAR, 7z, tar, tar.gz, tar.xz), folders,
 volumes and series on a DICOMweb server (an address ``http(s)://…/studies/<uid>`` or
 ``…/studies/<uid>/series/<uid>``, credentials from SEGMENTER_DICOMWEB_USER / _PASSWORD
-or _TOKEN) without a server of its own. For each PATH it writes, under DIR/<name>/, each slice's label map (values 0 GGO, 1 consolidation, 2 other lung,
+or _TOKEN) without a server of its own. For each PATH it writes, under DIR/<name>/,
+each slice's label map (values 0 GGO, 1 consolidation, 2 other lung,
 3 background) and overlay PNG, report.csv and report.json, and prints the study grade.
 Nothing touches the database unless --save is given, which also stores each result as
 an analysis viewable in the web app and the API: the same pass over the slices feeds
@@ -115,7 +116,10 @@ class Command(BaseCommand):
                     from segmenter import processing
 
                     with processing.analysis_recording(
-                        source_name=label, kind=parsed.kind, slices_total=len(parsed.slices), segmenter=segmenter
+                        source_name=label,
+                        kind=parsed.kind,
+                        slices_total=len(parsed.slices),
+                        segmenter=segmenter,
                     ) as stored:
 
                         def progress(done, total, stored=stored, bar=bar):

@@ -160,7 +160,13 @@ def _values(item: dict, tag: str) -> list:
 
 MODALITY, SERIES_UID, SERIES_NUMBER, SERIES_DESCRIPTION = "00080060", "0020000E", "00200011", "0008103E"
 INSTANCES_IN_SERIES, IMAGE_TYPE, ORIENTATION = "00201209", "00080008", "00200037"
-ROWS, COLUMNS, BITS_ALLOCATED, FRAMES, SOP_INSTANCE = "00280010", "00280011", "00280100", "00280008", "00080018"
+ROWS, COLUMNS, BITS_ALLOCATED, FRAMES, SOP_INSTANCE = (
+    "00280010",
+    "00280011",
+    "00280100",
+    "00280008",
+    "00080018",
+)
 
 
 def is_axial(orientation: list) -> bool:
@@ -223,7 +229,9 @@ def pick_series(client, address: DicomWebAddress) -> tuple[str, str]:
     count, _, uid, item = candidates[0]
     why = f"{describe_series(item)}: axial CT"
     if len(found) > 1:
-        why += f", the most slices ({-count}) of the study's {len(found)} CT series ({len(candidates)} axial)"
+        why += (
+            f", the most slices ({-count}) of the study's {len(found)} CT series ({len(candidates)} axial)"
+        )
     return uid, why
 
 
@@ -256,12 +264,16 @@ def check_metadata(metadata: list[dict], limits: ArchiveLimits, address: DicomWe
     total = 0
     for item in metadata:
         size = (
-            int(_first(item, ROWS, 0) or 0) * int(_first(item, COLUMNS, 0) or 0)
-            * int(_first(item, BITS_ALLOCATED, 16) or 16) // 8 * int(_first(item, FRAMES, 1) or 1)
+            int(_first(item, ROWS, 0) or 0)
+            * int(_first(item, COLUMNS, 0) or 0)
+            * int(_first(item, BITS_ALLOCATED, 16) or 16)
+            // 8
+            * int(_first(item, FRAMES, 1) or 1)
         )
         if size > limits.max_member_bytes:
             raise UnreadableImage(
-                f"an instance of the series holds {size:,} bytes of pixels; the limit is {limits.max_member_bytes:,}",
+                f"an instance of the series holds {size:,} bytes of pixels; "
+                f"the limit is {limits.max_member_bytes:,}",
                 code="pacs_instance_too_large",
                 params={"size_bytes": size, "limit_bytes": limits.max_member_bytes},
             )
@@ -334,7 +346,8 @@ def read_dicomweb(
                 total += len(data)
                 if len(data) > limits.max_member_bytes or total > limits.max_total_bytes:
                     raise UnreadableImage(
-                        f"the series is larger than its metadata said (over {limits.max_total_bytes:,} bytes)",
+                        "the series is larger than its metadata said "
+                        f"(over {limits.max_total_bytes:,} bytes)",
                         code="pacs_series_too_large",
                         params={"size_bytes": total, "limit_bytes": limits.max_total_bytes},
                     )

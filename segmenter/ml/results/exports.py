@@ -226,7 +226,8 @@ def result_uids(seed: str | None, what: str) -> tuple[str, str]:
 
     if seed is None:
         return generate_uid(), generate_uid()
-    return (generate_uid(entropy_srcs=[seed, what, "series"]), generate_uid(entropy_srcs=[seed, what, "instance"]))
+    series = generate_uid(entropy_srcs=[seed, what, "series"])
+    return series, generate_uid(entropy_srcs=[seed, what, "instance"])
 
 
 def dicom_seg(labels: Sequence[np.ndarray], geometry: dict, model_version: str, *, seed: str | None = None,

@@ -76,8 +76,14 @@ def regions(labels: Sequence[np.ndarray], areas: Sequence[Areas], total: Areas) 
             volumes = False
         ml_per_px = (area.lung_ml or 0.0) / area.lung
         for name, mask in zip(sides, split):
-            counts = np.array([np.count_nonzero(mask & (plane == GGO)), np.count_nonzero(mask & (plane == CONSOLIDATION)),
-                               np.count_nonzero(mask)], float)
+            counts = np.array(
+                [
+                    np.count_nonzero(mask & (plane == GGO)),
+                    np.count_nonzero(mask & (plane == CONSOLIDATION)),
+                    np.count_nonzero(mask),
+                ],
+                float,
+            )
             sides[name] += np.concatenate([counts, counts * ml_per_px])
     for name, v in sides.items():
         result.append(_region(name, v[0], v[1], v[2], tuple(float(x) for x in v[3:]) if volumes else None))
@@ -130,26 +136,42 @@ def measurement_report(
             (private(CONSOLIDATION_VOLUME), region.consolidation_ml),
         ):
             if value is not None:
-                measurements.append(hd.sr.Measurement(name=name, value=round(value, 3), unit=hd.sr.CodedConcept(*MILLILITRE),
-                                                      algorithm_id=algorithm))
+                measurements.append(
+                    hd.sr.Measurement(
+                        name=name,
+                        value=round(value, 3),
+                        unit=hd.sr.CodedConcept(*MILLILITRE),
+                        algorithm_id=algorithm,
+                    )
+                )
         if region.lesion_percent is not None:
-            measurements.append(hd.sr.Measurement(name=private(LESION_SHARE), value=round(region.lesion_percent, 4),
-                                                  unit=codes.UCUM.Percent, algorithm_id=algorithm))
+            measurements.append(
+                hd.sr.Measurement(
+                    name=private(LESION_SHARE),
+                    value=round(region.lesion_percent, 4),
+                    unit=codes.UCUM.Percent,
+                    algorithm_id=algorithm,
+                )
+            )
         evaluations = []
         if region.grade is not None:
-            evaluations.append(hd.sr.QualitativeEvaluation(
-                name=private(SEVERITY), value=hd.sr.CodedConcept(region.grade, CODE_SCHEME, region.grade)
-            ))
-        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(
-                uid=result_uids(seed, f"sr-{region.name}")[1], identifier=region.name
-            ),
-            finding_type=codes.SCT.Lung,
-            finding_sites=[sites[region.name]],
-            algorithm_id=algorithm,
-            measurements=measurements,
-            qualitative_evaluations=evaluations,
-        ))
+            evaluations.append(
+                hd.sr.QualitativeEvaluation(
+                    name=private(SEVERITY), value=hd.sr.CodedConcept(region.grade, CODE_SCHEME, region.grade)
+                )
+            )
+        groups.append(
+            hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=result_uids(seed, f"sr-{region.name}")[1], identifier=region.name
+                ),
+                finding_type=codes.SCT.Lung,
+                finding_sites=[sites[region.name]],
+                algorithm_id=algorithm,
+                measurements=measurements,
+                qualitative_evaluations=evaluations,
+            )
+        )
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=device),
         procedure_reported=codes.LN.CTUnspecifiedBodyRegion,
@@ -187,8 +209,12 @@ def sr_numbers(dataset) -> dict[str, dict[str, object]]:
             name = item.ConceptNameCodeSequence[0].CodeMeaning if "ConceptNameCodeSequence" in item else ""
             if item.ValueType == "CONTAINER" and name == "Measurement Group":
                 ident = next(
-                    (c.TextValue for c in item.ContentSequence
-                     if c.ValueType == "TEXT" and c.ConceptNameCodeSequence[0].CodeMeaning == "Tracking Identifier"),
+                    (
+                        c.TextValue
+                        for c in item.ContentSequence
+                        if c.ValueType == "TEXT"
+                        and c.ConceptNameCodeSequence[0].CodeMeaning == "Tracking Identifier"
+                    ),
                     None,
                 )
                 walk(item.ContentSequence, ident)
