@@ -58,6 +58,16 @@ def peers() -> list[Peer]:
     return [Peer.parse(p) for p in settings.SEGMENTER_DICOM_PEERS]
 
 
+def _address(host: str) -> str:
+    """A peer's host as the IP address an association comes from."""
+    import socket
+
+    try:
+        return socket.gethostbyname(host)
+    except OSError:
+        return host
+
+
 class Listener:
     """A C-ECHO / C-STORE SCP writing into ``incoming`` (a private folder of its own)."""
 
@@ -66,6 +76,7 @@ class Listener:
         self.host = host or settings.SEGMENTER_DICOM_HOST
         self.port = settings.SEGMENTER_DICOM_PORT if port is None else port
         self.peers = peers()
+        self._addresses = {p: _address(p.host) for p in self.peers}
         self.incoming = Path(tempfile.mkdtemp(prefix="42epochs-dicom-"))
         self._arrived: dict[str, float] = {}  # series folder -> last arrival (monotonic)
         self._lock = threading.Lock()
@@ -80,7 +91,7 @@ class Listener:
             if isinstance(requestor.ae_title, str)
             else requestor.ae_title.decode().strip()
         )
-        return any(p.aet == aet and p.host == requestor.address for p in self.peers)
+        return any(p.aet == aet and self._addresses[p] == requestor.address for p in self.peers)
 
     def _on_echo(self, event) -> int:
         return SUCCESS if self._allowed(event) else NOT_AUTHORISED
@@ -98,9 +109,14 @@ class Listener:
             return CANNOT_UNDERSTAND
         folder = self.incoming / series
         folder.mkdir(exist_ok=True)
+        data = event.encoded_dataset()  # the Part 10 file as received
+        limit = settings.SEGMENTER_ZIP_MAX_MEMBER_MB * 1024 * 1024
+        if len(data) > limit or sum(1 for _ in folder.iterdir()) >= settings.SEGMENTER_ZIP_MAX_MEMBERS:
+            log.warning("C-STORE refused: series %s is over the limits of an upload", series)
+            return REFUSED  # the folder is read with an archive's limits anyway; never fill the disk
         try:
             with open(folder / f"{instance}.dcm", "wb") as fh:
-                fh.write(event.encoded_dataset())  # the Part 10 file as received
+                fh.write(data)
         except OSError:
             log.exception("could not write a received instance")
             return REFUSED

@@ -115,3 +115,8 @@ def test_a_failed_send_is_recorded_on_the_done_analysis(listener, settings, data
     (analysis,) = listener.process_due(now=float("inf"))
     assert analysis.status == Analysis.Status.DONE and analysis.pacs_sent is None
     assert "could not be sent to NOBODY@127.0.0.1:9" in analysis.pacs_error
+
+
+def test_a_series_over_the_limits_is_refused_as_it_arrives(listener, settings, data_root):
+    settings.SEGMENTER_ZIP_MAX_MEMBERS = 1
+    assert _send(listener, kmader_series(data_root, 2, first=13)) == [0x0000, 0xA700]

@@ -115,7 +115,10 @@ def measurement_report(
     device = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=hd.UID(), name="42-EPOCHS", manufacturer_name=MANUFACTURER, model_name=model
+            uid=result_uids(seed, "device")[1],
+            name="42-EPOCHS",
+            manufacturer_name=MANUFACTURER,
+            model_name=model,
         ),
     )
 
