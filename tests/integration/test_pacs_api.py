@@ -179,3 +179,11 @@ def test_a_queued_analysis_whose_series_has_left_the_pacs_ends_failed_with_the_r
     analysis.refresh_from_db()
     assert analysis.status == Analysis.Status.FAILED
     assert "does not know this study or series" in analysis.error
+
+
+def test_the_send_always_setting_sends_without_being_asked(post_json, pacs, settings, data_root):
+    settings.SEGMENTER_DICOMWEB_SEND_ALWAYS = True
+    source = _series(pacs, data_root, count=1, first=39)
+    body = post_json({"url": _url(pacs.root, source)}).json()
+    assert body["pacs"]["send"] is False and body["pacs"]["sent"] is not None
+    assert sorted(pacs.series_of_study(source[0].StudyInstanceUID)) == ["CT", "SEG", "SR"]
