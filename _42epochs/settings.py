@@ -204,6 +204,30 @@ SEGMENTER_MAX_ATTEMPTS = env_int("SEGMENTER_MAX_ATTEMPTS", 3)
 # How often each worker (and each process that runs tasks) reaps abandoned work.
 SEGMENTER_REAP_EVERY_SECONDS = env_int("SEGMENTER_REAP_EVERY_SECONDS", 60)
 
+# --- PACS (DICOMweb) ----------------------------------------------------------------------
+# The DICOMweb root of the hospital's PACS (e.g. http://pacs:8042/dicom-web): the only server
+# the API and the web pages read from and send to; the command line reads any address it is
+# given. Credentials come only from here: basic auth, or a bearer token.
+SEGMENTER_DICOMWEB_URL = env_str("SEGMENTER_DICOMWEB_URL", "").rstrip("/")
+SEGMENTER_DICOMWEB_USER = env_str("SEGMENTER_DICOMWEB_USER", "")
+SEGMENTER_DICOMWEB_PASSWORD = env_str("SEGMENTER_DICOMWEB_PASSWORD", "")
+SEGMENTER_DICOMWEB_TOKEN = env_str("SEGMENTER_DICOMWEB_TOKEN", "")
+# Seconds to wait for the server to connect and for each read of its answer.
+SEGMENTER_DICOMWEB_TIMEOUT = env_int("SEGMENTER_DICOMWEB_TIMEOUT", 30)
+# Send every analysis of a PACS series back to it (SEG and SR) without being asked.
+SEGMENTER_DICOMWEB_SEND_ALWAYS = env_bool("SEGMENTER_DICOMWEB_SEND_ALWAYS", False)
+
+# The DICOM node (manage.py dicom_listener): its AE title, the address it listens on, the
+# peers (modalities, PACS) allowed to send to it as AET@host:port, comma-separated, how long
+# a series must be quiet to count as complete, and where results go: "dicomweb" (STOW-RS to
+# SEGMENTER_DICOMWEB_URL) or AET@host:port (C-STORE).
+SEGMENTER_DICOM_AE_TITLE = env_str("SEGMENTER_DICOM_AE_TITLE", "EPOCHS42")
+SEGMENTER_DICOM_HOST = env_str("SEGMENTER_DICOM_HOST", "127.0.0.1")
+SEGMENTER_DICOM_PORT = env_int("SEGMENTER_DICOM_PORT", 11112)
+SEGMENTER_DICOM_PEERS = env_list("SEGMENTER_DICOM_PEERS", [])
+SEGMENTER_DICOM_QUIET_SECONDS = env_int("SEGMENTER_DICOM_QUIET_SECONDS", 30)
+SEGMENTER_DICOM_DESTINATION = env_str("SEGMENTER_DICOM_DESTINATION", "dicomweb")
+
 # --- Background tasks ---------------------------------------------------------------------
 # The immediate backend runs each analysis inside its request (nothing else to start);
 # django_tasks_db.DatabaseBackend queues it for `python manage.py db_worker`.

@@ -18,7 +18,7 @@ from django.urls import reverse
 from django.utils.translation import gettext as _
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import exceptions, serializers, status
-from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -105,6 +105,20 @@ class AnalysisLinksSerializer(serializers.Serializer):
     )
 
 
+class PacsSerializer(serializers.Serializer):
+    series = serializers.CharField(help_text="The DICOMweb address of the series analysed.")
+    choice = serializers.CharField(
+        allow_blank=True, help_text="Which series of the study was analysed, and why."
+    )
+    send = serializers.BooleanField(help_text="Whether the results are sent back when done.")
+    sent = serializers.DateTimeField(
+        allow_null=True, help_text="When the SEG and SR were last stored on the PACS."
+    )
+    error = serializers.CharField(
+        allow_blank=True, help_text="Why the last send failed (POST …/send to retry)."
+    )
+
+
 class AnalysisSerializer(serializers.Serializer):
     id = serializers.UUIDField()
     status = serializers.ChoiceField(choices=Analysis.Status.values)
@@ -118,7 +132,18 @@ class AnalysisSerializer(serializers.Serializer):
     volumes = VolumesSerializer(allow_null=True)
     slices = SliceSerializer(many=True)
     links = AnalysisLinksSerializer()
+    pacs = PacsSerializer(allow_null=True, help_text="For a series read from the PACS; null for uploads.")
     disclaimer = serializers.CharField()
+
+
+class PacsRequestSerializer(serializers.Serializer):
+    url = serializers.CharField(
+        help_text="The DICOMweb address of a study or series on the configured PACS: "
+        "…/studies/UID[/series/UID]."
+    )
+    send = serializers.BooleanField(
+        required=False, default=False, help_text="Store the DICOM SEG and SR back on the PACS when done."
+    )
 
 
 class UploadSerializer(serializers.Serializer):
@@ -196,7 +221,21 @@ def analysis_data(request, analysis: Analysis) -> dict:
             "labels_nifti": url(reverse("segmenter:labels_nifti", kwargs=kw)) if exports.LABELS_NIFTI in available else None,
             "dicom_seg": url(reverse("segmenter:dicom_seg", kwargs=kw)) if exports.DICOM_SEG in available else None,
         },
+        "pacs": _pacs(analysis),
         "disclaimer": DISCLAIMER,
+    }
+
+
+def _pacs(analysis: Analysis) -> dict | None:
+    source = analysis.pacs_source
+    if not source:
+        return None
+    return {
+        "series": f"{source['root']}/studies/{source['study']}/series/{source['series']}",
+        "choice": source.get("choice", ""),
+        "send": analysis.pacs_send,
+        "sent": analysis.pacs_sent.isoformat() if analysis.pacs_sent else None,
+        "error": analysis.pacs_error,
     }
 
 
@@ -208,12 +247,12 @@ def _error(message: str, code: int) -> Response:
 
 
 class AnalysisListView(APIView):
-    parser_classes = [MultiPartParser, FormParser]
+    parser_classes = [MultiPartParser, FormParser, JSONParser]
 
     @extend_schema(
         operation_id="create_analysis",
-        summary="Upload a slice, a study or a volume for analysis",
-        request={"multipart/form-data": UploadSerializer},
+        summary="Upload a slice, a study or a volume for analysis, or name a series on the PACS",
+        request={"multipart/form-data": UploadSerializer, "application/json": PacsRequestSerializer},
         responses={
             201: OpenApiResponse(AnalysisSerializer, description="Processed (or failed) within the request."),
             202: OpenApiResponse(AnalysisSerializer, description="Queued for a background worker."),
@@ -235,6 +274,8 @@ class AnalysisListView(APIView):
             uploads.body_length_check(request.META.get("CONTENT_LENGTH"))
         except uploads.UploadError as exc:
             return _error(str(exc), exc.status_code)
+        if request.content_type.startswith("application/json"):
+            return self._from_pacs(request)
         upload = request.FILES.get("file")
         if upload is None:
             return _error(
@@ -244,10 +285,55 @@ class AnalysisListView(APIView):
             analysis = services.analysis_create(stream=upload, name=upload.name or "upload", size=upload.size)
         except uploads.UploadError as exc:
             return _error(str(exc), exc.status_code)
-        code = status.HTTP_201_CREATED if analysis.is_finished else status.HTTP_202_ACCEPTED
-        response = Response(analysis_data(request, analysis), status=code)
-        response["Location"] = reverse("api:analysis", kwargs={"analysis_id": analysis.id})
-        return response
+        return _created(request, analysis)
+
+    def _from_pacs(self, request):
+        body = PacsRequestSerializer(data=request.data if isinstance(request.data, dict) else {})
+        if not body.is_valid():
+            return _error(
+                _('Send JSON {"url": "<DICOMweb address of a study or series>", "send": true|false}.'),
+                status.HTTP_400_BAD_REQUEST,
+            )
+        try:
+            analysis = services.analysis_create_from_pacs(url=body.validated_data["url"],
+                                                          send=body.validated_data["send"])
+        except uploads.UploadError as exc:
+            return _error(str(exc), exc.status_code)
+        return _created(request, analysis)
+
+
+def _created(request, analysis: Analysis) -> Response:
+    code = status.HTTP_201_CREATED if analysis.is_finished else status.HTTP_202_ACCEPTED
+    response = Response(analysis_data(request, analysis), status=code)
+    response["Location"] = reverse("api:analysis", kwargs={"analysis_id": analysis.id})
+    return response
+
+
+class AnalysisSendView(APIView):
+    @extend_schema(
+        operation_id="send_analysis",
+        summary="Store a done PACS analysis' DICOM SEG and SR on the PACS (again: nothing is stored twice)",
+        request=None,
+        responses={
+            200: AnalysisSerializer,
+            400: OpenApiResponse(
+                ErrorSerializer, description="Not a done PACS analysis, or the PACS refused."
+            ),
+            404: OpenApiResponse(ErrorSerializer, description="No such analysis."),
+        },
+    )
+    def post(self, request, analysis_id: uuid.UUID):
+        from . import pacs
+
+        try:
+            analysis = selectors.analysis_get(analysis_id=analysis_id)
+        except Analysis.DoesNotExist:
+            return _error(_("No analysis has this id."), status.HTTP_404_NOT_FOUND)
+        try:
+            pacs.analysis_send(analysis=analysis)
+        except uploads.UploadError as exc:
+            return _error(str(exc), exc.status_code)
+        return Response(analysis_data(request, analysis))
 
 
 class AnalysisDetailView(APIView):

@@ -15,6 +15,7 @@ def not_found(request, *args, **kwargs):
 urlpatterns = [
     path("analyses", api.AnalysisListView.as_view(), name="analyses"),
     path("analyses/<uuid:analysis_id>", api.AnalysisDetailView.as_view(), name="analysis"),
+    path("analyses/<uuid:analysis_id>/send", api.AnalysisSendView.as_view(), name="analysis_send"),
     path("openapi.json", SpectacularJSONAPIView.as_view(), name="openapi"),
     re_path(r"^[\s\S]*$", not_found),  # malformed ids (any character) and unknown paths answer JSON
 ]

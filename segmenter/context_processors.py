@@ -17,4 +17,5 @@ def segmenter(request):
         "max_upload_mb": settings.SEGMENTER_MAX_UPLOAD_BYTES // (1024 * 1024),
         "max_upload_size": upload_limit_mb(),
         "max_upload_bytes": settings.SEGMENTER_MAX_UPLOAD_BYTES,
+        "pacs_configured": bool(settings.SEGMENTER_DICOMWEB_URL),
     }

@@ -116,6 +116,11 @@ def _read_json(analysis: Analysis, name: str) -> dict | None:
         return None
 
 
+def geometry_read(*, analysis: Analysis) -> dict | None:
+    """geometry.json of a done analysis (where its slices lie in the source); None without."""
+    return _read_json(analysis, GEOMETRY)
+
+
 def provenance_read(*, analysis: Analysis) -> dict:
     """provenance.json of a done analysis; {} for one stored before it existed."""
     return _read_json(analysis, PROVENANCE) or {}

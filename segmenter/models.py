@@ -63,6 +63,13 @@ class Analysis(models.Model):
     # [slice name, ctcheck caution key] of the slices the CT check let through with a caution
     # (reasons.caution_text words them in the reader's language).
     cautions = models.JSONField(default=list, blank=True)
+    # A series read from the PACS (segmenter.pacs): {"root", "study", "series", "choice"}; null
+    # for uploads. Whether its results are to be sent back when done, when they were, and
+    # why the last send failed. No patient or study attribute is ever stored here.
+    pacs_source = models.JSONField(null=True, blank=True)
+    pacs_send = models.BooleanField(default=False)
+    pacs_sent = models.DateTimeField(null=True, blank=True)
+    pacs_error = models.TextField(blank=True)
 
     class Meta:
         ordering = ("-created",)

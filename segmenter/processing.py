@@ -413,14 +413,22 @@ def analysis_process(*, analysis_id, parsed: ParsedUpload | None = None) -> Outc
     with translation.override(analysis.language or None), ExitStack() as upload:
         if parsed is None:
             try:
-                fh = upload.enter_context(analysis.upload.open("rb"))
-                parsed = upload_read(stream=fh, name=analysis.source_name, size=analysis.upload.size)
+                if analysis.pacs_source:  # a PACS series: read from the PACS again
+                    from .pacs import source_read
+
+                    parsed = source_read(analysis)
+                else:
+                    fh = upload.enter_context(analysis.upload.open("rb"))
+                    parsed = upload_read(stream=fh, name=analysis.source_name, size=analysis.upload.size)
             except Exception as exc:  # noqa: BLE001 - any error ends the analysis failed, with its reason
                 return _fail(analysis, lease, exc)
         upload.callback(parsed.close)
         outcome = _segment_into(analysis, lease, parsed)
     if outcome == Outcome.DONE:
         discard_upload(analysis)
+        from .pacs import send_if_asked
+
+        send_if_asked(analysis)  # a PACS series' results back to the PACS, when asked
     return outcome
 
 

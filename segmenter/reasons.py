@@ -123,6 +123,27 @@ UNREADABLE_REASONS = {
     "damaged_volume": gettext_lazy("the volume's data are damaged"),
     # segmenter.ml.io.ctcheck
     "not_ct": gettext_lazy("this does not look like a CT slice: %(why)s"),
+    # segmenter.ml.io.dicomweb
+    "pacs_refused": gettext_lazy(
+        "the PACS at %(server)s refused the credentials (HTTP %(status)s); check SEGMENTER_DICOMWEB_USER, "
+        "SEGMENTER_DICOMWEB_PASSWORD or SEGMENTER_DICOMWEB_TOKEN"
+    ),
+    "pacs_not_found": gettext_lazy("the PACS at %(server)s does not know this study or series"),
+    "pacs_error": gettext_lazy("the PACS at %(server)s answered with an error (HTTP %(status)s)"),
+    "pacs_transfer_cut": gettext_lazy(
+        "the transfer from the PACS at %(server)s broke off after %(count)s instances; try again"
+    ),
+    "pacs_timeout": gettext_lazy("the PACS at %(server)s did not answer in time; try again later"),
+    "pacs_unreachable": gettext_lazy("the PACS at %(server)s cannot be reached"),
+    "pacs_no_ct_series": gettext_lazy("the study holds no axial CT series"),
+    "pacs_not_ct": gettext_lazy("the series is %(modality)s, not CT"),
+    "pacs_too_many_instances": gettext_lazy("the series holds %(count)s instances; the limit is %(limit)s"),
+    "pacs_instance_too_large": gettext_lazy(
+        "an instance of the series holds %(size_mb)s MB of pixels; the limit is %(limit_mb)s MB"
+    ),
+    "pacs_series_too_large": gettext_lazy(
+        "the series holds %(size_mb)s MB of pixels; the limit is %(limit_mb)s MB"
+    ),
 }
 
 #: ctcheck's reasons (the "why" of "not_ct"), in the reader's language.

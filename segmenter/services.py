@@ -43,8 +43,26 @@ def analysis_create(*, stream: BinaryIO, name: str, size: int, browser: str = ""
         parsed.close()
 
 
-def _create(parsed: ParsedUpload, *, stream: BinaryIO, name: str, browser: str) -> Analysis:
-    stream.seek(0)
+def analysis_create_from_pacs(*, url: str, send: bool = False, browser: str = "") -> Analysis:
+    """Read and check a series (or the series picked from a study) on the configured PACS,
+    then process it as an upload is processed (a worker reads it from the PACS again);
+    ``send``: store its SEG and SR back on the PACS when done (pacs.send_if_asked).
+    Raises UploadError."""
+    from . import pacs
+
+    address = pacs.address_parse(url, configured_only=True)
+    parsed = pacs.address_read(address=address)
+    try:
+        source = pacs.source_of(address, parsed.study)
+        return _create(parsed, stream=None, name=f"pacs-{source['series']}", browser=browser,
+                       pacs_source=source, pacs_send=send)
+    finally:
+        parsed.close()
+
+
+def _create(parsed: ParsedUpload, *, stream: BinaryIO | None, name: str, browser: str, **fields) -> Analysis:
+    if stream is not None:
+        stream.seek(0)
     here = _processed_here()
     analysis = Analysis(
         kind=parsed.kind,
@@ -53,10 +71,11 @@ def _create(parsed: ParsedUpload, *, stream: BinaryIO, name: str, browser: str) 
         language=translation.get_language() or "",
         browser=browser,
         cautions=[list(c) for c in parsed.cautions],
+        **fields,
     )
     try:
         with transaction.atomic():
-            if not here:  # a worker reads the upload from storage
+            if not here and stream is not None:  # a worker reads the upload from storage
                 analysis.upload.save(
                     stored_upload_name(name), File(stream, name=clean_name(name)), save=False
                 )

@@ -3,7 +3,7 @@ lives apart, under /api/v1/."""
 
 from django.urls import path
 
-from . import views
+from . import pacs_views, views
 
 app_name = "segmenter"
 
@@ -19,6 +19,10 @@ urlpatterns = [
     path("a/<uuid:analysis_id>/study.zip", views.study_zip, name="study_zip"),
     path("a/<uuid:analysis_id>/labels.nii.gz", views.labels_nifti_download, name="labels_nifti"),
     path("a/<uuid:analysis_id>/seg.dcm", views.dicom_seg_download, name="dicom_seg"),
+    path("a/<uuid:analysis_id>/send", pacs_views.send, name="pacs_send"),
+    path("pacs/", pacs_views.search, name="pacs_search"),
+    path("pacs/studies/<str:study_uid>/", pacs_views.study, name="pacs_study"),
+    path("pacs/analyse", pacs_views.analyse, name="pacs_analyse"),
     path(_slice, views.slice_detail, name="slice"),
     path(_slice + "image.png", views.slice_image, name="slice_image"),
     path(_slice + "labels.png", views.slice_labels, name="slice_labels"),

@@ -230,3 +230,34 @@ def analyse(upload):
         return Analysis.objects.get(pk=analysis_id)
 
     return run
+
+
+# --- A real PACS ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory):
+    """A throwaway Orthanc (tests/pacs.py) for the whole session: loopback, its own ports and
+    storage folder, basic auth, DICOMweb. Missing Orthanc fails the tests that need it
+    (.ci/run installs Debian's orthanc and orthanc-dicomweb)."""
+    from tests.pacs import Orthanc
+
+    try:
+        server = Orthanc(tmp_path_factory.mktemp("orthanc"))
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pacs(settings, orthanc):
+    """The app configured for the test Orthanc (basic auth), which it returns."""
+    from tests.pacs import PASSWORD, USER
+
+    settings.SEGMENTER_DICOMWEB_URL = orthanc.root
+    settings.SEGMENTER_DICOMWEB_USER, settings.SEGMENTER_DICOMWEB_PASSWORD = USER, PASSWORD
+    settings.SEGMENTER_DICOMWEB_TOKEN = ""
+    settings.SEGMENTER_DICOMWEB_TIMEOUT = 10
+    settings.SEGMENTER_DICOMWEB_SEND_ALWAYS = False
+    return orthanc

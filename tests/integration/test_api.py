@@ -171,9 +171,15 @@ def test_a_missing_file_field_answers_400(post, samples):
     assert response.status_code == 400 and "'file'" in response.json()["error"]
 
 
-def test_a_non_multipart_body_answers_415(client):
-    response = client.post(URL, data=b'{"file": 1}', content_type="application/json")
+def test_a_body_neither_multipart_nor_json_answers_415(client):
+    response = client.post(URL, data=b"file=1", content_type="text/plain")
     assert response.status_code == 415 and "error" in response.json()
+
+
+def test_a_json_body_without_a_pacs_address_answers_400_with_the_shape_it_wants(client):
+    # JSON is for series on the PACS (tests/integration/test_pacs_api.py); a file is multipart.
+    response = client.post(URL, data=b'{"file": 1}', content_type="application/json")
+    assert response.status_code == 400 and '{"url"' in response.json()["error"]
 
 
 def test_one_byte_over_the_limit_answers_413_too(post, samples, settings, stored_files):

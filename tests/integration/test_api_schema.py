@@ -24,7 +24,11 @@ EXAMPLES = 40
 def test_the_api_keeps_every_promise_of_its_openapi_document(live_server, mode):
     schema = schemathesis.openapi.from_url(f"{live_server.url}/api/v1/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert {op.label for op in operations} == {"POST /api/v1/analyses", "GET /api/v1/analyses/{analysis_id}"}
+    assert {op.label for op in operations} == {
+        "POST /api/v1/analyses",
+        "GET /api/v1/analyses/{analysis_id}",
+        "POST /api/v1/analyses/{analysis_id}/send",
+    }
     for operation in operations:
 
         @given(case=operation.as_strategy(generation_mode=mode))

@@ -180,32 +180,69 @@ def labels_nifti(labels: Sequence[np.ndarray], geometry: dict) -> bytes:
     return buf.getvalue()
 
 
-def _source_datasets(refs: list[dict]):
-    """The instances a SEG references, rebuilt from their kept attributes. Patient and study
-    descriptions were not kept: they stay empty (type 2), the UIDs tie the SEG to them."""
+#: The patient and study attributes a SEG or SR copies from its source: never stored here,
+#: empty in a download, copied from the source's own header when sent back to its PACS.
+PATIENT_STUDY_KEYWORDS = (
+    "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex", "PatientAge",
+    "StudyID", "StudyDate", "StudyTime", "AccessionNumber", "ReferringPhysicianName", "StudyDescription",
+)
+
+
+def patient_study_of(dataset) -> dict:
+    """The patient and study module attributes of a source header, as DICOM JSON."""
+    import pydicom
+
+    kept = pydicom.Dataset()
+    for keyword in PATIENT_STUDY_KEYWORDS:
+        if keyword in dataset:
+            setattr(kept, keyword, dataset.data_element(keyword).value)
+    return kept.to_json_dict()
+
+
+def source_datasets(refs: list[dict], patient_study: dict | None = None):
+    """The instances a SEG or SR references, rebuilt from their kept attributes. Patient and
+    study descriptions were not kept: they stay empty (type 2) unless ``patient_study``
+    (DICOM JSON, ``patient_study_of`` a source header) gives them; the UIDs tie the
+    result to its source either way."""
     import pydicom
 
     datasets = []
+    copied = pydicom.Dataset.from_json(patient_study) if patient_study else pydicom.Dataset()
     for ref in refs:
         ds = pydicom.Dataset.from_json(ref)
-        for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyID", "StudyDate",
-                        "StudyTime", "AccessionNumber", "ReferringPhysicianName"):
-            setattr(ds, keyword, "")
+        for keyword in PATIENT_STUDY_KEYWORDS:
+            setattr(ds, keyword, copied.get(keyword, ""))
         if "Modality" not in ds:
             ds.Modality = "CT"  # as the reader took it
         datasets.append(ds)
     return datasets
 
 
-def dicom_seg(labels: Sequence[np.ndarray], geometry: dict, model_version: str) -> bytes:
+def result_uids(seed: str | None, what: str) -> tuple[str, str]:
+    """(SeriesInstanceUID, SOPInstanceUID) of a result object ("seg", "sr"): derived from
+    ``seed`` (an analysis' id) so that the same analysis always sends the same objects, and
+    sending twice stores nothing twice; random without a seed."""
+    from pydicom.uid import generate_uid
+
+    if seed is None:
+        return generate_uid(), generate_uid()
+    series = generate_uid(entropy_srcs=[seed, what, "series"])
+    return series, generate_uid(entropy_srcs=[seed, what, "instance"])
+
+
+def dicom_seg(labels: Sequence[np.ndarray], geometry: dict, model_version: str, *, seed: str | None = None,
+              patient_study: dict | None = None) -> bytes:
     """The label maps (slice order, one per instance) as a DICOM SEG (binary segments GGO
-    and consolidation) that references every instance; bytes of a Part 10 file."""
+    and consolidation) that references every instance; bytes of a Part 10 file. ``seed``
+    makes its UIDs stable (``result_uids``); ``patient_study`` fills its patient and study
+    modules (``source_datasets``)."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
     if geometry.get("kind") != "dicom" or not geometry.get("seg"):
         raise ValueError("a DICOM SEG needs a DICOM series with a frame of reference")
-    sources = _source_datasets(geometry["instances"])
+    sources = source_datasets(geometry["instances"], patient_study)
+    series_uid, sop_uid = result_uids(seed, "seg")
     values = np.stack([export_labels(a) for a in labels])
     segments = np.where(values <= len(SEG_SEGMENTS), values, 0).astype(np.uint8)  # other lung -> 0
     algorithm = hd.AlgorithmIdentificationSequence(
@@ -227,9 +264,9 @@ def dicom_seg(labels: Sequence[np.ndarray], geometry: dict, model_version: str) 
         pixel_array=segments,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
-        series_instance_uid=hd.UID(),
+        series_instance_uid=series_uid,
         series_number=SEG_SERIES_NUMBER,
-        sop_instance_uid=hd.UID(),
+        sop_instance_uid=sop_uid,
         instance_number=1,
         manufacturer=MANUFACTURER,
         manufacturer_model_name=MODEL_NAME,
