@@ -96,16 +96,36 @@ def test_megabytes_show_a_tenth_only_when_needed(n_bytes, english, russian):
         assert megabytes(n_bytes) == russian
 
 
-def _ct_check_reasons() -> set[str]:
-    """Every phrase ctcheck's why_not_ct and why_not_lungs return."""
+def _ct_check_phrases() -> tuple[set[str], set[str]]:
+    """Every refusal phrase ctcheck's why_not_ct and lung_verdict return, and every caution
+    lung_verdict gives."""
     tree = ast.parse((ML / "io" / "ctcheck.py").read_text(encoding="utf-8"))
-    reasons = set()
+    reasons, cautions = set(), set()
     for fn in tree.body:
-        if isinstance(fn, ast.FunctionDef) and fn.name in ("why_not_ct", "why_not_lungs"):
+        if isinstance(fn, ast.FunctionDef) and fn.name in ("why_not_ct", "lung_verdict"):
             for node in ast.walk(fn):
-                if isinstance(node, ast.Return) and isinstance(node.value, ast.Constant) and node.value.value:
-                    reasons.add(node.value.value)
-    return reasons
+                value = getattr(node, "value", None)
+                if isinstance(node, ast.Return) and isinstance(value, ast.Tuple):
+                    value = value.elts[0]
+                if isinstance(node, ast.Return) and isinstance(value, ast.Constant) and value.value:
+                    reasons.add(value.value)
+                if isinstance(node, ast.Assign) and isinstance(value, ast.Constant) and value.value:
+                    if any(isinstance(t, ast.Name) and t.id == "caution" for t in node.targets):
+                        cautions.add(value.value)
+    return reasons, cautions
+
+
+def _ct_check_reasons() -> set[str]:
+    return _ct_check_phrases()[0]
+
+
+def test_every_caution_the_ct_check_gives_reads_in_russian():
+    from segmenter.reasons import CAUTIONS
+
+    cautions = _ct_check_phrases()[1]
+    assert cautions and sorted(cautions - set(CAUTIONS)) == []
+    with translation.override("ru"):
+        assert all(str(CAUTIONS[c]) != c for c in cautions)
 
 
 def test_every_reason_the_ct_check_gives_reads_in_russian():
