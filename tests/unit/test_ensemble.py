@@ -130,3 +130,26 @@ def test_a_stream_of_real_slices_gives_exactly_what_segment_gives(served, data_r
     assert len(streamed) == len(slices)
     for a, b in zip(streamed, one_by_one, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_evaluate_scores_expert_masks_per_patient(data_root, weights_dir, tmp_path):
+    import csv
+    import shutil
+
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    expert = data_root / "zenodo-covid-expert"
+    rows = list(csv.DictReader((expert / "cases.csv").open()))
+    picked = [r for r in rows if r["case"] == "coronacases_org_001"][:2]
+    picked += [r for r in rows if r["case"] == "coronacases_org_008"][:2]
+    for r in picked:
+        shutil.copy(data_root / "zenodo-covid-unlabelled" / "images" / f"{r['stem']}.jpg", images)
+        shutil.copy(expert / "masks" / f"{r['stem']}.png", masks)
+    out = tmp_path / "r.json"
+    evaluate_main(["--images", str(images), "--masks", str(masks), "--expert", "--cases", str(expert / "cases.csv"),
+                   "--json", str(out), "--weights", str(weights_dir)])
+    result = json.loads(out.read_text())
+    assert set(result["patients"]) == {"coronacases_org_001", "coronacases_org_008"}
+    assert result["grades"]["slices"] == 4 and 0.0 < result["area_ratio"]
+    assert result["lung"]["dice"] > 0.9  # the lungs of these slices are found

@@ -29,6 +29,7 @@ the shares and counted there). --no-checks scores the networks' labels on every 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
 import sys
@@ -48,7 +49,7 @@ from ..model.postprocess import postprocess
 from ..model.preprocess import resize_probabilities
 from ..pipeline import Remembered
 from ..model.weights import DEFAULT_WEIGHTS_DIR
-from .metrics import HealthyScores, LesionScores, LungScores
+from .metrics import HealthyScores, InfectionScores, LesionScores, LungScores
 
 log = logging.getLogger("segmenter.evaluate")
 
@@ -145,13 +146,19 @@ def segment_at(
     return postprocess(probs, cv2.resize(pixels, shape[::-1], interpolation=interpolation))
 
 
-def evaluate(ensemble: Ensemble, images: Path, masks: Path, lungs: bool = False, checks: bool = True) -> dict:
+def evaluate(
+    ensemble: Ensemble, images: Path, masks: Path, lungs: bool = False, checks: bool = True,
+    expert: bool = False, groups: dict[str, str] | None = None,
+) -> dict:
     """Lesion (or lung) scores of the first slice of each image against its mask; with
-    ``checks``, an image the application would refuse scores as nothing found."""
+    ``checks``, an image the application would refuse scores as nothing found. ``expert``:
+    the masks are expert masks (0 outside the lung, 1 lung, 2 infection), scored by
+    ``InfectionScores``, per patient by ``groups`` (image stem -> patient; default: one)."""
     matched = pairs(Path(images), Path(masks))
     if not matched:
         raise SystemExit(f"no image in {images} has a mask with the same stem in {masks}")
-    scores, refused = (LungScores() if lungs else LesionScores()), []
+    scores = InfectionScores() if expert else LungScores() if lungs else LesionScores()
+    refused = []
     for image_path, mask_path in matched:
         mask = _read_mask(mask_path)
         ct = read_any(image_path)[0]
@@ -161,7 +168,9 @@ def evaluate(ensemble: Ensemble, images: Path, masks: Path, lungs: bool = False,
             labels = np.full(mask.shape, BACKGROUND, np.uint8)
         else:
             labels = segment_at(ensemble, ct.pixels, mask.shape, ct.pixel_spacing_mm, known)
-        if lungs:
+        if expert:
+            scores.add(labels, mask, (groups or {}).get(_stem(image_path.name), ""))
+        elif lungs:
             scores.add(labels, mask > 0)
         else:
             if mask.max() > 2:
@@ -177,6 +186,18 @@ def _refused_lines(result: dict, counted: str) -> list[str]:
 
 
 def format_table(result: dict) -> str:
+    if "area_ratio" in result:
+        grades = result["grades"]
+        lines = [
+            f"infection Dice {result['infection']['dice']:.4f}   lung Dice {result['lung']['dice']:.4f}",
+            f"predicted / true infection area {result['area_ratio'] or 0:.3f}",
+            f"slice grades ({grades['slices']}): agree {grades['agree'] or 0:.1%}, too low {grades['lower'] or 0:.1%}, "
+            f"too high {grades['higher'] or 0:.1%}",
+            f"per-patient lesion share error {result['patient_share_error'] or 0:.2f} points (mean absolute)",
+        ]
+        lines += [f"  {g or 'all'}: expert {p['true_share']} % -> shown {p['predicted_share']} %"
+                  for g, p in result["patients"].items()]
+        return "\n".join(lines + _refused_lines(result, "scored as nothing found"))
     if "ct0_share" in result:
         share = "-" if result["ct0_share"] is None else f"{result['ct0_share']:.1%}"  # no slice accepted
         lines = [
@@ -219,6 +240,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--masks", type=Path, help="folder of mask PNGs with the images' stems")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--lungs", action="store_true", help="masks are lung masks: report lung Dice")
+    parser.add_argument("--expert", action="store_true",
+                        help="masks are expert masks (0 outside, 1 lung, 2 infection): infection and lung Dice, "
+                             "area ratio, slice grades, per-patient shares")
+    parser.add_argument("--cases", type=Path,
+                        help="with --expert: a CSV with columns stem and case (zenodo-covid-expert/cases.csv)")
     parser.add_argument("--healthy", action="store_true",
                         help="lesion-free scans: report CT-0 share and lesion share (masks optional, lung masks)")
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS_DIR, help="weights directory (default: weights/)")
@@ -247,7 +273,12 @@ def main(argv: list[str] | None = None) -> None:
         if args.healthy:
             result = evaluate_healthy(ensemble, args.images, args.masks, checks=args.checks)
         else:
-            result = evaluate(ensemble, args.images, args.masks, lungs=args.lungs, checks=args.checks)
+            groups = None
+            if args.cases:
+                with args.cases.open(newline="") as f:
+                    groups = {row["stem"]: row["case"] for row in csv.DictReader(f)}
+            result = evaluate(ensemble, args.images, args.masks, lungs=args.lungs, checks=args.checks,
+                              expert=args.expert, groups=groups)
     except UnreadableImage as exc:
         sys.exit(f"error: {exc}")
     print(format_table(result))
