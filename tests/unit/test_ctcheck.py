@@ -136,4 +136,14 @@ def test_lungs_in_pieces_or_disputed_by_the_networks_pass_where_the_networks_are
     assert lung_verdict(LungEvidence(two_regions=1.0, agreement=0.3, **sure))[0] == (
         "the networks find no consistent lungs in it")
     # smooth "lungs" are never sure
-    assert lung_verdict(LungEvidence(two_regions=0.6, agreement=0.9, **{**sure, "texture_ratio": 0.8}))[0]
+    assert lung_verdict(LungEvidence(two_regions=0.6, agreement=0.9, **{**sure, "texture_ratio": 0.75}))[0]
+
+
+def test_a_lung_the_networks_are_only_fairly_sure_of_must_be_one_they_agree_on():
+    from segmenter.ml.io.ctcheck import LungEvidence, lung_verdict
+
+    fair = dict(lung_share=0.5, two_regions=1.0, confidence=0.82, flip_agreement=0.93, texture_ratio=3.0)
+    # a street scene's crops: fairly confident, the networks only roughly of one mind: refused
+    assert lung_verdict(LungEvidence(agreement=0.82, **fair))[0] == "the networks find no consistent lungs in it"
+    # a heavily diseased MedSeg slice shrunk for a slide: as unsure, but the networks agree
+    assert lung_verdict(LungEvidence(agreement=0.92, **fair)) == (None, None)

@@ -99,8 +99,9 @@ LUNG_TWO_REGIONS_MIN = 0.85
 NETWORKS_AGREE_MIN = 0.65
 CONFIDENCE_MIN = 0.80
 FLIP_AGREE_MIN = 0.88
-LUNG_TEXTURE_MIN = 0.85
-SURE_AGREE_MIN = 0.45
+LUNG_TEXTURE_MIN = 0.80
+DISPUTE_AGREE_MIN = 0.45
+AGREE_SURE_MIN = 0.85
 SURE_CONFIDENCE_MIN = 0.85
 SURE_FLIP_AGREE_MIN = 0.92
 TEXTURE_SIGMA_PX = 1.0
@@ -270,7 +271,7 @@ def sure_of_lungs(evidence: LungEvidence) -> bool:
     diseased or unusually windowed one; where they are sure of them otherwise, neither
     refuses a real scan (see the module docstring for the measurements)."""
     return (
-        evidence.agreement >= SURE_AGREE_MIN
+        evidence.agreement >= DISPUTE_AGREE_MIN
         and evidence.confidence >= SURE_CONFIDENCE_MIN
         and evidence.flip_agreement >= SURE_FLIP_AGREE_MIN
         and evidence.texture_ratio >= LUNG_TEXTURE_MIN
@@ -284,7 +285,9 @@ def lung_verdict(evidence: LungEvidence) -> tuple[str | None, str | None]:
     if evidence.lung_share > LUNG_MAX_SHARE:
         return "what would be lung fills the picture", None
     sure = sure_of_lungs(evidence)
-    if evidence.lung_share > 0 and evidence.two_regions < LUNG_TWO_REGIONS_MIN and not sure:
+    if evidence.lung_share > 0 and evidence.two_regions < LUNG_TWO_REGIONS_MIN and not (
+        sure and evidence.agreement >= AGREE_SURE_MIN
+    ):
         return "what would be lung falls apart into many pieces", None
     caution = None
     if evidence.agreement < NETWORKS_AGREE_MIN:
@@ -293,6 +296,8 @@ def lung_verdict(evidence: LungEvidence) -> tuple[str | None, str | None]:
         caution = "the two networks disagree about where the lungs are"
     if evidence.confidence < CONFIDENCE_MIN or evidence.flip_agreement < FLIP_AGREE_MIN:
         return "the networks find no consistent lungs in it", None
+    if evidence.confidence < SURE_CONFIDENCE_MIN and evidence.agreement < AGREE_SURE_MIN:
+        return "the networks find no consistent lungs in it", None  # unsure, and not of one mind
     if evidence.texture_ratio < LUNG_TEXTURE_MIN:
         return "what would be lung is smoother than what surrounds it", None
     return None, caution

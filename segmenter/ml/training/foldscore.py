@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ..evaluation.metrics import HealthyScores, InfectionScores, LesionScores, MEDSEG_CONSOLIDATION, MEDSEG_GGO
+from ..constants import CONSOLIDATION_MIN_GREY, LESION_LOW, LESION_MIN_PEAK
 from ..model.ensemble import Ensemble, InferenceOptions
 from ..model.networks import TorchOptions
 from ..model.postprocess import postprocess, split_by_density
@@ -65,7 +66,7 @@ def _area_ratio(pred: np.ndarray, truth: np.ndarray) -> tuple[int, int]:
     return int(np.count_nonzero(pred)), int(np.count_nonzero(truth))
 
 
-def score_run(run: Path, shares, lows, densities=()) -> dict:
+def score_run(run: Path, shares, lows, densities=(), peaks=()) -> dict:
     """member label -> {"expert": ..., "medseg": ..., "healthy": ...} for one fold run."""
     cfg, nets = load_run(run)
     data = load_datasets(cfg)
@@ -73,12 +74,16 @@ def score_run(run: Path, shares, lows, densities=()) -> dict:
     options = InferenceOptions(backend=TorchOptions(channels_last=True, bf16=False), crop_to_body=True)
     ens = Ensemble.from_networks(nets, None, {n: p[0] for n, p in plan.items()}, options)
     members = {
-        f"{share:.1f}/{1 - share:.1f}, low {low:.2f}": (share, low, None, False) for share in shares for low in lows
+        f"{share:.1f}/{1 - share:.1f}, low {low:.2f}": (share, low, None, False, LESION_MIN_PEAK)
+        for share in shares for low in lows
     }
     for dense in densities:  # the networks' GGO/consolidation split against one by density, or both
         for low in lows:
-            members[f"0.7/0.3, low {low:.2f}, density {dense:.0f}"] = (0.7, low, dense, False)
-            members[f"0.7/0.3, low {low:.2f}, networks or density {dense:.0f}"] = (0.7, low, dense, True)
+            members[f"0.7/0.3, low {low:.2f}, density {dense:.0f}"] = (0.7, low, dense, False, LESION_MIN_PEAK)
+            members[f"0.7/0.3, low {low:.2f}, networks or density {dense:.0f}"] = (
+                0.7, low, dense, True, LESION_MIN_PEAK)
+    for peak in peaks:  # the shipped reading with another faint-lesion peak
+        members[f"shipped, lesion peak {peak:.2f}"] = (0.7, LESION_LOW, CONSOLIDATION_MIN_GREY, True, peak)
     scores = {
         m: {"expert": InfectionScores(), "medseg": LesionScores(), "healthy": HealthyScores(), "areas": {}}
         for m in members
@@ -88,12 +93,14 @@ def score_run(run: Path, shares, lows, densities=()) -> dict:
         factor, body, parts = ens.parts(pixels)
         out = {}
         cache = {}
-        for m, (share, low, dense, keep) in members.items():
+        for m, (share, low, dense, keep, peak) in members.items():
             if share not in cache:
                 cache[share] = ens.combine(parts, *pixels.shape, weights=[share, 1 - share])
-            if (share, low) not in cache:
-                cache[share, low] = postprocess(cache[share], pixels, factor, body, lesion_low=low, dense_grey=None)
-            out[m] = cache[share, low]
+            if (share, low, peak) not in cache:
+                cache[share, low, peak] = postprocess(
+                    cache[share], pixels, factor, body, min_lesion_peak=peak, lesion_low=low, dense_grey=None
+                )
+            out[m] = cache[share, low, peak]
             if dense is not None:
                 out[m] = split_by_density(out[m], pixels, dense, keep)
         return out
@@ -175,6 +182,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shares", nargs="+", type=float, default=list(DEFAULT_SHARES))
     parser.add_argument("--lows", nargs="+", type=float, default=list(DEFAULT_LOWS))
     parser.add_argument("--densities", nargs="*", type=float, default=list(DEFAULT_DENSITIES))
+    parser.add_argument("--peaks", nargs="*", type=float, default=[],
+                        help="also score the shipped reading with these faint-lesion peaks")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, help="write per-fold results and the summary here")
     args = parser.parse_args(argv)
@@ -182,12 +191,12 @@ def main(argv: list[str] | None = None) -> None:
     per_fold = []
     for run in args.runs:
         cached = run / "foldscore.json"
-        key = {"shares": args.shares, "lows": args.lows, "densities": args.densities}
+        key = {"shares": args.shares, "lows": args.lows, "densities": args.densities, "peaks": args.peaks}
         if cached.is_file() and json.loads(cached.read_text()).get("key") == key:
             per_fold.append(json.loads(cached.read_text())["results"])
             continue
         log.info("scoring %s", run)
-        results = score_run(run, args.shares, args.lows, args.densities)
+        results = score_run(run, args.shares, args.lows, args.densities, args.peaks)
         cached.write_text(json.dumps({"key": key, "results": results}, indent=1))
         per_fold.append(results)
     summary = summarise(per_fold)
