@@ -147,3 +147,11 @@ def test_a_lung_the_networks_are_only_fairly_sure_of_must_be_one_they_agree_on()
     assert lung_verdict(LungEvidence(agreement=0.82, **fair))[0] == "the networks find no consistent lungs in it"
     # a heavily diseased MedSeg slice shrunk for a slide: as unsure, but the networks agree
     assert lung_verdict(LungEvidence(agreement=0.92, **fair)) == (None, None)
+
+
+def test_a_slice_in_which_the_networks_find_no_lung_is_not_refused_on_its_lungs():
+    from segmenter.ml.io.ctcheck import LungEvidence, lung_verdict
+
+    # a kmader slice below the lungs: one network finds a speck the anatomy rules remove
+    none = LungEvidence(lung_share=0.0, two_regions=1.0, agreement=0.0, confidence=0.76, flip_agreement=0.0)
+    assert lung_verdict(none) == (None, None)  # it reads "no lung found"

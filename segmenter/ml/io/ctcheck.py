@@ -284,6 +284,8 @@ def lung_verdict(evidence: LungEvidence) -> tuple[str | None, str | None]:
     deserve a second look (None: no reason). Each is a short phrase."""
     if evidence.lung_share > LUNG_MAX_SHARE:
         return "what would be lung fills the picture", None
+    if evidence.lung_share == 0:
+        return None, None  # no lung found, which the result says: a slice below or above the lungs
     sure = sure_of_lungs(evidence)
     if evidence.lung_share > 0 and evidence.two_regions < LUNG_TWO_REGIONS_MIN and not (
         sure and evidence.agreement >= AGREE_SURE_MIN
