@@ -93,7 +93,7 @@ def stack(tmp_path, database_url):
 
     start("web", ["runserver", "--noreload", f"127.0.0.1:{port}"])
     base = f"http://127.0.0.1:{port}"
-    for _ in range(100):
+    for _ in range(600):  # up to 2 min: a loaded 2-core machine starts Django slowly
         try:
             requests.get(f"{base}/api/v1/openapi.json", timeout=2)
             break
