@@ -206,7 +206,7 @@ def test_a_paused_worker_resumed_after_its_study_was_reaped_cannot_bring_it_back
         _watch(stack, created["id"], lambda b: b["status"] == "failed", timeout=20)  # the lease expired
         assert _files_of(stack, created["id"])  # reading it deleted nothing
         stack.start_worker("reaper", reap_every=0.5)  # reaps at start, without anyone visiting the study
-        _eventually(lambda: not _files_of(stack, created["id"]))
+        _eventually(lambda: not _files_of(stack, created["id"]), timeout=120)  # the reaper starts slowly
     finally:
         paused.send_signal(signal.SIGCONT)
     time.sleep(3 * SLICE_SECONDS + 1)  # the resumed worker finishes its slice and finds its lease gone
