@@ -93,7 +93,7 @@ def stack(tmp_path, database_url):
 
     start("web", ["runserver", "--noreload", f"127.0.0.1:{port}"])
     base = f"http://127.0.0.1:{port}"
-    for _ in range(100):
+    for _ in range(600):  # up to 2 min: a loaded 2-core machine starts Django slowly
         try:
             requests.get(f"{base}/api/v1/openapi.json", timeout=2)
             break
@@ -206,7 +206,7 @@ def test_a_paused_worker_resumed_after_its_study_was_reaped_cannot_bring_it_back
         _watch(stack, created["id"], lambda b: b["status"] == "failed", timeout=20)  # the lease expired
         assert _files_of(stack, created["id"])  # reading it deleted nothing
         stack.start_worker("reaper", reap_every=0.5)  # reaps at start, without anyone visiting the study
-        _eventually(lambda: not _files_of(stack, created["id"]))
+        _eventually(lambda: not _files_of(stack, created["id"]), timeout=120)  # the reaper starts slowly
     finally:
         paused.send_signal(signal.SIGCONT)
     time.sleep(3 * SLICE_SECONDS + 1)  # the resumed worker finishes its slice and finds its lease gone
