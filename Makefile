@@ -59,12 +59,14 @@ bench: install-dev
 	$(PY) -m segmenter.ml.bench --json bench-results/engine.json
 	$(PY) -m segmenter.bench --runs 25 --json bench-results/service.json
 
-## train: the shipped recipe on this machine's CPU (420 steps, about 30 min on 2 cores with native bf16,
+## train: the shipped recipe on this machine's CPU (750 steps, 44 min on 2 cores with native bf16,
 ##   AVX512-BF16/AMX; a UNet step is ten times slower in emulated bf16, so train.native_bf16 leaves it
-##   off there; resumable: run it again after an interruption), then export it to weights/
+##   off there; resumable: run it again after an interruption), then export it to weights/ with the
+##   summary of `make cv` ($(RUN)-cv/validation.json) in the manifest
 RUN ?= ../ckpt/run
-STEPS ?= 420
-TRAIN_ARGS = --steps $(STEPS) --warmup-steps 35 --eval-every 100000 --no-final-validation --out $(RUN)
+STEPS ?= 750
+TRAIN_ARGS = --steps $(STEPS) --warmup-steps 50 --holdout --val-fraction-medseg 0 --val-fraction-kmader 0.2 \
+	--val-fraction-expert 0 --eval-every 100000 --no-final-validation --out $(RUN)
 train: install
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m segmenter.ml.training.train $(TRAIN_ARGS)
 	$(PY) -m segmenter.ml.training.train $(TRAIN_ARGS) --export weights --validation-from $(RUN)-cv/validation.json \
