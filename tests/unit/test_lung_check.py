@@ -118,16 +118,18 @@ def test_a_study_is_refused_only_when_most_of_its_checked_slices_fail(served, da
 @pytest.mark.parametrize(
     "evidence, refused",
     [
-        (LungEvidence(lung_share=0.70, two_regions=0.94, agreement=0.72, confidence=0.84), False),  # CT's extremes
+        # real CT's extremes with the weights of 2026-12-07 (every real slice, ctcheck_measure --every)
+        (LungEvidence(lung_share=0.69, two_regions=0.93, agreement=0.76, confidence=0.886), False),
+        (LungEvidence(lung_share=0.5, two_regions=1.0, agreement=0.93, confidence=0.842, flip_agreement=0.90), False),
         (LungEvidence(lung_share=0.0, two_regions=1.0, agreement=1.0, confidence=1.0), False),  # no lung: graded as such
         (LungEvidence(lung_share=0.95, two_regions=1.0, agreement=0.99, confidence=0.99), True),
-        (LungEvidence(lung_share=0.3, two_regions=0.6, agreement=0.9, confidence=0.9), True),
-        (LungEvidence(lung_share=0.3, two_regions=1.0, agreement=0.5, confidence=0.9), True),
+        (LungEvidence(lung_share=0.3, two_regions=0.6, agreement=0.9, confidence=0.9, flip_agreement=0.9), True),
+        (LungEvidence(lung_share=0.3, two_regions=1.0, agreement=0.5, confidence=0.9, flip_agreement=0.9), True),
         (LungEvidence(lung_share=0.3, two_regions=1.0, agreement=0.9, confidence=0.78), True),
         (LungEvidence(lung_share=0.3, two_regions=1.0, agreement=0.9, confidence=0.9, flip_agreement=0.925), False),
         (LungEvidence(lung_share=0.3, two_regions=1.0, agreement=0.9, confidence=0.9, flip_agreement=0.86), True),
         (LungEvidence(lung_share=0.3, two_regions=1.0, agreement=0.9, confidence=0.9, texture_ratio=0.86), False),
-        (LungEvidence(lung_share=0.3, two_regions=1.0, agreement=0.9, confidence=0.9, texture_ratio=0.80), True),
+        (LungEvidence(lung_share=0.3, two_regions=1.0, agreement=0.9, confidence=0.9, texture_ratio=0.78), True),
     ],
 )
 def test_the_lung_rules(evidence, refused):
