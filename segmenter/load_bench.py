@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import logging
 import os
 import statistics
 import subprocess
@@ -37,6 +38,8 @@ import zipfile
 from pathlib import Path
 
 from segmenter.ml.paths import DEFAULT_DATA_ROOT
+
+log = logging.getLogger("segmenter.load_bench")
 
 ROOT = Path(__file__).resolve().parents[1]
 #: How often a client asks whether its study is done: the progress page's rate.
@@ -263,6 +266,7 @@ def _run(args, workers: int, studies: list[bytes]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(prog="python -m segmenter.load_bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--studies", type=int, default=20)
     parser.add_argument("--clients", type=int, default=10)
@@ -280,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for workers in args.workers:
         result = _run(args, workers, studies)
-        print(json.dumps(result), flush=True)
+        log.info("%s", json.dumps(result))
         runs.append(result)
     if args.json:
         args.json.write_text(json.dumps(runs, indent=2))

@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
             "folds": len(args.runs),
             "summary": summary,
         }, indent=1))
-    print(table(summary))
+    log.info("held-out folds (mean ± sd over %d):\n%s", len(args.runs), table(summary))
 
 
 if __name__ == "__main__":
