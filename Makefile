@@ -73,7 +73,7 @@ train: install
 	    --ensemble-weights 0.7 0.3
 
 ## cv: patient-grouped 3-fold cross-validation (Zenodo expert patients, MedSeg and kmader look-alike groups;
-##   280 steps a fold, about 17 min each on 2 cores; resumable), then every fold scored under each
+##   280 steps a fold, 17-21 min each on 2 cores; resumable), then every fold scored under each
 ##   averaging share and lower lesion edge: mean +- sd in $(RUN)-cv/validation.json
 CV_STEPS ?= 280
 CV_ARGS ?= --warmup-steps 25
